@@ -1,0 +1,1 @@
+"""Data: generators of paired images (and, later, readers of real files)."""

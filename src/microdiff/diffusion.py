@@ -1,0 +1,221 @@
+"""The CVDM model: forward noising, the loss as named per-example terms, sampling entry.
+
+Notation (METHOD.md): condition ``x`` (already on the target grid), target ``y``,
+diffused quantity ``y0`` (``y``, ``y − x`` with the residual target, or
+``(y − x_res − sg[μ(x)]) / σ`` with ZMD), ``y_t = sqrt(γ) y0 + sqrt(1 − γ) ε``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from .nets.unet import UNet
+from .schedule import Schedule, build_schedule
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .sampling import SampleOutput
+
+LOSS_TERMS = ("eps", "beta", "prior", "gamma", "mean")
+
+
+def noise_features(gamma: Tensor) -> Tensor:
+    """Per-pixel noise-level features for the denoiser: ``[B, C, H, W]`` → ``[B, 3C, H, W]``.
+
+    sqrt(γ), sqrt(1 − γ) and log-SNR/10 (clamped to ±2), so that both ends of the
+    schedule stay distinguishable in float32.
+    """
+    gamma = gamma.float()
+    log_snr = (torch.log(gamma) - torch.log1p(-gamma)).clamp(-20.0, 20.0) / 10.0
+    return torch.cat([gamma.sqrt(), (1 - gamma).sqrt(), log_snr], dim=1)
+
+
+def gaussian_kl_std_normal_to(mean: Tensor, var: Tensor) -> Tensor:
+    """KL( N(0, 1) ‖ N(mean, var) ) elementwise (the authors' L_prior direction)."""
+    return 0.5 * (torch.log(var) - 1.0 + (1.0 + mean.square()) / var)
+
+
+class CVDM(nn.Module):
+    """Conditional Variational Diffusion Model.
+
+    Args:
+        schedule: a :class:`~microdiff.schedule.Schedule` (learned or fixed).
+        denoiser: U-Net predicting ε from ``[y_t, x(, μ)]`` and the noise-level features of γ.
+        timesteps: T of METHOD.md; sets t₀ = 1/T and t₁ = 1 − 1/T in L_β and L_prior.
+        weights: loss weights for ``eps``, ``beta``, ``prior``, ``gamma`` (and ``mean``).
+        alpha: the curvature weight α inside L_γ.
+        residual: diffuse ``y − x`` and add ``x`` back after sampling.
+        mean_net: ZMD's deterministic U-Net μ(x) (None disables ZMD).
+        zmd_sigma: ZMD's fixed scale σ.
+        target_scale: the diffused quantity is divided by this (set it near the target's
+            or residual's standard deviation so diffusion sees unit-variance data; the
+            reference code uses 1 with data in [−1, 1]). Multiplies σ under ZMD.
+    """
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        denoiser: UNet,
+        timesteps: int = 200,
+        weights: dict[str, float] | None = None,
+        alpha: float = 1e-3,
+        residual: bool = False,
+        mean_net: UNet | None = None,
+        zmd_sigma: float = 0.5,
+        target_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.schedule = schedule
+        self.denoiser = denoiser
+        self.mean_net = mean_net
+        self.timesteps = timesteps
+        self.weights = {"eps": 1.0, "beta": 2.0, "prior": 2.0, "gamma": 2.0, "mean": 1.0}
+        self.weights.update(weights or {})
+        self.alpha = alpha
+        self.residual = residual
+        self.zmd_sigma = zmd_sigma
+        self.scale = target_scale * (zmd_sigma if mean_net is not None else 1.0)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> CVDM:
+        """Build from a validated :class:`~microdiff.config.ModelConfig`."""
+        schedule = build_schedule(
+            cfg.schedule.kind,
+            cfg.in_channels,
+            cfg.out_channels,
+            cfg.schedule.net,
+            time_hidden=cfg.schedule.time_hidden,
+            exact_components=cfg.schedule.exact_components,
+        )
+        zmd = cfg.zmd.enabled
+        extra = cfg.out_channels if zmd else 0
+        denoiser = UNet(
+            cfg.out_channels + cfg.in_channels + extra,
+            cfg.out_channels,
+            cfg.denoiser,
+            cond_channels=3 * cfg.out_channels,
+        )
+        mean_net = UNet(cfg.in_channels, cfg.out_channels, cfg.zmd.net) if zmd else None
+        return cls(
+            schedule,
+            denoiser,
+            timesteps=cfg.timesteps,
+            weights=cfg.loss.weights(),
+            alpha=cfg.loss.alpha,
+            residual=cfg.residual,
+            mean_net=mean_net,
+            zmd_sigma=cfg.zmd.sigma,
+            target_scale=cfg.target_scale,
+        )
+
+    # --- targets ----------------------------------------------------------------------
+    def base(self, x: Tensor) -> Tensor | None:
+        """The part of ``y`` not diffused: ``x`` with the residual target (else None)."""
+        if not self.residual:
+            return None
+        if x.shape[1] != self._out_channels:
+            raise ValueError("the residual target needs as many input as output channels")
+        return x
+
+    @property
+    def _out_channels(self) -> int:
+        return self.schedule.out_channels
+
+    def predict_mean(self, x: Tensor) -> Tensor | None:
+        """ZMD's μ(x) (None without ZMD)."""
+        return None if self.mean_net is None else self.mean_net(x)
+
+    def to_diffused(self, x: Tensor, y: Tensor, mu: Tensor | None) -> Tensor:
+        """``y`` → the diffused quantity ``y0 = (y − x_res − sg[μ]) / scale``."""
+        base = self.base(x)
+        r = y if base is None else y - base
+        if mu is not None:
+            r = r - mu.detach()
+        return r / self.scale
+
+    def from_diffused(self, x: Tensor, y0: Tensor, mu: Tensor | None) -> Tensor:
+        """Inverse of :meth:`to_diffused`."""
+        r = y0 * self.scale if mu is None else y0 * self.scale + mu
+        base = self.base(x)
+        return r if base is None else r + base
+
+    # --- the network call --------------------------------------------------------------
+    def eps_hat(self, y_t: Tensor, x: Tensor, gamma: Tensor, mu: Tensor | None) -> Tensor:
+        """ε̂ = ε_θ(y_t, x(, μ), γ): all ``[B, ·, H, W]``."""
+        inputs = [y_t, x] if mu is None else [y_t, x, mu]
+        return self.denoiser(torch.cat(inputs, dim=1), noise_features(gamma)).float()
+
+    # --- the loss ----------------------------------------------------------------------
+    def loss(
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Per-example loss terms of METHOD.md, each ``Tensor[B]`` (unweighted).
+
+        ``eps``: ‖ε − ε̂‖²; ``beta``: ‖∂γ/∂t + βγ‖² + ‖γ(t₀) − 1‖² + ‖γ(t₁)‖²;
+        ``prior``: KL(N(0,1) ‖ q(y_{t₁} | y0)); ``gamma``: α (∂²γ/∂t²)²; ``mean`` (ZMD):
+        ‖μ(x) − (y − x_res)‖². Each is a mean over pixels and channels.
+        Use :meth:`total_loss` for the weighted sum.
+        """
+        if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
+            raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share B, H and W")
+        b = x.shape[0]
+        x, y = x.float(), y.float()
+        mu = self.predict_mean(x)
+        y0 = self.to_diffused(x, y, mu)
+        t = torch.rand(b, device=x.device, generator=generator)
+        eps = torch.randn(y0.shape, device=x.device, generator=generator)
+
+        lam = self.schedule.lam(x)  # once per batch, reused for every t below
+        d = self.schedule.derivatives_at(t, lam)
+        gamma = d.gamma.expand_as(y0)
+        y_t = gamma.sqrt() * y0 + (1 - gamma).sqrt() * eps
+        eps_hat = self.eps_hat(y_t, x, gamma, None if mu is None else mu.detach())
+
+        t0 = torch.full_like(t, 1.0 / self.timesteps)
+        t1 = torch.full_like(t, 1.0 - 1.0 / self.timesteps)
+        gamma0 = self.schedule.gamma_at(t0, lam).expand_as(y0)
+        gamma1 = self.schedule.gamma_at(t1, lam).expand_as(y0)
+
+        def mean(v: Tensor) -> Tensor:
+            return v.flatten(1).mean(1)
+
+        endpoints = mean((gamma0 - 1).square()) + mean(gamma1.square())
+        if self.schedule.rate_is_exact:  # τ = ρ′ by construction: ∂γ/∂t + βγ ≡ 0
+            flow = torch.zeros_like(endpoints)
+        else:
+            beta = self.schedule.beta_at(t, lam).expand_as(y0)
+            flow = mean((d.dgamma_dt.expand_as(y0) + beta * gamma).square())
+        terms = {
+            "eps": mean((eps - eps_hat).square()),
+            "beta": flow + endpoints,
+            "prior": mean(gaussian_kl_std_normal_to(gamma1.sqrt() * y0, 1 - gamma1)),
+            "gamma": self.alpha * mean(d.d2gamma_dt2.expand_as(y0).square()),
+        }
+        if mu is not None:
+            base = self.base(x)
+            terms["mean"] = mean((mu - (y if base is None else y - base)).square())
+        return terms
+
+    def total_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        """Weighted sum of the terms, averaged over the batch: a scalar."""
+        return sum(self.weights[k] * v.mean() for k, v in terms.items())
+
+    # --- sampling ----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(
+        self,
+        x: Tensor,
+        steps: int = 50,
+        samples: int = 1,
+        generator: torch.Generator | None = None,
+        sampler: str = "ancestral",
+        eta: float = 1.0,
+        grid: str = "gamma",
+    ) -> SampleOutput:
+        """K posterior samples per input, their mean and std (see :func:`sampling.sample`)."""
+        from .sampling import sample
+
+        return sample(self, x, steps, samples, generator, sampler=sampler, eta=eta, grid=grid)

@@ -1,0 +1,39 @@
+"""Tiny models and configs that run in milliseconds on a CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from microdiff.config import Config, ModelConfig
+from microdiff.diffusion import CVDM
+from microdiff.nets.unet import UNetSpec
+
+KINDS = ["learned", "learned-exact", "fixed-linear", "fixed-cosine"]
+TINY = UNetSpec(base_channels=8, channel_mults=[1, 2], num_res_blocks=1)
+
+
+def tiny_model_config(kind: str = "learned", **overrides) -> ModelConfig:
+    cfg = ModelConfig(denoiser=TINY, timesteps=200)
+    cfg.schedule.kind = kind
+    cfg.schedule.net = TINY
+    cfg.schedule.time_hidden = 64
+    cfg.zmd.net = TINY
+    for key, value in overrides.items():
+        if key == "zmd":
+            cfg.zmd.enabled = value
+        else:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def tiny_model(kind: str = "learned", seed: int = 0, **overrides) -> CVDM:
+    torch.manual_seed(seed)
+    return CVDM.from_config(tiny_model_config(kind, **overrides))
+
+
+def tiny_config() -> Config:
+    cfg = Config(model=tiny_model_config("learned", residual=True))
+    cfg.data.size, cfg.data.n_train, cfg.data.n_test = 16, 16, 2
+    cfg.train.steps, cfg.train.batch_size, cfg.train.warmup = 3, 2, 1
+    cfg.sample.steps, cfg.sample.samples = 3, 2
+    return cfg

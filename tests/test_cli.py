@@ -1,0 +1,54 @@
+"""The command line: the demo end to end (tiny), and user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tifffile
+from helpers import tiny_config
+
+from microdiff.config import config_to_yaml
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "microdiff.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_demo_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(config_to_yaml(tiny_config()))
+    out = tmp_path / "run"
+    proc = _run("demo", "--config", str(cfg_path), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "CVDM posterior mean" in proc.stdout and "bicubic" in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    for key in ("psnr_mean", "ssim_mean", "psnr_bicubic", "ssim_bicubic"):
+        assert isinstance(results[key], float)
+    stack = tifffile.imread(out / "examples.tif")
+    assert stack.shape == (2, 4, 16, 16)  # pairs × (input, mean, std, target)
+    assert (out / "model.pt").exists() and (out / "config.yaml").exists()
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["demo", "--config", "no-such-preset"], "no config file"),
+    (["demo", "--steps", "0"], "--steps"),
+])
+def test_user_errors_are_one_line_without_traceback(args, message) -> None:
+    proc = _run(*args)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bad_config_file_is_reported(tmp_path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {steps: 3, lern_rate: 1}\n")
+    proc = _run("demo", "--config", str(path))
+    assert proc.returncode == 2 and "train.lern_rate" in proc.stderr
+    assert "Traceback" not in proc.stderr

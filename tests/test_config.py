@@ -1,0 +1,52 @@
+"""Configuration: presets validate, unknown keys and bad values are rejected clearly."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+import microdiff
+from microdiff.config import config_from_dict, config_to_yaml, load_config, preset_names
+from microdiff.errors import ConfigError
+
+
+def test_every_preset_loads_and_builds(tmp_path) -> None:
+    assert {"demo", "paper"} <= set(preset_names())
+    cfg = load_config("demo")
+    model = microdiff.CVDM.from_config(cfg.model)
+    assert model.residual and model.timesteps == 200
+
+
+def test_yaml_round_trip(tmp_path) -> None:
+    cfg = load_config("paper")
+    path = tmp_path / "c.yaml"
+    path.write_text(config_to_yaml(cfg))
+    assert load_config(path) == cfg
+
+
+def test_unknown_key_is_rejected_with_its_location() -> None:
+    with pytest.raises(ConfigError, match=r"model\.schedule\.knd"):
+        config_from_dict({"model": {"schedule": {"knd": "learned"}}})
+    with pytest.raises(ConfigError, match=r"model\.denoiser\.width"):
+        config_from_dict({"model": {"denoiser": {"width": 3}}})
+
+
+def test_bad_values_are_rejected() -> None:
+    with pytest.raises(ConfigError, match="kind"):
+        config_from_dict({"model": {"schedule": {"kind": "quadratic"}}})
+    with pytest.raises(ConfigError, match="train.lr"):
+        config_from_dict({"train": {"lr": -1}})
+    with pytest.raises(ConfigError, match="residual"):
+        config_from_dict({"model": {"residual": True, "in_channels": 2, "out_channels": 1}})
+
+
+def test_missing_file_and_bad_yaml(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="no config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    bad.write_text(yaml.safe_dump([1, 2]))
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)

@@ -1,0 +1,125 @@
+"""Samplers: oracle recovery, determinism, safe steps for large λ, output shapes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import KINDS, tiny_model
+
+from microdiff.sampling import log_gamma_grid, sample, step_coefficients
+from microdiff.schedule import GAMMA_MAX, GAMMA_MIN
+
+
+def _oracle(model, x, y, samples):
+    """ε̂ equal to the true noise of the current sample given the true y0."""
+    y0 = model.to_diffused(x, y, model.predict_mean(x)).repeat_interleave(samples, 0)
+
+    def eps_fn(y_t, gamma_t, step):
+        return (y_t - gamma_t.sqrt() * y0) / (1 - gamma_t).sqrt()
+
+    return eps_fn
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(("sampler", "eta", "grid"), [
+    ("ancestral", 1.0, "gamma"), ("ddim", 0.0, "gamma"), ("ddim", 0.5, "gamma"),
+    ("ancestral", 1.0, "beta-cumprod"),
+])
+def test_oracle_noise_returns_the_target(kind, sampler, eta, grid) -> None:
+    model = tiny_model(kind, residual=True)
+    x, y = torch.randn(2, 1, 12, 12), torch.randn(2, 1, 12, 12)
+    out = sample(model, x, steps=25, samples=3, generator=torch.Generator().manual_seed(0),
+                 sampler=sampler, eta=eta, grid=grid, eps_fn=_oracle(model, x, y, 3))
+    for k in range(3):
+        torch.testing.assert_close(out.samples[:, k], y, rtol=0, atol=1e-4)
+    assert out.std.abs().max() < 1e-4
+
+
+def test_oracle_with_zmd_returns_the_target() -> None:
+    model = tiny_model("learned-exact", zmd=True)
+    x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    out = sample(model, x, steps=10, samples=2, eps_fn=_oracle(model, x, y, 2))
+    torch.testing.assert_close(out.mean, y, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["learned", "learned-exact", "fixed-cosine"])
+def test_equal_generators_give_equal_samples(kind) -> None:
+    model = tiny_model(kind, residual=True)
+    with torch.no_grad():  # a non-zero denoiser, so samples depend on it too
+        model.denoiser.conv_out.weight.normal_(0, 0.1)
+    x = torch.randn(2, 1, 8, 8)
+    a = model.sample(x, steps=6, samples=3, generator=torch.Generator().manual_seed(7))
+    b = model.sample(x, steps=6, samples=3, generator=torch.Generator().manual_seed(7))
+    c = model.sample(x, steps=6, samples=3, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.samples, b.samples)
+    assert not torch.equal(a.samples, c.samples)
+    assert a.samples.shape == (2, 3, 1, 8, 8)
+    assert a.mean.shape == a.std.shape == a.gamma_half.shape == (2, 1, 8, 8)
+    torch.testing.assert_close(a.mean, a.samples.mean(1))
+    assert torch.all(a.std > 0)
+
+
+def test_samples_are_drawn_independently_within_the_batch() -> None:
+    model = tiny_model("fixed-linear")
+    out = model.sample(torch.zeros(1, 1, 8, 8), steps=5, samples=4,
+                       generator=torch.Generator().manual_seed(0))
+    assert not torch.equal(out.samples[0, 0], out.samples[0, 1])
+
+
+@pytest.mark.parametrize("steps", [20, 50, 200])
+@pytest.mark.parametrize("kind", ["learned", "learned-exact"])
+def test_large_lambda_steps_never_amplify(kind, steps) -> None:
+    """METHOD.md pitfall: with large λ, γ underflows near t = 1; every step must keep
+    γ_s ≥ γ_t and finite coefficients, and sampling must stay bounded."""
+    model = tiny_model(kind)
+    if kind == "learned":  # also make the faithful ρ non-monotone (negative free bias)
+        with torch.no_grad():
+            model.schedule.rho_net.b3.fill_(-3.0)
+    lam = torch.full((1, 1, 4, 4), 80.0)
+    lam[..., :2, :] = 0.05  # some pixels barely noised at all
+    log_g = log_gamma_grid(model.schedule, lam, steps)
+    assert torch.all(log_g[:-1] >= log_g[1:])
+    assert log_g.min() >= math.log(GAMMA_MIN) - 1e-6 and log_g.max() <= math.log(GAMMA_MAX) + 1e-6
+    for i in range(steps, 0, -1):
+        for eta in (0.0, 1.0):
+            co = step_coefficients(log_g[i], log_g[i - 1], eta)
+            for name, v in co.items():
+                assert torch.isfinite(v).all(), name
+            assert torch.all(co["sqrt_g_s"] ** 2 + co["c_eps"] ** 2 + co["sigma"] ** 2 <= 1 + 1e-5)
+    model.schedule.lam = lambda x: lam.expand(x.shape[0], -1, -1, -1)  # type: ignore[method-assign]
+    x, y = torch.zeros(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    out = sample(model, x, steps=steps, samples=2, generator=torch.Generator().manual_seed(0),
+                 eps_fn=_oracle(model, x, y, 2))
+    torch.testing.assert_close(out.mean, y, rtol=0, atol=1e-4)
+
+
+def test_beta_cumprod_grid_is_the_cumulative_product() -> None:
+    model = tiny_model("learned")
+    lam = torch.full((1, 1, 1, 1), 0.7)
+    steps = 8
+    log_g = log_gamma_grid(model.schedule, lam, steps, grid="beta-cumprod")
+    t = torch.linspace(0, 1, steps + 1)[:-1]
+    alpha = (1 - 0.7 * model.schedule.tau(t) / steps).clamp(1e-6, 0.99999)
+    expected = torch.cat([torch.ones(1), torch.cumprod(alpha, 0)]).clamp(GAMMA_MIN, GAMMA_MAX)
+    expected = torch.flip(torch.cummax(torch.flip(expected, [0]), 0).values, [0])
+    torch.testing.assert_close(log_g.exp().flatten(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_network_calls_per_image() -> None:
+    x = torch.randn(1, 1, 8, 8)
+    assert tiny_model("learned").sample(x, steps=7).network_calls == 8
+    assert tiny_model("fixed-cosine").sample(x, steps=7).network_calls == 7
+    assert tiny_model("learned", zmd=True).sample(x, steps=7).network_calls == 9
+
+
+def test_bad_sampler_arguments_are_rejected() -> None:
+    model = tiny_model("fixed-linear")
+    x = torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="sampler"):
+        model.sample(x, steps=3, sampler="euler")
+    with pytest.raises(ValueError, match="steps"):
+        model.sample(x, steps=0)
+    with pytest.raises(ValueError, match="grid"):
+        model.sample(x, steps=3, grid="karras")
