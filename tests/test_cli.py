@@ -46,6 +46,13 @@ def test_user_errors_are_one_line_without_traceback(args, message) -> None:
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_demo_refuses_a_folder_with_other_content(tmp_path) -> None:
+    (tmp_path / "precious.tif").write_bytes(b"data")
+    proc = _run("demo", "--out", str(tmp_path), "--steps", "1")
+    assert proc.returncode == 2 and "does not hold an earlier demo run" in proc.stderr
+    assert (tmp_path / "precious.tif").read_bytes() == b"data"
+
+
 def test_bad_config_file_is_reported(tmp_path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("train: {steps: 3, lern_rate: 1}\n")

@@ -123,3 +123,20 @@ def test_bad_sampler_arguments_are_rejected() -> None:
         model.sample(x, steps=0)
     with pytest.raises(ValueError, match="grid"):
         model.sample(x, steps=3, grid="karras")
+
+
+def test_clip_bounds_the_denoised_estimate_and_keeps_the_oracle_exact() -> None:
+    model = tiny_model("fixed-cosine", residual=True, target_scale=0.5)
+    x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    clip = float((y - x).abs().max()) + 0.1
+    out = sample(model, x, steps=20, samples=2, clip=clip, eps_fn=_oracle(model, x, y, 2))
+    torch.testing.assert_close(out.mean, y, rtol=0, atol=1e-4)
+    # a denoiser that predicts no noise at all: ŷ0 = y_t / sqrt(γ) explodes without clip
+    wild = sample(model, x, steps=20, samples=2, generator=torch.Generator().manual_seed(0),
+                  eps_fn=lambda y_t, g, i: torch.zeros_like(y_t))
+    tame = sample(model, x, steps=20, samples=2, generator=torch.Generator().manual_seed(0),
+                  clip=1.0, eps_fn=lambda y_t, g, i: torch.zeros_like(y_t))
+    assert (wild.samples - x[:, None]).abs().max() > 10
+    assert (tame.samples - x[:, None]).abs().max() <= 1.0 + 1e-5
+    with pytest.raises(ValueError, match="clip"):
+        sample(model, x, steps=2, clip=0.0)

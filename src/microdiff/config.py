@@ -102,6 +102,8 @@ class SampleConfig(_Strict):
     sampler: Literal["ancestral", "ddim"] = "ancestral"
     eta: float = Field(1.0, ge=0)
     grid: Literal["gamma", "beta-cumprod"] = "gamma"
+    clip: float | None = Field(
+        None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
 
 
 class Config(_Strict):

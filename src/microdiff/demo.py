@@ -3,6 +3,7 @@ posterior mean with the bicubic-upsampled input on held-out pairs (PSNR, SSIM)."
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from . import metrics
 from .config import Config, config_to_yaml, load_config
 from .data.synthetic import make_filament_pairs
 from .diffusion import CVDM
+from .errors import UserError
 from .train import random_batches, train
 
 TEST_SEED_OFFSET = 10_000  # held-out pairs come from a disjoint seed
@@ -28,13 +30,13 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def evaluate_pairs(
-    model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, seed: int
+    model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, seed: int, progress: bool = False
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """Posterior mean/std of every pair and mean PSNR/SSIM of it and of the bicubic input."""
     gen = torch.Generator().manual_seed(seed)
     s = cfg.sample
     out = model.sample(x, steps=s.steps, samples=s.samples, generator=gen,
-                       sampler=s.sampler, eta=s.eta, grid=s.grid)
+                       sampler=s.sampler, eta=s.eta, grid=s.grid, clip=s.clip, progress=progress)
     rows = {"psnr_mean": [], "ssim_mean": [], "psnr_bicubic": [], "ssim_bicubic": []}
     for i in range(x.shape[0]):
         target = y[i, 0].numpy()
@@ -48,6 +50,8 @@ def evaluate_pairs(
 def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dict[str, float]:
     """Run the demo into ``out`` and return its figures (also written to ``results.json``)."""
     cfg = cfg or load_config("demo")
+    if out.exists() and any(out.iterdir()) and not (out / "results.json").exists():
+        raise UserError(f"{out} exists and does not hold an earlier demo run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.train.seed)
     d = cfg.data
@@ -66,17 +70,19 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
     t_train = time.perf_counter() - t0
     print(f"sampling {d.n_test} held-out inputs: {cfg.sample.samples} samples x "
           f"{cfg.sample.steps} steps ({cfg.sample.sampler})")
-    summary, mean, std = evaluate_pairs(result.ema, test_set.x, test_set.y, cfg, cfg.train.seed)
+    summary, mean, std = evaluate_pairs(result.ema, test_set.x, test_set.y, cfg, cfg.train.seed,
+                                        progress=progress)
     summary |= {"train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
                 "final_loss": result.history[-1]["loss"], "parameters": n_params}
 
-    (out / "config.yaml").write_text(config_to_yaml(cfg))
-    buf = __import__("io").BytesIO()
+    _atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
+    buf = io.BytesIO()
     torch.save({"model": result.ema.state_dict(), "config": cfg.model_dump(mode="json")}, buf)
     _atomic_write_bytes(out / "model.pt", buf.getvalue())
     stack = torch.stack([test_set.x, mean, std, test_set.y], dim=1)[:, :, 0].numpy()
-    tifffile.imwrite(out / "examples.tif", stack.astype(np.float32),
-                     imagej=True, metadata={"axes": "TCYX"})
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, stack.astype(np.float32), imagej=True, metadata={"axes": "TCYX"})
+    _atomic_write_bytes(out / "examples.tif", buf.getvalue())
     _atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode())
 
     print()

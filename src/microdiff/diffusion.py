@@ -138,7 +138,7 @@ class CVDM(nn.Module):
 
     def from_diffused(self, x: Tensor, y0: Tensor, mu: Tensor | None) -> Tensor:
         """Inverse of :meth:`to_diffused`."""
-        r = y0 * self.scale if mu is None else y0 * self.scale + mu
+        r = y0 * self.scale if mu is None else y0 * self.scale + mu  # invert (r − sg[μ]) / scale
         base = self.base(x)
         return r if base is None else r + base
 
@@ -214,8 +214,11 @@ class CVDM(nn.Module):
         sampler: str = "ancestral",
         eta: float = 1.0,
         grid: str = "gamma",
+        clip: float | None = None,
+        progress: bool = False,
     ) -> SampleOutput:
         """K posterior samples per input, their mean and std (see :func:`sampling.sample`)."""
         from .sampling import sample
 
-        return sample(self, x, steps, samples, generator, sampler=sampler, eta=eta, grid=grid)
+        return sample(self, x, steps, samples, generator, sampler=sampler, eta=eta, grid=grid,
+                      clip=clip, progress=progress)

@@ -11,11 +11,13 @@ amplify the sample, whatever a faithfully learned (not exactly monotone) schedul
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from .schedule import GAMMA_MAX, GAMMA_MIN, Schedule
 
@@ -102,12 +104,19 @@ def sample(
     sampler: str = "ancestral",
     eta: float = 1.0,
     grid: str = "gamma",
-    eps_fn=None,
+    clip: float | None = None,
+    eps_fn: Callable[[Tensor, Tensor, int], Tensor] | None = None,
+    progress: bool = False,
 ) -> SampleOutput:
     """Draw K posterior samples of y for each condition x ``[B, C_in, H, W]``.
 
     sampler: ``ancestral`` (DDPM posterior steps, stochastic) or ``ddim`` (η sets the
     stochasticity: 0 deterministic, 1 ancestral). grid: see :func:`log_gamma_grid`.
+    clip: if set, |ŷ0| ≤ clip in the units of the diffused part of y (the residual
+    y − x with the residual target, else y; before ``target_scale``), as SR3/DDPM's
+    ``clip_denoised``; ε̂ is recomputed from the clipped ŷ0. Keeps early high-noise
+    steps (1/sqrt(γ) up to 1000) from throwing the sample out of the data range.
+    progress: show a progress bar over the steps.
     eps_fn: optional replacement for the denoiser, ``eps_fn(y_t, gamma_t, step) -> ε̂``
     in diffused units (used by the oracle test). Same generator state ⇒ same output.
     """
@@ -115,6 +124,8 @@ def sample(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if samples < 1:
         raise ValueError("samples must be at least 1")
+    if clip is not None and clip <= 0:
+        raise ValueError("clip must be positive (or None)")
     eta = 1.0 if sampler == "ancestral" else float(eta)
     x = x.float()
     b, k = x.shape[0], samples
@@ -130,7 +141,7 @@ def sample(
 
     y = torch.randn((b * k, c, h, w), generator=generator, device=device)
     y0_hat = y
-    for i in range(steps, 0, -1):
+    for i in tqdm(range(steps, 0, -1), desc="sampling", disable=not progress, dynamic_ncols=True):
         co = step_coefficients(log_g[i], log_g[i - 1], eta)
         gamma_t = log_g[i].exp()
         if eps_fn is None:
@@ -138,6 +149,9 @@ def sample(
         else:
             eps_hat = eps_fn(y, gamma_t, i)
         y0_hat = (y - co["sqrt_1m_g_t"] * eps_hat) / co["sqrt_g_t"]
+        if clip is not None:  # keep ŷ0 in the data range, and ε̂ consistent with it
+            y0_hat = y0_hat.clamp(-clip / model.scale, clip / model.scale)
+            eps_hat = (y - co["sqrt_g_t"] * y0_hat) / co["sqrt_1m_g_t"]
         if i > 1:
             z = torch.randn(y.shape, generator=generator, device=device) if eta > 0 else 0.0
             y = co["sqrt_g_s"] * y0_hat + co["c_eps"] * eps_hat + co["sigma"] * z

@@ -311,7 +311,7 @@ class FixedSchedule(Schedule):
     ``linear``: DDPM's β from ``beta_start`` to ``beta_end`` over 1000 steps, continuous:
     −log γ(t) = 1000 (β₀ t + ½ (β₁ − β₀) t²).
     ``cosine``: Nichol & Dhariwal, γ(t) = cos²(π/2 · (t' + s)/(1 + s)) / cos²(π/2 · s/(1 + s))
-    with t' = 0.9946 t, so that γ(1) ≈ 1e-5 stays finite.
+    with t' = 0.9946 t, so that γ(1) ≈ 7e-5 stays finite.
     """
 
     def __init__(self, kind: str, out_channels: int) -> None:
