@@ -53,6 +53,20 @@ def test_demo_refuses_a_folder_with_other_content(tmp_path) -> None:
     assert (tmp_path / "precious.tif").read_bytes() == b"data"
 
 
+def test_unusable_paths_are_user_errors(tmp_path) -> None:
+    proc = _run("demo", "--config", str(tmp_path))  # a folder, not a file
+    assert proc.returncode == 2 and "no config file" in proc.stderr
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00model")
+    proc = _run("demo", "--config", str(binary))
+    assert proc.returncode == 2 and "UTF-8" in proc.stderr
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    proc = _run("demo", "--out", str(a_file), "--steps", "1")
+    assert proc.returncode == 2 and "not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_bad_config_file_is_reported(tmp_path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("train: {steps: 3, lern_rate: 1}\n")

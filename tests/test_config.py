@@ -36,6 +36,8 @@ def test_bad_values_are_rejected() -> None:
         config_from_dict({"model": {"schedule": {"kind": "quadratic"}}})
     with pytest.raises(ConfigError, match="train.lr"):
         config_from_dict({"train": {"lr": -1}})
+    with pytest.raises(ConfigError, match="multiple of data.scale"):
+        config_from_dict({"data": {"size": 33, "scale": 2}})
     with pytest.raises(ConfigError, match="residual"):
         config_from_dict({"model": {"residual": True, "in_channels": 2, "out_channels": 1}})
 

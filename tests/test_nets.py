@@ -17,6 +17,11 @@ def test_any_size_in_equals_size_out(hw) -> None:
     assert out.shape == (2, 1, *hw) and torch.isfinite(out).all()
 
 
+def test_attention_at_a_width_not_divisible_by_32() -> None:
+    net = UNet(1, 1, UNetSpec(12, [1, 4], 1, attention_levels=[1], mid_attention=True))
+    assert net(torch.randn(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+
+
 def test_output_layer_is_zero_initialised() -> None:
     net = UNet(2, 1, UNetSpec(8, [1, 2], 1), cond_channels=3)
     assert torch.all(net(torch.randn(1, 2, 8, 8), torch.rand(1, 3, 8, 8)) == 0)

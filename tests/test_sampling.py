@@ -37,6 +37,48 @@ def test_oracle_noise_returns_the_target(kind, sampler, eta, grid) -> None:
     assert out.std.abs().max() < 1e-4
 
 
+def test_ancestral_step_is_the_ddpm_posterior_and_eta0_is_ddim() -> None:
+    """The oracle tests cannot see the step coefficients (ŷ0 is exact there); this can."""
+    g_t = torch.tensor([1e-5, 0.2, 0.5, 0.9], dtype=torch.float64)
+    g_s = torch.tensor([3e-3, 0.4, 0.6, 0.999], dtype=torch.float64)
+    a = g_t / g_s
+    co = step_coefficients(g_t.log(), g_s.log(), eta=1.0)
+    # y_s = A·ŷ0 + B·y_t + σ z with ε̂ = (y_t − sqrt(γ_t) ŷ0)/sqrt(1 − γ_t)
+    coef_y0 = co["sqrt_g_s"] - co["c_eps"] * co["sqrt_g_t"] / co["sqrt_1m_g_t"]
+    coef_yt = co["c_eps"] / co["sqrt_1m_g_t"]
+    torch.testing.assert_close(coef_y0, g_s.sqrt() * (1 - a) / (1 - g_t))
+    torch.testing.assert_close(coef_yt, a.sqrt() * (1 - g_s) / (1 - g_t))
+    torch.testing.assert_close(co["sigma"] ** 2, (1 - g_s) * (1 - a) / (1 - g_t))
+    ddim = step_coefficients(g_t.log(), g_s.log(), eta=0.0)
+    assert torch.all(ddim["sigma"] == 0)
+    torch.testing.assert_close(ddim["c_eps"], (1 - g_s).sqrt())
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5, 1.0])
+def test_one_step_keeps_the_forward_marginal(eta) -> None:
+    """From y_t ~ q(y_t | y0) with the true ε̂, y_s must follow q(y_s | y0) = N(√γ_s y0, 1 − γ_s)."""
+    gen = torch.Generator().manual_seed(0)
+    n, y0 = 400_000, 0.7
+    g_t, g_s = torch.tensor(0.3, dtype=torch.float64), torch.tensor(0.6, dtype=torch.float64)
+    eps = torch.randn(n, generator=gen, dtype=torch.float64)
+    y_t = g_t.sqrt() * y0 + (1 - g_t).sqrt() * eps
+    co = step_coefficients(g_t.log(), g_s.log(), eta)
+    z = torch.randn(n, generator=gen, dtype=torch.float64)
+    y0_hat = (y_t - co["sqrt_1m_g_t"] * eps) / co["sqrt_g_t"]  # the sampler's ŷ0
+    y_s = co["sqrt_g_s"] * y0_hat + co["c_eps"] * eps + co["sigma"] * z
+    assert abs(y_s.mean() - g_s.sqrt() * y0) < 5e-3
+    assert abs(y_s.var() - (1 - g_s)) < 5e-3
+
+
+def test_float64_models_sample_in_float64() -> None:
+    model = tiny_model("learned-exact", residual=True).double()
+    x = torch.randn(1, 1, 8, 8, dtype=torch.float64)
+    out = model.sample(x, steps=3, samples=2, generator=torch.Generator().manual_seed(0))
+    assert out.samples.dtype == torch.float64 and torch.isfinite(out.samples).all()
+    terms = model.loss(x, torch.randn(1, 1, 8, 8, dtype=torch.float64))
+    assert all(v.dtype == torch.float64 for v in terms.values())
+
+
 def test_oracle_with_zmd_returns_the_target() -> None:
     model = tiny_model("learned-exact", zmd=True)
     x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)

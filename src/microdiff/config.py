@@ -85,6 +85,12 @@ class DataConfig(_Strict):
     n_test: int = Field(16, ge=1)
     photons: float = Field(200.0, gt=0, description="mean photon count of bright widefield pixels")
 
+    @model_validator(mode="after")
+    def _size_multiple_of_scale(self) -> DataConfig:
+        if self.size % self.scale:
+            raise ValueError(f"data.size ({self.size}) must be a multiple of data.scale ({self.scale})")
+        return self
+
 
 class TrainConfig(_Strict):
     steps: int = Field(400, ge=1)
@@ -134,7 +140,7 @@ def preset_names() -> list[str]:
 def load_config(path_or_preset: str | Path) -> Config:
     """Load a YAML file, or a preset by name (``demo``, ``paper``, ...)."""
     path = Path(path_or_preset)
-    if not path.exists():
+    if not path.is_file():
         preset = PRESET_DIR / f"{path_or_preset}.yaml"
         if not preset.exists():
             raise ConfigError(
@@ -143,9 +149,11 @@ def load_config(path_or_preset: str | Path) -> Config:
             )
         path = preset
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot be read as a UTF-8 text file ({err.__class__.__name__})") from None
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return config_from_dict(data, str(path))

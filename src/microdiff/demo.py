@@ -50,6 +50,8 @@ def evaluate_pairs(
 def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dict[str, float]:
     """Run the demo into ``out`` and return its figures (also written to ``results.json``)."""
     cfg = cfg or load_config("demo")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another --out")
     if out.exists() and any(out.iterdir()) and not (out / "results.json").exists():
         raise UserError(f"{out} exists and does not hold an earlier demo run; choose another --out")
     out.mkdir(parents=True, exist_ok=True)

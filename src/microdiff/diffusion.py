@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .nets.unet import UNet
-from .schedule import Schedule, build_schedule
+from .schedule import Schedule, build_schedule, working_dtype
 
 if TYPE_CHECKING:
     from .config import ModelConfig
@@ -28,7 +28,6 @@ def noise_features(gamma: Tensor) -> Tensor:
     sqrt(γ), sqrt(1 − γ) and log-SNR/10 (clamped to ±2), so that both ends of the
     schedule stay distinguishable in float32.
     """
-    gamma = gamma.float()
     log_snr = (torch.log(gamma) - torch.log1p(-gamma)).clamp(-20.0, 20.0) / 10.0
     return torch.cat([gamma.sqrt(), (1 - gamma).sqrt(), log_snr], dim=1)
 
@@ -146,7 +145,8 @@ class CVDM(nn.Module):
     def eps_hat(self, y_t: Tensor, x: Tensor, gamma: Tensor, mu: Tensor | None) -> Tensor:
         """ε̂ = ε_θ(y_t, x(, μ), γ): all ``[B, ·, H, W]``."""
         inputs = [y_t, x] if mu is None else [y_t, x, mu]
-        return self.denoiser(torch.cat(inputs, dim=1), noise_features(gamma)).float()
+        out = self.denoiser(torch.cat(inputs, dim=1), noise_features(gamma))
+        return out.to(working_dtype(y_t))
 
     # --- the loss ----------------------------------------------------------------------
     def loss(
@@ -162,7 +162,7 @@ class CVDM(nn.Module):
         if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share B, H and W")
         b = x.shape[0]
-        x, y = x.float(), y.float()
+        x, y = x.to(working_dtype(x)), y.to(working_dtype(x))
         mu = self.predict_mean(x)
         y0 = self.to_diffused(x, y, mu)
         t = torch.rand(b, device=x.device, generator=generator)

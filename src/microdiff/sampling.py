@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .schedule import GAMMA_MAX, GAMMA_MIN, Schedule
+from .schedule import GAMMA_MAX, GAMMA_MIN, Schedule, full_precision_math, working_dtype
 
 if TYPE_CHECKING:
     from .diffusion import CVDM
@@ -45,6 +45,13 @@ class SampleOutput:
     network_calls: int
 
 
+def _randn(shape, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    """Standard normal noise drawn on the generator's device, returned on ``like``'s."""
+    device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=device, dtype=like.dtype).to(like.device)
+
+
+@full_precision_math
 def log_gamma_grid(schedule: Schedule, lam: Tensor, steps: int, grid: str = "gamma") -> Tensor:
     """log γ on the grid t_i = i / N, i = 0..N: ``[N + 1, B, C, H, W]`` (or broadcastable).
 
@@ -56,12 +63,12 @@ def log_gamma_grid(schedule: Schedule, lam: Tensor, steps: int, grid: str = "gam
     if steps < 1:
         raise ValueError("steps must be at least 1")
     t = torch.linspace(0.0, 1.0, steps + 1, device=lam.device)
-    lam = lam.float()
+    t = t.to(working_dtype(lam))
     if grid == "gamma":
-        rho = schedule.rho(t).float()
+        rho = schedule.rho(t)
         log_g = -lam.unsqueeze(0) * rho.view(-1, 1, 1, 1, 1)
     elif grid == "beta-cumprod":
-        tau = schedule.tau(t[:-1]).float()
+        tau = schedule.tau(t[:-1])
         beta = lam.unsqueeze(0) * tau.view(-1, 1, 1, 1, 1)
         log_alpha = torch.log((1.0 - beta / steps).clamp(1e-6, 0.99999))
         zero = torch.zeros_like(log_alpha[:1])
@@ -113,7 +120,8 @@ def sample(
     sampler: ``ancestral`` (DDPM posterior steps, stochastic) or ``ddim`` (η sets the
     stochasticity: 0 deterministic, 1 ancestral). grid: see :func:`log_gamma_grid`.
     clip: if set, |ŷ0| ≤ clip in the units of the diffused part of y (the residual
-    y − x with the residual target, else y; before ``target_scale``), as SR3/DDPM's
+    y − x with the residual target, else y; minus μ(x) under ZMD; before
+    ``target_scale``), as SR3/DDPM's
     ``clip_denoised``; ε̂ is recomputed from the clipped ŷ0. Keeps early high-noise
     steps (1/sqrt(γ) up to 1000) from throwing the sample out of the data range.
     progress: show a progress bar over the steps.
@@ -127,7 +135,7 @@ def sample(
     if clip is not None and clip <= 0:
         raise ValueError("clip must be positive (or None)")
     eta = 1.0 if sampler == "ancestral" else float(eta)
-    x = x.float()
+    x = x.to(working_dtype(x))
     b, k = x.shape[0], samples
     c, h, w = model.schedule.out_channels, x.shape[-2], x.shape[-1]
     device = x.device
@@ -139,7 +147,7 @@ def sample(
     x_k = x.repeat_interleave(k, dim=0)
     mu_k = None if mu is None else mu.repeat_interleave(k, dim=0)
 
-    y = torch.randn((b * k, c, h, w), generator=generator, device=device)
+    y = _randn((b * k, c, h, w), generator, x)
     y0_hat = y
     for i in tqdm(range(steps, 0, -1), desc="sampling", disable=not progress, dynamic_ncols=True):
         co = step_coefficients(log_g[i], log_g[i - 1], eta)
@@ -153,7 +161,7 @@ def sample(
             y0_hat = y0_hat.clamp(-clip / model.scale, clip / model.scale)
             eps_hat = (y - co["sqrt_g_t"] * y0_hat) / co["sqrt_1m_g_t"]
         if i > 1:
-            z = torch.randn(y.shape, generator=generator, device=device) if eta > 0 else 0.0
+            z = _randn(y.shape, generator, x) if eta > 0 else 0.0
             y = co["sqrt_g_s"] * y0_hat + co["c_eps"] * eps_hat + co["sigma"] * z
 
     out = model.from_diffused(x_k, y0_hat, mu_k).view(b, k, c, h, w)

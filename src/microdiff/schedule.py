@@ -20,6 +20,7 @@ through ``exp(−λρ)``. All schedule math runs in float32 (or float64), never 
 from __future__ import annotations
 
 import abc
+import functools
 import math
 from dataclasses import dataclass
 
@@ -42,11 +43,26 @@ def _full_precision(v: Tensor) -> Tensor:
     return v.float() if v.dtype in (torch.float16, torch.bfloat16) else v
 
 
+def working_dtype(v: Tensor) -> torch.dtype:
+    """float64 for float64 inputs, else float32: the precision of all diffusion math."""
+    return torch.float64 if v.dtype == torch.float64 else torch.float32
+
+
+def full_precision_math(fn):
+    """Run ``fn`` with autocast disabled, so its matmuls stay in float32 (or float64)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _as_batch_times(t: Tensor | float, x: Tensor) -> Tensor:
     """Return t as a tensor of shape [B] in x's precision (at least float32)."""
     batch = x.shape[0]
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    t = torch.as_tensor(t, dtype=dtype, device=x.device)
+    t = torch.as_tensor(t, dtype=working_dtype(x), device=x.device)
     if t.ndim == 0:
         t = t.expand(batch)
     if t.shape != (batch,):
@@ -86,6 +102,7 @@ class Schedule(nn.Module, abc.ABC):
         return self.rho_derivatives(t)[1]
 
     # --- derived quantities -----------------------------------------------------------
+    @full_precision_math
     def rho_derivatives(self, t: Tensor, order: int = 1) -> tuple[Tensor, ...]:
         """(ρ, ρ′[, ρ″]) at times t ``[B]`` by autograd; differentiable w.r.t. parameters."""
         with torch.enable_grad():
@@ -102,18 +119,22 @@ class Schedule(nn.Module, abc.ABC):
     def _view(v: Tensor) -> Tensor:
         return v.view(-1, 1, 1, 1)
 
+    @full_precision_math
     def log_gamma_at(self, t: Tensor, lam: Tensor) -> Tensor:
         """log γ for times t ``[B]`` and a precomputed λ map (unclamped)."""
         return -lam * self._view(self.rho(t))
 
+    @full_precision_math
     def gamma_at(self, t: Tensor, lam: Tensor) -> Tensor:
         """γ ``[B, C, H, W]`` for times t ``[B]`` and a precomputed λ map."""
         return self.log_gamma_at(t, lam).exp().clamp(GAMMA_MIN, GAMMA_MAX)
 
+    @full_precision_math
     def beta_at(self, t: Tensor, lam: Tensor) -> Tensor:
         """β = λ τ(t) ``[B, C, H, W]`` for times t ``[B]`` and a precomputed λ map."""
         return lam * self._view(self.tau(t))
 
+    @full_precision_math
     def derivatives_at(self, t: Tensor, lam: Tensor) -> GammaDerivatives:
         """γ, ∂γ/∂t, ∂²γ/∂t² (per pixel) for times t ``[B]`` and a λ map.
 
@@ -158,6 +179,8 @@ def reference_rho(t: Tensor) -> Tensor:
 
     Cosine-like: flat at t = 0 (as cos², whose u ≈ π²t²/4), steep near t = 1, γ(1) ≈ 1e-5,
     and small curvature ∂²γ/∂t² everywhere, so L_γ does not flatten it at once. t ``[B]``.
+    (A freshly initialised schedule U-Net gives λ around ln 2, not exactly: about 0.3–1.6
+    per pixel, so γ starts near this reference, not on it.)
     """
     return (_REF_A * t.square() + _REF_W * (torch.sigmoid(15 * (t - 0.9)) - _REF_SIG0)) / LAMBDA0
 
@@ -296,9 +319,11 @@ class LearnedSchedule(Schedule):
     def lam(self, x: Tensor) -> Tensor:
         return F.softplus(_full_precision(self.unet(x)))
 
+    @full_precision_math
     def rho(self, t: Tensor) -> Tensor:
         return self.rho_net(t.clamp(0.0, 0.99999) if not self.exact else t)
 
+    @full_precision_math
     def tau(self, t: Tensor) -> Tensor:
         if self.exact:
             return self.rho_net.derivative(t)
@@ -323,8 +348,9 @@ class FixedSchedule(Schedule):
         self.beta_start, self.beta_end, self.cosine_s, self.cosine_tmax = 1e-4, 0.02, 8e-3, 0.9946
 
     def lam(self, x: Tensor) -> Tensor:
-        return torch.ones(x.shape[0], self.out_channels, 1, 1, device=x.device, dtype=x.dtype)
+        return torch.ones(x.shape[0], self.out_channels, 1, 1, device=x.device, dtype=working_dtype(x))
 
+    @full_precision_math
     def rho(self, t: Tensor) -> Tensor:
         if self.kind == "linear":
             return 1000.0 * (self.beta_start * t + 0.5 * (self.beta_end - self.beta_start) * t**2)

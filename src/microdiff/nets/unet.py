@@ -85,11 +85,12 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over pixels, heads of 32 channels (or one head)."""
+    """Multi-head self-attention over pixels, heads of 32 channels (one head if 32 does
+    not divide the width)."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.heads = max(1, channels // 32)
+        self.heads = channels // 32 if channels % 32 == 0 else 1
         self.norm = _norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
