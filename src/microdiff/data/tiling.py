@@ -1,0 +1,84 @@
+"""Apply an image-to-image function to images of any size with overlapping tiles.
+
+Tiles overlap by ``overlap`` pixels. Each tile's weight is 1 inside, 0 in a ``margin``
+next to an edge it shares with a neighbouring tile (where a convolutional network sees
+padding instead of the true neighbourhood), and a raised cosine in between; at the image
+border it stays 1. Outputs are the weighted average, so a translation-equivariant
+function whose receptive-field radius is at most ``margin`` gives the untiled result.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with ≥ ``overlap``."""
+    if tile >= length:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def _edge_ramp(size: int, overlap: int, margin: int, left: bool, right: bool) -> Tensor:
+    """1-D window: 0 for ``margin`` px at inner edges, raised cosine up to 1 over the rest
+    of the overlap, 1 elsewhere and at image borders."""
+    w = torch.ones(size, dtype=torch.float64)
+    rise = max(overlap - 2 * margin, 1)
+    ramp = torch.tensor([0.5 - 0.5 * math.cos(math.pi * (i + 1) / (rise + 1)) for i in range(rise)],
+                        dtype=torch.float64)
+    prof = torch.cat([torch.zeros(margin, dtype=torch.float64), ramp])[:size]
+    if left:
+        w[: prof.numel()] = torch.minimum(w[: prof.numel()], prof)
+    if right:
+        w[size - prof.numel():] = torch.minimum(w[size - prof.numel():], prof.flip(0))
+    return w
+
+
+def apply_tiled(
+    fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    tile: int = 256,
+    overlap: int = 32,
+    margin: int | None = None,
+    batch: int = 4,
+    progress: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """``fn`` over ``image`` ``[C, H, W]`` in tiles; ``fn`` maps ``[N, C, h, w]`` to
+    ``[N, C', h, w]``. Returns ``[C', H, W]`` (float32). ``margin`` defaults to
+    ``overlap // 4``; it must leave a positive blend: ``overlap ≥ 2·margin + 1``.
+    ``progress(done, total)`` is called after each batch of tiles.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must be [C, H, W], got shape {tuple(image.shape)}")
+    margin = overlap // 4 if margin is None else margin
+    if tile < 1 or overlap < 0 or overlap >= tile:
+        raise ValueError(f"need 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    if overlap and overlap < 2 * margin + 1:
+        raise ValueError(f"overlap {overlap} too small for margin {margin}: need >= 2*margin+1")
+    _, h, w = image.shape
+    ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
+    th, tw = min(tile, h), min(tile, w)
+    boxes = [(y, x) for y in ys for x in xs]
+    out = acc = None
+    for i in range(0, len(boxes), batch):
+        chunk = boxes[i: i + batch]
+        tiles = torch.stack([image[:, y: y + th, x: x + tw] for y, x in chunk])
+        result = fn(tiles).detach()
+        if out is None:
+            out = torch.zeros(result.shape[1], h, w, dtype=torch.float64, device=result.device)
+            acc = torch.zeros(1, h, w, dtype=torch.float64, device=result.device)
+        for (y, x), r in zip(chunk, result, strict=True):
+            wy = _edge_ramp(th, overlap, margin, y > 0, y + th < h)
+            wx = _edge_ramp(tw, overlap, margin, x > 0, x + tw < w)
+            weight = (wy[:, None] * wx[None, :]).to(result.device)
+            out[:, y: y + th, x: x + tw] += r.double() * weight
+            acc[:, y: y + th, x: x + tw] += weight
+        if progress is not None:
+            progress(min(i + batch, len(boxes)), len(boxes))
+    return (out / acc).float()
