@@ -1,4 +1,4 @@
-"""Command line: ``microdiff demo`` (more commands arrive with the workflow)."""
+"""Command line: ``microdiff demo`` and ``microdiff simulate`` (more arrive with the workflow)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,22 @@ def demo(
             raise UserError("--steps must be at least 1")
         cfg.train.steps = steps
     run_demo(out, cfg, progress=not quiet)
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="output folder (gets input/, target/, manifest.json)")],
+    structure: Annotated[str, typer.Option(help="mt, factin, ccp, er or mixed")] = "mixed",
+    n: Annotated[int, typer.Option(help="number of pairs")] = 16,
+    size: Annotated[int, typer.Option(help="target size in pixels (input: size / 2)")] = 256,
+    level: Annotated[int | None, typer.Option(help="signal level 1..9 (default: drawn)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
+) -> None:
+    """Simulate BioSR-like widefield/SIM pairs as TIFFs with pixel sizes."""
+    from .data.simulate_files import write_simulated_pairs
+
+    write_simulated_pairs(out, structure, n, size, level, seed, overwrite=overwrite)
 
 
 def main() -> None:

@@ -1,4 +1,15 @@
-"""A simple built-in generator of paired filament images (the demo's data).
+"""The built-in microscopy simulator (BioSR-like widefield → SIM pairs) and the simple
+filament generator the demo uses.
+
+Simulator (:func:`simulate_pair`): a ground-truth structure (``structures.py``) on a grid
+``supersample`` times finer than the target, imaged through a widefield OTF (cut-off
+2NA/λ) and binned onto the camera grid (``scale`` × the target pixel), with shot, read
+and offset noise; the target is the same structure through a SIM-like OTF about twice as
+wide, binned onto the target grid, noise-free, in the same intensity units (expected
+photo-electrons per widefield pixel). All parameters live in :class:`SimulatorConfig`
+as ranges; each pair draws its own values, deterministically from its generator.
+
+Simple filament generator (:func:`make_filament_pairs`, used by ``microdiff demo``):
 
 Ground truth: smooth, persistent curvilinear filaments splatted on the target grid.
 Target (SIM-like): the filaments blurred by a narrow Gaussian PSF.
@@ -12,12 +23,16 @@ This is deliberately simple; the realistic BioSR-like simulator replaces it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
+
+from . import optics
+from .structures import structure
 
 SIGMA_TARGET = 1.0  # px on the target grid (SIM-like PSF)
 SIGMA_WIDEFIELD = 2.0  # px on the target grid (widefield PSF, twice as wide)
@@ -85,3 +100,98 @@ def make_filament_pairs(
 def upsample(low: torch.Tensor, scale: int) -> torch.Tensor:
     """Bicubic upsampling ``[N, C, h, w]`` → ``[N, C, h·scale, w·scale]``."""
     return F.interpolate(low, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+# ----------------------------------------------------------------------------------------
+# the BioSR-like simulator
+# ----------------------------------------------------------------------------------------
+STRUCTURES = ("mt", "factin", "ccp", "er", "mixed")
+PHOTONS_LEVEL_1, PHOTONS_LEVEL_9 = 15.0, 600.0  # BioSR's nine signal levels, about
+
+
+def photons_for_level(level: int) -> float:
+    """Mean signal counts per widefield pixel for BioSR-like level 1..9 (geometric)."""
+    if not 1 <= level <= 9:
+        raise ValueError(f"level must be 1..9, got {level}")
+    return PHOTONS_LEVEL_1 * (PHOTONS_LEVEL_9 / PHOTONS_LEVEL_1) ** ((level - 1) / 8)
+
+
+@dataclass
+class SimulatorConfig:
+    """Simulator parameters; pairs of numbers are ranges drawn uniformly per image.
+
+    Lengths in µm. ``photons``: mean signal photo-electrons per widefield pixel (BioSR's
+    levels span about 15–600). ``background``: uniform background as a fraction of it.
+    """
+
+    target_pixel_um: float = 0.0313
+    scale: int = 2
+    supersample: int = 2
+    na: tuple[float, float] = (1.3, 1.49)
+    wavelength_um: tuple[float, float] = (0.488, 0.640)
+    sim_factor: tuple[float, float] = (1.8, 2.0)
+    photons: tuple[float, float] = (PHOTONS_LEVEL_1, PHOTONS_LEVEL_9)
+    background: tuple[float, float] = (0.02, 0.2)
+    read_noise: tuple[float, float] = (1.0, 3.0)
+    offset: float = 100.0
+    density: tuple[float, float] = (0.6, 1.4)
+    pad_um: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_pixel_um(self) -> float:
+        return self.target_pixel_um * self.scale
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SimulatedPair:
+    """low: widefield camera counts ``[S/scale, S/scale]``; target: noise-free SIM-like
+    image ``[S, S]`` in the same units (float32); params: the values drawn for this pair."""
+
+    low: np.ndarray
+    target: np.ndarray
+    params: dict
+
+
+def simulate_pair(
+    kind: str,
+    size: int,
+    rng: np.random.Generator,
+    cfg: SimulatorConfig | None = None,
+    level: int | None = None,
+) -> SimulatedPair:
+    """One widefield/SIM pair of ``kind`` (``mt, factin, ccp, er, mixed``) with a
+    ``size × size`` target. ``level`` (1..9) fixes the photon level; else it is drawn."""
+    cfg = cfg or SimulatorConfig()
+    if kind not in STRUCTURES:
+        raise ValueError(f"unknown structure {kind!r}; choose one of {', '.join(STRUCTURES)}")
+    block = cfg.supersample * cfg.scale
+    if size % cfg.scale:
+        raise ValueError(f"size {size} must be a multiple of the scale factor {cfg.scale}")
+
+    def draw(r: tuple[float, float]) -> float:
+        return float(rng.uniform(*r))
+
+    p = {"na": draw(cfg.na), "wavelength_um": draw(cfg.wavelength_um),
+         "sim_factor": draw(cfg.sim_factor), "background": draw(cfg.background),
+         "read_noise": draw(cfg.read_noise), "density": draw(cfg.density),
+         "photons": photons_for_level(level) if level else float(
+             math.exp(rng.uniform(math.log(cfg.photons[0]), math.log(cfg.photons[1]))))}
+    px = cfg.target_pixel_um / cfg.supersample
+    pad = int(math.ceil(cfg.pad_um / px / block)) * block  # against FFT wrap-around
+    n = size * cfg.supersample + 2 * pad
+    truth = structure(kind, rng, n, px, p["density"])
+    cutoff = 2 * p["na"] / p["wavelength_um"]
+    wide = optics.image_through(truth, px, cutoff)[pad:-pad, pad:-pad]
+    sim = optics.image_through(truth, px, p["sim_factor"] * cutoff)[pad:-pad, pad:-pad]
+    wide = optics.bin_pixels(wide, block)
+    sim = optics.bin_pixels(sim, cfg.supersample)
+    unit = p["photons"] / max(float(wide.mean()), 1e-12)  # → photo-electrons per pixel
+    expected = wide * unit + p["background"] * p["photons"]
+    low = optics.camera(expected, rng, p["read_noise"], cfg.offset)
+    p |= {"kind": kind, "cutoff_per_um": cutoff, "input_pixel_um": cfg.input_pixel_um,
+          "target_pixel_um": cfg.target_pixel_um}
+    return SimulatedPair(low.astype(np.float32), (sim * unit).astype(np.float32), p)
