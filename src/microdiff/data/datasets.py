@@ -1,0 +1,155 @@
+"""Paired training data: folders, BioSR cells, the simulator on the fly; aligned patches.
+
+A paired folder is ``DATA/input/NAME.ext`` + ``DATA/target/NAME.ext`` (same NAME; the input
+may be on a grid coarser by an integer scale factor). BioSR cells are folders holding
+``RawSIMData_level_XX.mrc`` and ``SIM_gt.mrc``. Each image is percentile-normalised on its
+own (CSBDeep convention); the condition ``x`` is the input bicubic-upsampled to the target
+grid. Splits are made by file (or cell), never by patch, so no validation patch shares an
+image with a training patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ShapeError, UserError
+from .io import Image, read_biosr_cell, read_image
+from .normalize import PercentileNormalizer
+from .synthetic import SimulatorConfig, simulate_pair, upsample
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".mrc", ".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class Pair:
+    """One normalised pair: ``low`` ``[C, h, w]``, ``x`` (upsampled) and ``y`` ``[C, H, W]``,
+    float32 tensors; ``scale`` = H / h; ``name`` identifies the file or cell."""
+
+    name: str
+    low: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    scale: int
+
+
+def _chw(img: Image) -> np.ndarray:
+    data = np.asarray(img.data, dtype=np.float32)
+    axes = img.axes
+    if axes in ("YX",):
+        return data[None]
+    if axes in ("CYX", "ZYX") and data.shape[0] == 1:
+        return data
+    if axes == "CYX":
+        return data
+    if axes == "YXC":
+        return np.moveaxis(data, -1, 0)
+    raise ShapeError(f"cannot use an image with axes {axes!r} and shape {data.shape} as a 2-D pair")
+
+
+def make_pair(name: str, low: np.ndarray, target: np.ndarray) -> Pair:
+    """Normalise ``low`` ``[C, h, w]`` and ``target`` ``[C, H, W]`` and build the condition."""
+    if low.ndim != 3 or target.ndim != 3:
+        raise ShapeError(f"{name}: expected [C, H, W] arrays, got {low.shape} and {target.shape}")
+    h, w = low.shape[-2:]
+    H, W = target.shape[-2:]
+    if H % h or W % w or H // h != W // w:
+        raise ShapeError(f"{name}: target {H}x{W} is not an integer multiple of input {h}x{w}")
+    scale = H // h
+    low_n = PercentileNormalizer().fit(low, channel_axis=0).normalize(low, channel_axis=0)
+    y_n = PercentileNormalizer().fit(target, channel_axis=0).normalize(target, channel_axis=0)
+    low_t = torch.from_numpy(low_n)
+    x = upsample(low_t[None], scale)[0] if scale > 1 else low_t.clone()
+    return Pair(name, low_t, x, torch.from_numpy(y_n), scale)
+
+
+def paired_folder(folder: str | Path) -> list[Pair]:
+    """All pairs of ``folder/input`` and ``folder/target`` matched by file stem."""
+    folder = Path(folder)
+    inp, tgt = folder / "input", folder / "target"
+    if not inp.is_dir() or not tgt.is_dir():
+        raise UserError(f"{folder}: a paired data folder needs input/ and target/ subfolders")
+
+    def stems(d: Path) -> dict[str, Path]:
+        return {p.name.split(".")[0]: p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+    a, b = stems(inp), stems(tgt)
+    if not a:
+        raise UserError(f"{inp}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    missing = sorted(set(a) ^ set(b))
+    if missing:
+        raise UserError(f"{folder}: {len(missing)} image(s) without a partner, e.g. {missing[0]!r}")
+    return [make_pair(s, _chw(read_image(a[s])), _chw(read_image(b[s]))) for s in sorted(a)]
+
+
+def biosr_cells(root: str | Path, level: int) -> list[Pair]:
+    """Every BioSR cell folder under ``root`` (those holding ``SIM_gt.mrc``) at ``level``."""
+    cells = sorted(p.parent for p in Path(root).rglob("SIM_gt.mrc"))
+    if not cells:
+        raise UserError(f"{root}: no BioSR cell folders (with SIM_gt.mrc) found")
+    pairs = []
+    for cell in cells:
+        wf, gt = read_biosr_cell(cell, level)
+        pairs.append(make_pair(cell.name, _chw(wf), _chw(gt)))
+    return pairs
+
+
+def simulated(kind: str, n: int, size: int, seed: int, level: int | None = None,
+              cfg: SimulatorConfig | None = None) -> list[Pair]:
+    """``n`` simulator pairs (pair ``i`` from ``default_rng([seed, i])``)."""
+    out = []
+    for i in range(n):
+        p = simulate_pair(kind, size, np.random.default_rng([seed, i]), cfg, level)
+        out.append(make_pair(f"{kind}_{i:05d}", p.low[None], p.target[None]))
+    return out
+
+
+def split_by_name(pairs: list[Pair], val_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Deterministic split by whole images (files or cells); at least one of each when
+    there are two or more pairs and ``val_fraction`` > 0."""
+    if not 0 <= val_fraction < 1:
+        raise ValueError("val_fraction must be in [0, 1)")
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    n_val = int(round(val_fraction * len(pairs)))
+    if val_fraction > 0 and len(pairs) >= 2:
+        n_val = min(max(n_val, 1), len(pairs) - 1)
+    val = {int(i) for i in order[:n_val]}
+    return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]
+
+
+def random_patches(
+    pairs: list[Pair],
+    batch: int,
+    patch: int,
+    generator: torch.Generator,
+    min_contrast: float = 0.0,
+    max_tries: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of aligned patches: x, y ``[B, C, P, P]`` and low ``[B, C, P/s, P/s]``.
+
+    Patch corners sit on multiples of the scale factor, so the low-resolution patch covers
+    exactly the target patch. ``min_contrast`` > 0 rejects nearly empty patches: a patch is
+    kept when its target's 99th − 1st percentile is at least that fraction of the
+    image's (up to ``max_tries`` draws; the last draw is kept).
+    """
+    xs, ys, lows = [], [], []
+    for _ in range(batch):
+        p = pairs[int(torch.randint(len(pairs), (1,), generator=generator))]
+        s = p.scale
+        H, W = p.y.shape[-2:]
+        if patch > min(H, W) or patch % s:
+            raise ShapeError(f"patch {patch} must be a multiple of {s} and fit in {H}x{W} ({p.name})")
+        full = float(p.y.quantile(0.99) - p.y.quantile(0.01)) if min_contrast > 0 else 0.0
+        for _ in range(max_tries):
+            r = int(torch.randint((H - patch) // s + 1, (1,), generator=generator)) * s
+            c = int(torch.randint((W - patch) // s + 1, (1,), generator=generator)) * s
+            y = p.y[:, r: r + patch, c: c + patch]
+            if min_contrast <= 0 or float(y.quantile(0.99) - y.quantile(0.01)) >= min_contrast * full:
+                break
+        xs.append(p.x[:, r: r + patch, c: c + patch])
+        ys.append(y)
+        lows.append(p.low[:, r // s: (r + patch) // s, c // s: (c + patch) // s])
+    return torch.stack(xs), torch.stack(ys), torch.stack(lows)

@@ -1,0 +1,92 @@
+"""Paired data: folders, BioSR cells, splits by file, aligned and filtered patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from microdiff.data.datasets import (
+    biosr_cells,
+    make_pair,
+    paired_folder,
+    random_patches,
+    simulated,
+    split_by_name,
+)
+from microdiff.data.io import Image, write_image, write_mrc
+from microdiff.data.simulate_files import write_simulated_pairs
+from microdiff.errors import ShapeError, UserError
+
+
+def _bin(a: torch.Tensor, s: int) -> torch.Tensor:
+    c, h, w = a.shape
+    return a.reshape(c, h // s, s, w // s, s).mean((2, 4))
+
+
+def test_paired_folder_from_simulate(tmp_path) -> None:
+    write_simulated_pairs(tmp_path, "mt", 3, 64, level=9, seed=0, progress=False)
+    pairs = paired_folder(tmp_path)
+    assert [p.name for p in pairs] == ["mt_00000", "mt_00001", "mt_00002"]
+    for p in pairs:
+        assert p.scale == 2 and p.low.shape == (1, 32, 32) and p.x.shape == p.y.shape == (1, 64, 64)
+
+
+def test_paired_folder_errors(tmp_path) -> None:
+    with pytest.raises(UserError, match="input/ and target/"):
+        paired_folder(tmp_path)
+    (tmp_path / "input").mkdir()
+    (tmp_path / "target").mkdir()
+    write_image(tmp_path / "input" / "a.tif", Image(np.ones((8, 8), np.float32), "YX"))
+    with pytest.raises(UserError, match="without a partner"):
+        paired_folder(tmp_path)
+    write_image(tmp_path / "target" / "a.tif", Image(np.ones((12, 12), np.float32), "YX"))
+    with pytest.raises(ShapeError, match="integer multiple"):
+        paired_folder(tmp_path)
+
+
+def test_patches_stay_aligned_at_the_scale_factor() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.random((1, 96, 96)).astype(np.float32)
+    low = _bin(torch.from_numpy(target), 3).numpy() * 7 + 100  # another intensity scale
+    pair = make_pair("p", low, target)
+    x, y, lo = random_patches([pair], batch=6, patch=24, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (6, 1, 24, 24) and lo.shape == (6, 1, 8, 8)
+    for b in range(6):
+        r = np.corrcoef(_bin(y[b], 3).ravel(), lo[b].ravel())[0, 1]
+        assert r > 0.99999  # same content up to each image's own normalisation
+
+
+def test_empty_patches_are_filtered() -> None:
+    target = np.zeros((1, 64, 64), np.float32)
+    target[0, :16, :16] = np.random.default_rng(0).random((16, 16))
+    pair = make_pair("sparse", _bin(torch.from_numpy(target), 2).numpy(), target)
+    gen = torch.Generator().manual_seed(0)
+    _, y, _ = random_patches([pair], batch=8, patch=16, generator=gen, min_contrast=0.3, max_tries=50)
+    contrast = (y.flatten(1).quantile(0.99, dim=1) - y.flatten(1).quantile(0.01, dim=1))
+    assert torch.all(contrast > 0.1)
+    _, y0, _ = random_patches([pair], batch=8, patch=16, generator=torch.Generator().manual_seed(0))
+    assert (y0.flatten(1).std(1) == 0).any()  # unfiltered: some empty patches
+
+
+def test_split_by_file_is_deterministic_and_disjoint() -> None:
+    pairs = simulated("ccp", 7, 32, seed=1, level=5)
+    train, val = split_by_name(pairs, 0.3, seed=0)
+    train2, val2 = split_by_name(pairs, 0.3, seed=0)
+    assert [p.name for p in val] == [p.name for p in val2]
+    assert {p.name for p in train}.isdisjoint({p.name for p in val})
+    assert len(train) + len(val) == 7 and len(val) == 2
+
+
+def test_biosr_cells(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    for cell in ("Cell_001", "Cell_002"):
+        d = tmp_path / cell
+        d.mkdir()
+        raw = (rng.random((9, 16, 16)) * 100).astype(np.uint16)
+        write_mrc(d / "RawSIMData_level_02.mrc", Image(raw, "ZYX"))
+        write_mrc(d / "SIM_gt.mrc", Image((rng.random((1, 32, 32)) * 100).astype(np.uint16), "ZYX"))
+    pairs = biosr_cells(tmp_path, level=2)
+    assert [p.name for p in pairs] == ["Cell_001", "Cell_002"] and pairs[0].scale == 2
+    with pytest.raises(UserError, match="no BioSR"):
+        biosr_cells(tmp_path / "Cell_001" / "nothing", level=2)
