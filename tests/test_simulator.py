@@ -11,7 +11,7 @@ import pytest
 
 from microdiff.data import optics
 from microdiff.data.io import read_image
-from microdiff.data.synthetic import STRUCTURES, SimulatorConfig, photons_for_level, simulate_pair
+from microdiff.data.synthetic import STRUCTURES, SimulatorConfig, counts_for_level, simulate_pair
 
 
 @pytest.mark.parametrize("kind", STRUCTURES)
@@ -28,15 +28,15 @@ def test_equal_seeds_give_equal_pairs_and_others_differ(kind) -> None:
     assert np.all(a.target >= -1e-3 * a.target.max())  # non-negative up to FFT round-off
 
 
-def test_levels_set_the_photon_count() -> None:
-    assert photons_for_level(1) == pytest.approx(15) and photons_for_level(9) == pytest.approx(600)
-    cfg = SimulatorConfig(background=(0.1, 0.1))
+def test_levels_set_the_mean_counts() -> None:
+    assert counts_for_level(1) == pytest.approx(15) and counts_for_level(9) == pytest.approx(600)
+    cfg = SimulatorConfig(haze=(2.0, 2.0), background=(1.0, 1.0))
     for level in (1, 5, 9):
         pair = simulate_pair("er", 128, np.random.default_rng(0), cfg, level=level)
-        photons = photons_for_level(level)
-        signal = pair.low.mean() - cfg.offset
-        assert signal == pytest.approx(1.1 * photons, rel=0.05)
-        assert pair.target.mean() == pytest.approx(photons, rel=0.05)  # same intensity units
+        counts = counts_for_level(level)
+        assert pair.low.mean() - cfg.offset == pytest.approx(counts, rel=0.05)
+        # target: in-focus photo-electrons, a quarter of all electrons here (1 + 2 + 1)
+        assert pair.target.mean() == pytest.approx(counts / cfg.gain / 4, rel=0.05)
 
 
 def test_noise_is_shot_plus_read_noise() -> None:
@@ -76,7 +76,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="multiple"):
         simulate_pair("mt", 65, np.random.default_rng(0))
     with pytest.raises(ValueError, match="level"):
-        photons_for_level(10)
+        counts_for_level(10)
 
 
 def _cli(*args):

@@ -3,11 +3,12 @@ filament generator the demo uses.
 
 Simulator (:func:`simulate_pair`): a ground-truth structure (``structures.py``) on a grid
 ``supersample`` times finer than the target, imaged through a widefield OTF (cut-off
-2NA/λ) and binned onto the camera grid (``scale`` × the target pixel), with shot, read
-and offset noise; the target is the same structure through a SIM-like OTF about twice as
-wide, binned onto the target grid, noise-free, in the same intensity units (expected
-photo-electrons per widefield pixel). All parameters live in :class:`SimulatorConfig`
-as ranges; each pair draws its own values, deterministically from its generator.
+2NA/λ, damped by aberrations) plus out-of-focus haze and background, binned onto the
+camera grid (``scale`` × the target pixel), with shot and read noise, camera gain and
+offset; the target is the same structure through a SIM-like OTF about twice as wide
+(no haze: optical sectioning), binned onto the target grid, noise-free, in in-focus
+photo-electrons per widefield pixel. All parameters live in :class:`SimulatorConfig` as
+ranges; each pair draws its own values, deterministically from its generator.
 
 Simple filament generator (:func:`make_filament_pairs`, used by ``microdiff demo``):
 
@@ -24,7 +25,7 @@ This is deliberately simple; the realistic BioSR-like simulator replaces it.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -106,22 +107,31 @@ def upsample(low: torch.Tensor, scale: int) -> torch.Tensor:
 # the BioSR-like simulator
 # ----------------------------------------------------------------------------------------
 STRUCTURES = ("mt", "factin", "ccp", "er", "mixed")
-PHOTONS_LEVEL_1, PHOTONS_LEVEL_9 = 15.0, 600.0  # BioSR's nine signal levels, about
+COUNTS_LEVEL_1, COUNTS_LEVEL_9 = 15.0, 600.0  # BioSR's nine signal levels: mean counts above offset
 
 
-def photons_for_level(level: int) -> float:
-    """Mean signal counts per widefield pixel for BioSR-like level 1..9 (geometric)."""
+def counts_for_level(level: int) -> float:
+    """Mean camera counts above the offset for BioSR-like level 1..9 (geometric, 15–600)."""
     if not 1 <= level <= 9:
         raise ValueError(f"level must be 1..9, got {level}")
-    return PHOTONS_LEVEL_1 * (PHOTONS_LEVEL_9 / PHOTONS_LEVEL_1) ** ((level - 1) / 8)
+    return COUNTS_LEVEL_1 * (COUNTS_LEVEL_9 / COUNTS_LEVEL_1) ** ((level - 1) / 8)
 
 
 @dataclass
 class SimulatorConfig:
-    """Simulator parameters; pairs of numbers are ranges drawn uniformly per image.
+    """Simulator parameters; pairs of numbers are ranges drawn uniformly per image
+    (``counts`` log-uniformly). Lengths in µm.
 
-    Lengths in µm. ``photons``: mean signal photo-electrons per widefield pixel (BioSR's
-    levels span about 15–600). ``background``: uniform background as a fraction of it.
+    counts: mean widefield camera counts above the offset (ADU; BioSR's levels span
+        about 15–600).
+    gain: ADU per photo-electron of the camera.
+    haze: out-of-focus light as a multiple of the in-focus signal, blurred by a Gaussian
+        of ``haze_sigma_um`` (widefield only: SIM's optical sectioning removes it).
+    background: uniform background as a multiple of the in-focus signal.
+    aberration: a: the widefield OTF is damped by exp(−a (k/k_c)²) (real objectives,
+        sample-induced aberrations).
+    Defaults calibrated on the power spectra of the real BioSR microtubule pair
+    (docs/simulator.md).
     """
 
     target_pixel_um: float = 0.0313
@@ -130,13 +140,16 @@ class SimulatorConfig:
     na: tuple[float, float] = (1.3, 1.49)
     wavelength_um: tuple[float, float] = (0.488, 0.640)
     sim_factor: tuple[float, float] = (1.8, 2.0)
-    photons: tuple[float, float] = (PHOTONS_LEVEL_1, PHOTONS_LEVEL_9)
-    background: tuple[float, float] = (0.02, 0.2)
+    counts: tuple[float, float] = (COUNTS_LEVEL_1, COUNTS_LEVEL_9)
+    gain: float = 0.32
+    haze: tuple[float, float] = (2.0, 4.0)
+    haze_sigma_um: tuple[float, float] = (1.0, 2.0)
+    background: tuple[float, float] = (1.0, 3.0)
+    aberration: tuple[float, float] = (1.0, 2.0)
     read_noise: tuple[float, float] = (1.0, 3.0)
     offset: float = 100.0
     density: tuple[float, float] = (0.6, 1.4)
     pad_um: float = 1.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def input_pixel_um(self) -> float:
@@ -148,8 +161,9 @@ class SimulatorConfig:
 
 @dataclass
 class SimulatedPair:
-    """low: widefield camera counts ``[S/scale, S/scale]``; target: noise-free SIM-like
-    image ``[S, S]`` in the same units (float32); params: the values drawn for this pair."""
+    """low: widefield camera counts (ADU, offset included) ``[S/scale, S/scale]``;
+    target: noise-free SIM-like image ``[S, S]`` in in-focus photo-electrons per widefield
+    pixel (float32); params: the values drawn for this pair."""
 
     low: np.ndarray
     target: np.ndarray
@@ -164,7 +178,7 @@ def simulate_pair(
     level: int | None = None,
 ) -> SimulatedPair:
     """One widefield/SIM pair of ``kind`` (``mt, factin, ccp, er, mixed``) with a
-    ``size × size`` target. ``level`` (1..9) fixes the photon level; else it is drawn."""
+    ``size × size`` target. ``level`` (1..9) fixes the mean counts; else they are drawn."""
     cfg = cfg or SimulatorConfig()
     if kind not in STRUCTURES:
         raise ValueError(f"unknown structure {kind!r}; choose one of {', '.join(STRUCTURES)}")
@@ -176,22 +190,32 @@ def simulate_pair(
         return float(rng.uniform(*r))
 
     p = {"na": draw(cfg.na), "wavelength_um": draw(cfg.wavelength_um),
-         "sim_factor": draw(cfg.sim_factor), "background": draw(cfg.background),
-         "read_noise": draw(cfg.read_noise), "density": draw(cfg.density),
-         "photons": photons_for_level(level) if level else float(
-             math.exp(rng.uniform(math.log(cfg.photons[0]), math.log(cfg.photons[1]))))}
+         "sim_factor": draw(cfg.sim_factor), "haze": draw(cfg.haze),
+         "haze_sigma_um": draw(cfg.haze_sigma_um), "background": draw(cfg.background),
+         "aberration": draw(cfg.aberration), "read_noise": draw(cfg.read_noise),
+         "density": draw(cfg.density),
+         "counts": counts_for_level(level) if level else float(
+             math.exp(rng.uniform(math.log(cfg.counts[0]), math.log(cfg.counts[1]))))}
     px = cfg.target_pixel_um / cfg.supersample
     pad = int(math.ceil(cfg.pad_um / px / block)) * block  # against FFT wrap-around
     n = size * cfg.supersample + 2 * pad
-    truth = structure(kind, rng, n, px, p["density"])
+    truth_ft = np.fft.fft2(structure(kind, rng, n, px, p["density"]))
+    k = optics.frequency_radius(n, px)
     cutoff = 2 * p["na"] / p["wavelength_um"]
-    wide = optics.image_through(truth, px, cutoff)[pad:-pad, pad:-pad]
-    sim = optics.image_through(truth, px, p["sim_factor"] * cutoff)[pad:-pad, pad:-pad]
-    wide = optics.bin_pixels(wide, block)
-    sim = optics.bin_pixels(sim, cfg.supersample)
-    unit = p["photons"] / max(float(wide.mean()), 1e-12)  # → photo-electrons per pixel
-    expected = wide * unit + p["background"] * p["photons"]
-    low = optics.camera(expected, rng, p["read_noise"], cfg.offset)
+    in_focus = optics.circular_otf(k, cutoff) * np.exp(-p["aberration"] * (k / cutoff) ** 2)
+    haze = np.exp(-2 * (np.pi * p["haze_sigma_um"] * k) ** 2)  # Gaussian blur, mean kept
+
+    def image(transfer: np.ndarray, bin_by: int) -> np.ndarray:
+        img = np.fft.ifft2(truth_ft * transfer).real[pad:-pad, pad:-pad]
+        return optics.bin_pixels(img, bin_by)
+
+    signal = image(in_focus, block)
+    hazy = image(haze, block)
+    sim = image(optics.circular_otf(k, p["sim_factor"] * cutoff), cfg.supersample)
+    electrons = p["counts"] / cfg.gain / (1 + p["haze"] + p["background"])  # in-focus mean
+    unit = electrons / max(float(signal.mean()), 1e-12)
+    expected = unit * (signal + p["haze"] * hazy) + p["background"] * electrons
+    low = cfg.gain * optics.camera(expected, rng, p["read_noise"], 0.0) + cfg.offset
     p |= {"kind": kind, "cutoff_per_um": cutoff, "input_pixel_um": cfg.input_pixel_um,
-          "target_pixel_um": cfg.target_pixel_um}
+          "target_pixel_um": cfg.target_pixel_um, "in_focus_electrons": electrons}
     return SimulatedPair(low.astype(np.float32), (sim * unit).astype(np.float32), p)
