@@ -56,17 +56,19 @@ def _show(a: np.ndarray) -> np.ndarray:
 
 
 def examples(cfg: SimulatorConfig) -> None:
-    fig, axes = plt.subplots(len(STRUCTURES), 2, figsize=(5, 2.5 * len(STRUCTURES)))
+    fig, axes = plt.subplots(len(STRUCTURES), 3, figsize=(7.5, 2.5 * len(STRUCTURES)))
     for row, kind in zip(axes, STRUCTURES, strict=True):
         pair = simulate_pair(kind, 256, np.random.default_rng(3), cfg, level=9)
-        row[0].imshow(_show(np.kron(pair.low, np.ones((2, 2)))), cmap="gray")
-        row[1].imshow(_show(pair.target), cmap="gray")
+        row[0].imshow(_show(pair.structure), cmap="gray")
+        row[1].imshow(_show(np.kron(pair.low, np.ones((2, 2)))), cmap="gray")
+        row[2].imshow(_show(pair.target), cmap="gray")
         row[0].set_ylabel(kind)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0, 0].set_title("widefield (level 9)")
-    axes[0, 1].set_title("SIM-like target")
+    axes[0, 0].set_title("structure")
+    axes[0, 1].set_title("widefield (level 9)")
+    axes[0, 2].set_title("SIM-like target")
     fig.tight_layout()
     fig.savefig(IMG / "simulator_examples.png", dpi=80)
     plt.close(fig)
@@ -181,7 +183,7 @@ In Python: `microdiff.data.synthetic.simulate_pair(kind, size, rng, SimulatorCon
   noise 1–3 e⁻, camera gain 0.32 ADU/e⁻, offset 100 ADU. `--level 1..9` sets the mean
   counts above the offset from 15 to 600 ADU (geometric), like BioSR's nine levels.
 
-## Examples (level 9, seed 3)
+## Examples: structure | widefield | SIM-like target (level 9, seed 3)
 
 ![simulated pairs](img/simulator_examples.png)
 

@@ -12,6 +12,7 @@ from microdiff.data.datasets import (
     paired_folder,
     random_patches,
     simulated,
+    simulator_batches,
     split_by_name,
 )
 from microdiff.data.io import Image, write_image, write_mrc
@@ -90,3 +91,14 @@ def test_biosr_cells(tmp_path) -> None:
     assert [p.name for p in pairs] == ["Cell_001", "Cell_002"] and pairs[0].scale == 2
     with pytest.raises(UserError, match="no BioSR"):
         biosr_cells(tmp_path / "Cell_001" / "nothing", level=2)
+
+
+def test_simulator_on_the_fly_is_fresh_and_reproducible() -> None:
+    a = simulator_batches("mt", 32, batch=2, seed=3, level=5)
+    b = simulator_batches("mt", 32, batch=2, seed=3, level=5)
+    x1, y1 = next(a)
+    x2, y2 = next(a)
+    assert x1.shape == y1.shape == (2, 1, 32, 32)
+    assert not torch.equal(y1, y2)  # new pairs every batch
+    bx, by = next(b)
+    assert torch.equal(bx, x1) and torch.equal(by, y1)

@@ -23,7 +23,11 @@ def test_equal_seeds_give_equal_pairs_and_others_differ(kind) -> None:
     np.testing.assert_array_equal(a.target, b.target)
     assert a.params == b.params
     assert not np.array_equal(a.target, c.target)
-    assert a.low.shape == (32, 32) and a.target.shape == (64, 64)
+    assert a.low.shape == (32, 32) and a.target.shape == a.structure.shape == (64, 64)
+    # the target is the structure blurred: about the same intensity (light also blurs in
+    # and out across the field's edge), less contrast
+    assert a.target.mean() == pytest.approx(a.structure.mean(), rel=0.2)
+    assert a.target.std() < a.structure.std()
     assert a.low.dtype == a.target.dtype == np.float32
     assert np.all(a.target >= -1e-3 * a.target.max())  # non-negative up to FFT round-off
 

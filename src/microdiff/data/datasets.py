@@ -10,6 +10,8 @@ image with a training patch.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +107,20 @@ def simulated(kind: str, n: int, size: int, seed: int, level: int | None = None,
         p = simulate_pair(kind, size, np.random.default_rng([seed, i]), cfg, level)
         out.append(make_pair(f"{kind}_{i:05d}", p.low[None], p.target[None]))
     return out
+
+
+def simulator_batches(
+    kind: str, size: int, batch: int, seed: int, level: int | None = None,
+    cfg: SimulatorConfig | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless ``(x, y)`` batches ``[B, 1, size, size]`` of freshly simulated pairs (the
+    simulator on the fly; batch ``j``, pair ``i`` from ``default_rng([seed, j, i])``)."""
+    for j in itertools.count():
+        pairs = []
+        for i in range(batch):
+            sp = simulate_pair(kind, size, np.random.default_rng([seed, j, i]), cfg, level)
+            pairs.append(make_pair(f"{kind}_{j}_{i}", sp.low[None], sp.target[None]))
+        yield torch.stack([p.x for p in pairs]), torch.stack([p.y for p in pairs])
 
 
 def split_by_name(pairs: list[Pair], val_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:

@@ -163,10 +163,12 @@ class SimulatorConfig:
 class SimulatedPair:
     """low: widefield camera counts (ADU, offset included) ``[S/scale, S/scale]``;
     target: noise-free SIM-like image ``[S, S]`` in in-focus photo-electrons per widefield
-    pixel (float32); params: the values drawn for this pair."""
+    pixel (float32); structure: the ground truth before any optics, integrated onto the
+    target grid (same units); params: the values drawn for this pair."""
 
     low: np.ndarray
     target: np.ndarray
+    structure: np.ndarray
     params: dict
 
 
@@ -199,7 +201,8 @@ def simulate_pair(
     px = cfg.target_pixel_um / cfg.supersample
     pad = int(math.ceil(cfg.pad_um / px / block)) * block  # against FFT wrap-around
     n = size * cfg.supersample + 2 * pad
-    truth_ft = np.fft.fft2(structure(kind, rng, n, px, p["density"]))
+    truth = structure(kind, rng, n, px, p["density"])
+    truth_ft = np.fft.fft2(truth)
     k = optics.frequency_radius(n, px)
     cutoff = 2 * p["na"] / p["wavelength_um"]
     in_focus = optics.circular_otf(k, cutoff) * np.exp(-p["aberration"] * (k / cutoff) ** 2)
@@ -218,4 +221,6 @@ def simulate_pair(
     low = cfg.gain * optics.camera(expected, rng, p["read_noise"], 0.0) + cfg.offset
     p |= {"kind": kind, "cutoff_per_um": cutoff, "input_pixel_um": cfg.input_pixel_um,
           "target_pixel_um": cfg.target_pixel_um, "in_focus_electrons": electrons}
-    return SimulatedPair(low.astype(np.float32), (sim * unit).astype(np.float32), p)
+    gt = optics.bin_pixels(truth[pad:-pad, pad:-pad], cfg.supersample) * unit
+    return SimulatedPair(low.astype(np.float32), (sim * unit).astype(np.float32),
+                         gt.astype(np.float32), p)
