@@ -41,11 +41,9 @@ class Pair:
 def _chw(img: Image) -> np.ndarray:
     data = np.asarray(img.data, dtype=np.float32)
     axes = img.axes
-    if axes in ("YX",):
+    if axes == "YX":
         return data[None]
-    if axes in ("CYX", "ZYX") and data.shape[0] == 1:
-        return data
-    if axes == "CYX":
+    if axes == "CYX" or (axes == "ZYX" and data.shape[0] == 1):
         return data
     if axes == "YXC":
         return np.moveaxis(data, -1, 0)
