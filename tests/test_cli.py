@@ -30,7 +30,11 @@ def test_demo_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
         assert isinstance(results[key], float)
     stack = tifffile.imread(out / "examples.tif")
     assert stack.shape == (2, 4, 16, 16)  # pairs × (input, mean, std, target)
-    assert (out / "model.pt").exists() and (out / "config.yaml").exists()
+    assert (out / "model" / "bundle.json").exists() and (out / "config.yaml").exists()
+    import microdiff
+
+    pred = microdiff.load(out / "model").predict(stack[0, 0][::2, ::2], samples=2, steps=3)
+    assert pred.mean.shape == (16, 16) and (pred.std >= 0).all()
     assert not list(out.glob("*.tmp"))
 
 

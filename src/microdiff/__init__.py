@@ -6,15 +6,17 @@ Public API (see DESIGN.md)::
     model = microdiff.CVDM.from_config(cfg.model)
     terms = model.loss(x, y)                        # dict[str, Tensor[B]]
     out = model.sample(x, steps=50, samples=8, generator=torch.Generator().manual_seed(0))
+    pred = microdiff.load("demo-run/model")         # an inference bundle → Predictor
+    res = pred.predict(image, axes="YX", samples=8, steps=20)   # any size, input units
 """
 
+from ._version import __version__
 from .config import Config, load_config
 from .diffusion import CVDM
 from .errors import UserError
+from .predictor import Prediction, Predictor, load
 from .sampling import SampleOutput
 from .schedule import FixedSchedule, LearnedSchedule, Schedule
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CVDM",
@@ -25,5 +27,8 @@ __all__ = [
     "Schedule",
     "UserError",
     "__version__",
+    "load",
     "load_config",
+    "Prediction",
+    "Predictor",
 ]

@@ -14,6 +14,7 @@ import tifffile
 import torch
 
 from . import metrics
+from .checkpoint import save_bundle
 from .config import Config, config_to_yaml, load_config
 from .data.synthetic import make_filament_pairs
 from .diffusion import CVDM
@@ -78,9 +79,7 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
                 "final_loss": result.history[-1]["loss"], "parameters": n_params}
 
     _atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
-    buf = io.BytesIO()
-    torch.save({"model": result.ema.state_dict(), "config": cfg.model_dump(mode="json")}, buf)
-    _atomic_write_bytes(out / "model.pt", buf.getvalue())
+    save_bundle(out / "model", result.ema, cfg.model, cfg.sample, scale=d.scale, overwrite=True)
     stack = torch.stack([test_set.x, mean, std, test_set.y], dim=1)[:, :, 0].numpy()
     buf = io.BytesIO()
     tifffile.imwrite(buf, stack.astype(np.float32), imagej=True, metadata={"axes": "TCYX"})

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
 from .io import Image, write_image
 from .synthetic import STRUCTURES, SimulatorConfig, simulate_pair

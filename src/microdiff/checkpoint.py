@@ -1,0 +1,86 @@
+"""The inference bundle: a folder a trained model travels in.
+
+``MODEL/weights.safetensors`` (all weights, EMA if trained with EMA) and
+``MODEL/bundle.json``: the resolved model and sampling config, the scale factor, the input
+pixel size (µm) the model was trained at, the normalisation percentiles and the microdiff
+version. Written atomically (temporary folder + rename); loading checks every key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from ._version import __version__
+from .config import ModelConfig, SampleConfig
+from .diffusion import CVDM
+from .errors import UserError
+
+FORMAT = 1
+
+
+class BundleError(UserError):
+    """A model folder is missing, incomplete or from an incompatible version."""
+
+
+def save_bundle(
+    folder: str | Path,
+    model: CVDM,
+    model_cfg: ModelConfig,
+    sample_cfg: SampleConfig,
+    scale: int,
+    pixel_size_um: float | None = None,
+    percentiles: tuple[float, float] = (1.0, 99.8),
+    overwrite: bool = False,
+) -> Path:
+    """Write ``folder`` (atomically); refuses to replace an existing one unless asked."""
+    folder = Path(folder)
+    if folder.exists() and not overwrite:
+        raise BundleError(f"{folder} exists; refusing to overwrite it")
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp / "weights.safetensors"))
+    meta = {
+        "format": FORMAT,
+        "microdiff_version": __version__,
+        "model": model_cfg.model_dump(mode="json"),
+        "sample": sample_cfg.model_dump(mode="json"),
+        "scale": scale,
+        "pixel_size_um": pixel_size_um,
+        "normalization": {"kind": "percentile", "lo": percentiles[0], "hi": percentiles[1]},
+    }
+    (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
+    """(model in eval mode, metadata) from a bundle folder."""
+    folder = Path(folder)
+    meta_path, weights = folder / "bundle.json", folder / "weights.safetensors"
+    if not meta_path.is_file() or not weights.is_file():
+        raise BundleError(
+            f"{folder}: not a microdiff model folder (needs bundle.json and weights.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise BundleError(f"{meta_path}: not valid JSON") from None
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{folder}: bundle format {meta.get('format')!r}; this microdiff reads {FORMAT}")
+    model = CVDM.from_config(ModelConfig.model_validate(meta["model"]))
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(weights), device=device), strict=False)
+    except RuntimeError:  # tensors of the wrong shape
+        raise BundleError(f"{folder}: weights do not match the config (tensor shapes differ)") from None
+    if missing or unexpected:
+        raise BundleError(f"{folder}: weights do not match the config "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
+    return model.to(device).eval(), meta
