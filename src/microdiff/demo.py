@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,18 +15,13 @@ import torch
 from . import metrics
 from .checkpoint import save_bundle
 from .config import Config, config_to_yaml, load_config
+from .data.io import atomic_write_bytes
 from .data.synthetic import make_filament_pairs
 from .diffusion import CVDM
 from .errors import UserError
 from .train import random_batches, train
 
 TEST_SEED_OFFSET = 10_000  # held-out pairs come from a disjoint seed
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def evaluate_pairs(
@@ -78,13 +72,13 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
     summary |= {"train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
                 "final_loss": result.history[-1]["loss"], "parameters": n_params}
 
-    _atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode())
+    atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
     save_bundle(out / "model", result.ema, cfg.model, cfg.sample, scale=d.scale, overwrite=True)
     stack = torch.stack([test_set.x, mean, std, test_set.y], dim=1)[:, :, 0].numpy()
     buf = io.BytesIO()
     tifffile.imwrite(buf, stack.astype(np.float32), imagej=True, metadata={"axes": "TCYX"})
-    _atomic_write_bytes(out / "examples.tif", buf.getvalue())
-    _atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode())
+    atomic_write_bytes(out / "examples.tif", buf.getvalue(), overwrite=True)
+    atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode(), overwrite=True)
 
     print()
     print(f"{'held-out pairs (n=' + str(d.n_test) + ')':<28}{'PSNR [dB]':>10}{'SSIM':>8}")

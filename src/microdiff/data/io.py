@@ -56,7 +56,9 @@ class Image:
             raise ValueError(f"axes {self.axes!r} do not match an array of {self.data.ndim} dims")
 
 
-def _atomic_write(path: Path, payload: bytes, overwrite: bool) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, overwrite: bool = False) -> None:
+    """Write ``payload`` to ``path`` via a temporary file and a rename (never half-written);
+    refuses to replace an existing file unless ``overwrite``."""
     if path.exists() and not overwrite:
         raise ImageWriteError(f"{path} exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -129,7 +131,7 @@ def write_tiff(path: str | Path, image: Image, overwrite: bool = False) -> None:
             meta["unit"] = "um"
             kwargs["resolution"] = (1.0 / image.pixel_size, 1.0 / image.pixel_size)
         tifffile.imwrite(buf, data, imagej=True, metadata=meta, **kwargs)
-    _atomic_write(path, buf.getvalue(), overwrite)
+    atomic_write_bytes(path, buf.getvalue(), overwrite)
 
 
 # --- MRC --------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ def write_png(path: str | Path, image: Image, overwrite: bool = False) -> None:
         raise ImageWriteError(f"{path.name}: {data.dtype} cannot be stored; convert to "
                               f"{' or '.join(np.dtype(a).name for a in allowed)} first")
     payload = iio.imwrite("<bytes>", data, extension=_suffix(path))
-    _atomic_write(path, payload, overwrite)
+    atomic_write_bytes(path, payload, overwrite)
 
 
 # --- dispatch ---------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def read_npz_pairs(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def write_npz_pairs(path: str | Path, x: np.ndarray, y: np.ndarray, overwrite: bool = False) -> None:
     buf = io.BytesIO()
     np.savez(buf, x=x, y=y)
-    _atomic_write(Path(path), buf.getvalue(), overwrite)
+    atomic_write_bytes(Path(path), buf.getvalue(), overwrite)
 
 
 def widefield_from_raw_sim(raw: Image) -> Image:

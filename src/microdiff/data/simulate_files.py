@@ -10,7 +10,6 @@ can be regenerated alone.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._version import __version__
 from ..errors import UserError
-from .io import Image, write_image
+from .io import Image, atomic_write_bytes, write_image
 from .synthetic import STRUCTURES, SimulatorConfig, simulate_pair
 
 
@@ -56,8 +55,5 @@ def write_simulated_pairs(
         pairs.append({"name": name, **pair.params})
     manifest = {"microdiff_version": __version__, "structure": structure, "n": n, "size": size,
                 "level": level, "seed": seed, "simulator": cfg.to_dict(), "pairs": pairs}
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = manifest_path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode(), overwrite=True)
     return manifest_path
