@@ -22,7 +22,7 @@ def test_demo_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     cfg_path = tmp_path / "tiny.yaml"
     cfg_path.write_text(config_to_yaml(tiny_config()))
     out = tmp_path / "run"
-    proc = _run("demo", "--config", str(cfg_path), "--out", str(out), "--quiet")
+    proc = _run("demo", "--config", str(cfg_path), "--out", str(out), "--quiet", "--set", "train.steps=2")
     assert proc.returncode == 0, proc.stderr
     assert "CVDM posterior mean" in proc.stdout and "bicubic" in proc.stdout
     results = json.loads((out / "results.json").read_text())
@@ -77,3 +77,35 @@ def test_bad_config_file_is_reported(tmp_path) -> None:
     proc = _run("demo", "--config", str(path))
     assert proc.returncode == 2 and "train.lern_rate" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_predict_command_writes_mean_and_std_with_pixel_size(tmp_path) -> None:
+    import numpy as np
+    import torch
+    from helpers import tiny_model_config
+
+    from microdiff.checkpoint import save_bundle
+    from microdiff.config import SampleConfig
+    from microdiff.data.io import Image, read_image, write_image
+    from microdiff.diffusion import CVDM
+
+    cfg = tiny_model_config("learned-exact", residual=True)
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "model", CVDM.from_config(cfg), cfg, SampleConfig(steps=2, samples=2), scale=2)
+    rng = np.random.default_rng(0)
+    for name in ("a.tif", "b.tif"):
+        data = (rng.random((20, 12)) * 500).astype(np.uint16)
+        write_image(tmp_path / "in" / name, Image(data, "YX", 0.0626))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "microdiff.cli", "predict", str(tmp_path / "model"),
+                           str(tmp_path / "in"), "--out", str(out), "--seed", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("a", "b"):
+        mean, std = read_image(out / f"{name}_mean.tif"), read_image(out / f"{name}_std.tif")
+        assert mean.data.shape == std.data.shape == (40, 24) and mean.data.dtype == np.float32
+        assert mean.pixel_size == pytest.approx(0.0313, rel=1e-5)
+    again = _run("predict", str(tmp_path / "model"), str(tmp_path / "in"), "--out", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+    missing = _run("predict", str(tmp_path / "model"), str(tmp_path / "nope.tif"), "--out", str(out))
+    assert missing.returncode == 2 and "no such file" in missing.stderr

@@ -52,3 +52,16 @@ def test_missing_file_and_bad_yaml(tmp_path) -> None:
     bad.write_text(yaml.safe_dump([1, 2]))
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_set_overrides() -> None:
+    from microdiff.config import apply_overrides
+
+    cfg = apply_overrides(load_config("demo"), ["train.steps=30", "model.schedule.kind=learned-exact",
+                                                "sample.clip=null", "model.denoiser.channel_mults=[1, 2]"])
+    assert cfg.train.steps == 30 and cfg.model.schedule.kind == "learned-exact"
+    assert cfg.sample.clip is None and cfg.model.denoiser.channel_mults == [1, 2]
+    for bad, msg in (("train.stepz=3", "not a config key"), ("train.steps=-1", "train.steps"),
+                     ("trainsteps", "KEY=VALUE"), ("model.loss.eps.x=1", "not a config key")):
+        with pytest.raises(ConfigError, match=msg):
+            apply_overrides(load_config("demo"), [bad])

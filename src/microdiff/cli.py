@@ -1,4 +1,4 @@
-"""Command line: ``microdiff demo`` and ``microdiff simulate`` (more arrive with the workflow)."""
+"""Command line: ``microdiff demo``, ``simulate`` and ``predict`` (more arrive with the workflow)."""
 
 from __future__ import annotations
 
@@ -24,13 +24,14 @@ def demo(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("demo-run"),
     steps: Annotated[int | None, typer.Option(help="training steps (default: the preset's)")] = None,
     config: Annotated[str, typer.Option(help="preset name or YAML file")] = "demo",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=30")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
     """Train a small CVDM on built-in filament images and compare it with bicubic upsampling."""
-    from .config import load_config
+    from .config import apply_overrides, load_config
     from .demo import run_demo
 
-    cfg = load_config(config)
+    cfg = apply_overrides(load_config(config), set_ or [])
     if steps is not None:
         if steps < 1:
             raise UserError("--steps must be at least 1")
@@ -52,6 +53,25 @@ def simulate(
     from .data.simulate_files import write_simulated_pairs
 
     write_simulated_pairs(out, structure, n, size, level, seed, overwrite=overwrite)
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="model folder (inference bundle)")],
+    inputs: Annotated[list[Path], typer.Argument(help="image files or folders (TIFF/MRC/PNG)")],
+    out: Annotated[Path, typer.Option(help="output folder")],
+    samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed (same seed, same output)")] = 0,
+    tile: Annotated[int, typer.Option(help="tile size on the output grid")] = 256,
+    overlap: Annotated[int, typer.Option(help="tile overlap in output pixels")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+) -> None:
+    """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image."""
+    from .predict_files import predict_files
+
+    predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
+                  overlap=overlap, overwrite=overwrite)
 
 
 def main() -> None:

@@ -159,5 +159,31 @@ def load_config(path_or_preset: str | Path) -> Config:
     return config_from_dict(data, str(path))
 
 
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``["train.steps=30", "model.schedule.kind=learned-exact", ...]`` applied to ``cfg``.
+
+    Values are parsed as YAML (``3``, ``1e-4``, ``true``, ``[1, 2]``, ``null``); the result
+    is validated again, so a wrong key or value is a :class:`ConfigError`.
+    """
+    data = cfg.model_dump(mode="json")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.steps=30")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {item!r}: {key.strip()!r} is not a config key")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"--set {item!r}: {key.strip()!r} is not a config key")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    return config_from_dict(data, "--set")
+
+
 def config_to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
