@@ -36,3 +36,98 @@ def ssim(pred: np.ndarray, target: np.ndarray, match: bool = True) -> float:
     """SSIM of a 2-D image against the target, over the target's data range."""
     p = affine_match(pred, target) if match else pred
     return float(structural_similarity(target.astype(np.float64), p, data_range=data_range(target)))
+
+
+def nrmse(pred: np.ndarray, target: np.ndarray, match: bool = True) -> float:
+    """Root-mean-square error divided by the target's data range."""
+    p = affine_match(pred, target) if match else pred.astype(np.float64)
+    return float(np.sqrt(np.mean((p - target.astype(np.float64)) ** 2)) / max(data_range(target), 1e-12))
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang, Simoncelli & Bovik 2003
+
+
+def _ssim_terms(x: np.ndarray, y: np.ndarray, data_range: float) -> tuple[float, float]:
+    """Mean luminance term and mean contrast-structure term, Gaussian window σ = 1.5."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return gaussian_filter(a, 1.5, truncate=3.5, mode="reflect")
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    lum = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
+    cs = (2 * cxy + c2) / (vx + vy + c2)
+    return float(lum.mean()), float(cs.mean())
+
+
+def ms_ssim(pred: np.ndarray, target: np.ndarray, match: bool = True, scales: int = 5) -> float:
+    """Multi-scale SSIM of 2-D images (Gaussian window; as many of the 5 standard scales as
+    the image size allows, at least 22 px at the coarsest; weights renormalised)."""
+    x = affine_match(pred, target) if match else pred.astype(np.float64)
+    y = target.astype(np.float64)
+    dr = data_range(target)
+    n = max(1, min(scales, int(np.log2(min(y.shape) / 22)) + 1))
+    w = np.asarray(MS_SSIM_WEIGHTS[:n])
+    w = w / w.sum()
+    value = 1.0
+    for i in range(n):
+        lum, cs = _ssim_terms(x, y, dr)
+        value *= (max(cs, 1e-12) if i < n - 1 else max(lum * cs, 1e-12)) ** w[i]
+        h, wd = (s // 2 * 2 for s in x.shape)
+        x = x[:h, :wd].reshape(h // 2, 2, wd // 2, 2).mean((1, 3))
+        y = y[:h, :wd].reshape(h // 2, 2, wd // 2, 2).mean((1, 3))
+    return float(value)
+
+
+def frc_curve(a: np.ndarray, b: np.ndarray, pixel_size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier ring correlation of two square-cropped 2-D images: (frequencies in cycles per
+    unit of ``pixel_size``, FRC per one-pixel-wide ring up to Nyquist)."""
+    n = min(a.shape + b.shape)
+    a = a[:n, :n].astype(np.float64) - a[:n, :n].mean()
+    b = b[:n, :n].astype(np.float64) - b[:n, :n].mean()
+    win = np.hanning(n)[:, None] * np.hanning(n)[None, :]
+    fa, fb = np.fft.fft2(a * win), np.fft.fft2(b * win)
+    f = np.fft.fftfreq(n)
+    ring = np.rint(np.sqrt(f[:, None] ** 2 + f[None, :] ** 2) * n).astype(int).ravel()
+    num = np.bincount(ring, (fa * fb.conj()).real.ravel())
+    den = np.sqrt(np.bincount(ring, (np.abs(fa) ** 2).ravel()) * np.bincount(ring, (np.abs(fb) ** 2).ravel()))
+    k = np.arange(1, n // 2 + 1)
+    return k / (n * pixel_size), num[k] / np.maximum(den[k], 1e-30)
+
+
+def frc_resolution(a: np.ndarray, b: np.ndarray, pixel_size: float = 1.0, threshold: float = 1 / 7) -> float:
+    """Resolution (units of ``pixel_size``) where the FRC first falls below ``threshold``
+    (1/7 by default); the Nyquist limit 2·pixel_size if it never does."""
+    k, frc = frc_curve(a, b, pixel_size)
+    below = np.nonzero(frc < threshold)[0]
+    return float(1 / k[below[0]]) if below.size else 2 * pixel_size
+
+
+def spearman_std_error(std: np.ndarray, error: np.ndarray) -> float:
+    """Spearman rank correlation of the predicted std with the absolute error."""
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(np.ravel(std), np.abs(np.ravel(error))).statistic)
+
+
+def coverage(std: np.ndarray, error: np.ndarray, k: float) -> float:
+    """Fraction of pixels whose |error| ≤ k·std (a calibrated Gaussian: 0.683 at k=1, 0.954 at 2)."""
+    return float(np.mean(np.abs(error) <= k * std))
+
+
+def ause(std: np.ndarray, error: np.ndarray, steps: int = 50) -> float:
+    """Area under the sparsification error curve: removing the most uncertain pixels first
+    (by std) against the oracle order (by |error|), RMSE of the rest, integrated over the
+    removed fraction in [0, 1). 0 when std ranks pixels exactly like the error."""
+    e = np.abs(np.ravel(error)).astype(np.float64)
+    by_std, by_err = e[np.argsort(-np.ravel(std), kind="stable")], np.sort(e)[::-1]
+    fractions = np.linspace(0, 1, steps, endpoint=False)
+    n = e.size
+
+    def curve(order: np.ndarray) -> np.ndarray:
+        return np.array([np.sqrt(np.mean(order[int(f * n):] ** 2)) for f in fractions])
+
+    return float(np.mean(curve(by_std) - curve(by_err)))
