@@ -109,3 +109,30 @@ def test_predict_command_writes_mean_and_std_with_pixel_size(tmp_path) -> None:
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
     missing = _run("predict", str(tmp_path / "model"), str(tmp_path / "nope.tif"), "--out", str(out))
     assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_evaluate_command_writes_metrics_for_model_and_bicubic(tmp_path) -> None:
+    import csv
+
+    import torch
+    from helpers import tiny_model_config
+
+    from microdiff.checkpoint import save_bundle
+    from microdiff.config import SampleConfig
+    from microdiff.data.simulate_files import write_simulated_pairs
+    from microdiff.diffusion import CVDM
+
+    cfg = tiny_model_config("learned-exact", residual=True)
+    torch.manual_seed(0)
+    save_bundle(tmp_path / "model", CVDM.from_config(cfg), cfg, SampleConfig(steps=2, samples=3), scale=2)
+    write_simulated_pairs(tmp_path / "data", "mt", 2, 48, level=9, seed=0, progress=False)
+    proc = _run("evaluate", str(tmp_path / "model"), str(tmp_path / "data"), "--out", str(tmp_path / "ev"))
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader((tmp_path / "ev" / "metrics.csv").open()))
+    assert [(r["image"], r["method"]) for r in rows] == [
+        ("mt_00000", "cvdm"), ("mt_00000", "bicubic"), ("mt_00001", "cvdm"), ("mt_00001", "bicubic")]
+    for r in rows:
+        assert float(r["psnr"]) > 0 and 0 < float(r["ssim"]) <= 1 and r["frc_unit"] == "nm"
+        assert (r["coverage_1sigma"] != "") == (r["method"] == "cvdm")
+    summary = (tmp_path / "ev" / "summary.md").read_text()
+    assert "| cvdm |" in summary and "| bicubic |" in summary

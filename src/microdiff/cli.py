@@ -1,4 +1,4 @@
-"""Command line: ``microdiff demo``, ``simulate`` and ``predict`` (more arrive with the workflow)."""
+"""Command line: ``microdiff demo``, ``simulate``, ``predict`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,22 @@ def predict(
 
     predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
                   overlap=overlap, overwrite=overwrite)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="model folder (inference bundle)")],
+    data: Annotated[Path, typer.Argument(help="paired data folder (input/, target/)")],
+    out: Annotated[Path, typer.Option(help="output folder for metrics.csv and summary.md")],
+    samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Metrics of the model and of bicubic upsampling against the targets of DATA."""
+    from .evaluate_files import evaluate_folder
+
+    evaluate_folder(model, data, out, samples=samples, steps=steps, seed=seed)
+    print(f"wrote {out / 'metrics.csv'} and {out / 'summary.md'}")
 
 
 def main() -> None:

@@ -66,8 +66,8 @@ def make_pair(name: str, low: np.ndarray, target: np.ndarray) -> Pair:
     return Pair(name, low_t, x, torch.from_numpy(y_n), scale)
 
 
-def paired_folder(folder: str | Path) -> list[Pair]:
-    """All pairs of ``folder/input`` and ``folder/target`` matched by file stem."""
+def paired_files(folder: str | Path) -> list[tuple[str, Path, Path]]:
+    """``(name, input file, target file)`` for every pair of a paired folder, by stem."""
     folder = Path(folder)
     inp, tgt = folder / "input", folder / "target"
     if not inp.is_dir() or not tgt.is_dir():
@@ -82,7 +82,12 @@ def paired_folder(folder: str | Path) -> list[Pair]:
     missing = sorted(set(a) ^ set(b))
     if missing:
         raise UserError(f"{folder}: {len(missing)} image(s) without a partner, e.g. {missing[0]!r}")
-    return [make_pair(s, _chw(read_image(a[s])), _chw(read_image(b[s]))) for s in sorted(a)]
+    return [(s, a[s], b[s]) for s in sorted(a)]
+
+
+def paired_folder(folder: str | Path) -> list[Pair]:
+    """All pairs of ``folder/input`` and ``folder/target`` matched by file stem, normalised."""
+    return [make_pair(s, _chw(read_image(a)), _chw(read_image(b))) for s, a, b in paired_files(folder)]
 
 
 def biosr_cells(root: str | Path, level: int) -> list[Pair]:
