@@ -23,16 +23,11 @@ from .data.datasets import paired_files
 from .data.io import atomic_write_bytes, read_image
 from .data.synthetic import upsample
 from .errors import ShapeError
-from .predict_files import _as_2d
+from .predict_files import as_2d
 from .predictor import load
 
 COLUMNS = ["image", "method", "psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution",
            "frc_unit", "spearman_std_error", "coverage_1sigma", "coverage_2sigma", "ause"]
-
-
-def _affine(pred: np.ndarray, target: np.ndarray) -> float:
-    p, t = pred.ravel().astype(np.float64), target.ravel().astype(np.float64)
-    return float(np.mean((p - p.mean()) * (t - t.mean())) / max(p.var(), 1e-30))
 
 
 def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: float | None,
@@ -46,7 +41,7 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: float | N
             "frc_unit": "nm" if pixel_size_um else "px"}
     if std is not None:
         error = matched - target
-        s = std * abs(_affine(pred, target))
+        s = std * abs(metrics.affine_fit(pred, target)[0])
         row |= {"spearman_std_error": metrics.spearman_std_error(s, error),
                 "coverage_1sigma": metrics.coverage(s, error, 1),
                 "coverage_2sigma": metrics.coverage(s, error, 2), "ause": metrics.ause(s, error)}
@@ -60,8 +55,8 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
     rows = []
     for name, inp, tgt in tqdm(paired_files(data), desc="evaluating", disable=not progress):
         img, target_img = read_image(inp), read_image(tgt)
-        x, axes = _as_2d(img)
-        target, _ = _as_2d(target_img)
+        x, axes = as_2d(img)
+        target, _ = as_2d(target_img)
         if axes != "YX":
             raise ShapeError(f"{inp}: evaluate handles single-channel images for now")
         if target.shape != tuple(s * predictor.scale for s in x.shape):

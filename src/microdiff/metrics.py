@@ -11,13 +11,18 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 
-def affine_match(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """``a·pred + b`` with (a, b) minimising ‖a·pred + b − target‖²."""
+def affine_fit(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """(a, b) minimising ‖a·pred + b − target‖² (a = 0 for a constant prediction)."""
     p = pred.astype(np.float64).ravel()
     t = target.astype(np.float64).ravel()
     var = p.var()
     a = 0.0 if var == 0 else float(np.mean((p - p.mean()) * (t - t.mean())) / var)
-    b = float(t.mean() - a * p.mean())
+    return a, float(t.mean() - a * p.mean())
+
+
+def affine_match(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``a·pred + b`` with (a, b) from :func:`affine_fit`."""
+    a, b = affine_fit(pred, target)
     return (a * pred.astype(np.float64) + b).reshape(pred.shape)
 
 

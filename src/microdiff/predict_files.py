@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data.datasets import IMAGE_SUFFIXES
-from .data.io import Image, ImageWriteError, read_image, write_image
+from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, read_image, write_image
 from .errors import ShapeError, UserError
 from .predictor import load
 
@@ -35,7 +34,8 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def _as_2d(img: Image) -> tuple[np.ndarray, str]:
+def as_2d(img: Image) -> tuple[np.ndarray, str]:
+    """The image as ``YX`` or ``CYX`` data (a single-plane ``ZYX`` stack is squeezed)."""
     data, axes = img.data, img.axes
     if axes == "ZYX" and data.shape[0] == 1:
         return data[0], "YX"
@@ -62,7 +62,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
     for f, (mean_path, std_path) in tqdm(list(zip(files, targets, strict=True)), desc="predicting",
                                          disable=not progress, dynamic_ncols=True):
         img = read_image(f)
-        data, axes = _as_2d(img)
+        data, axes = as_2d(img)
         res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
                                 tile=tile, overlap=overlap, pixel_size_um=img.pixel_size)
         write_image(mean_path, Image(res.mean, axes, res.pixel_size_um), overwrite=overwrite)

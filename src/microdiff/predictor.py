@@ -79,8 +79,7 @@ class Predictor:
         both = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()
         c = chw.shape[0]
         mean = norm.denormalize(both[:c], channel_axis=0)
-        span = (np.asarray(norm.p_hi) - np.asarray(norm.p_lo) + norm.eps)[:, None, None]
-        std = (both[c:] * span).astype(np.float32)
+        std = norm.denormalize_spread(both[c:], channel_axis=0)
         if axes == "YX":
             mean, std = mean[0], std[0]
         px = pixel_size_um / self.scale if pixel_size_um else None

@@ -19,11 +19,9 @@ import numpy as np
 import torch
 
 from ..errors import ShapeError, UserError
-from .io import Image, read_biosr_cell, read_image
+from .io import IMAGE_SUFFIXES, Image, read_biosr_cell, read_image
 from .normalize import PercentileNormalizer
 from .synthetic import SimulatorConfig, simulate_pair, upsample
-
-IMAGE_SUFFIXES = (".tif", ".tiff", ".mrc", ".png", ".jpg", ".jpeg")
 
 
 @dataclass

@@ -204,6 +204,8 @@ def write_png(path: str | Path, image: Image, overwrite: bool = False) -> None:
 # --- dispatch ---------------------------------------------------------------------------
 _READERS = {".tif": read_tiff, ".tiff": read_tiff, ".ome.tif": read_tiff, ".ome.tiff": read_tiff,
             ".mrc": read_mrc, ".png": read_png, ".jpg": read_png, ".jpeg": read_png}
+#: file suffixes (as ``Path.suffix`` gives them) that :func:`read_image` reads
+IMAGE_SUFFIXES = tuple(k for k in _READERS if k.count(".") == 1)
 _WRITERS = {".tif": write_tiff, ".tiff": write_tiff, ".ome.tif": write_tiff,
             ".ome.tiff": write_tiff, ".mrc": write_mrc, ".png": write_png, ".jpg": write_png,
             ".jpeg": write_png}

@@ -59,6 +59,11 @@ class PercentileNormalizer:
         lo, span = self._shape(image, channel_axis)
         return (np.asarray(image, np.float64) * span + lo).astype(np.float32)
 
+    def denormalize_spread(self, spread: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+        """A spread (std, error) in normalised units → input units: scaled, not shifted."""
+        _, span = self._shape(spread, channel_axis)
+        return (np.asarray(spread, np.float64) * span).astype(np.float32)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
