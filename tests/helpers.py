@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from microdiff.config import Config, ModelConfig
+from microdiff.config import Config, DataConfig, ModelConfig
 from microdiff.diffusion import CVDM
 from microdiff.nets.unet import UNetSpec
 
@@ -31,9 +31,12 @@ def tiny_model(kind: str = "learned", seed: int = 0, **overrides) -> CVDM:
     return CVDM.from_config(tiny_model_config(kind, **overrides))
 
 
-def tiny_config() -> Config:
-    cfg = Config(model=tiny_model_config("learned", residual=True))
-    cfg.data.size, cfg.data.n_train, cfg.data.n_test = 16, 16, 2
-    cfg.train.steps, cfg.train.batch_size, cfg.train.warmup = 3, 2, 1
+def tiny_config(steps: int = 3) -> Config:
+    """Simulated 32² images, 16² patches, a tiny model: a training run takes seconds."""
+    cfg = Config(model=tiny_model_config("learned", residual=True, target_scale=0.1))
+    cfg.data = DataConfig(image_size=32, size=16, n_train=6, n_val=2)
+    cfg.train.steps, cfg.train.batch_size, cfg.train.warmup = steps, 2, 1
+    cfg.train.checkpoint_every, cfg.train.val_every, cfg.train.log_every = 5, 5, 1
+    cfg.train.val_steps, cfg.train.val_samples = 2, 2
     cfg.sample.steps, cfg.sample.samples = 3, 2
     return cfg

@@ -77,3 +77,28 @@ def test_predict_rejects_bad_axes(bundle) -> None:
         pred.predict(np.zeros((4, 8, 8)), axes="ZYX")
     with pytest.raises(ShapeError, match="channel"):
         pred.predict(np.zeros((2, 8, 8)), axes="CYX")
+
+
+def test_predict_a_1500px_image_through_tiles_writes_the_halved_pixel_size(bundle, tmp_path) -> None:
+    from microdiff.data.io import Image, read_image, write_image
+    from microdiff.predict_files import predict_files
+
+    image = np.random.default_rng(1).gamma(2, 100, (1500, 1500)).astype(np.float32)
+    write_image(tmp_path / "in" / "big.tif", Image(image, "YX", 0.0626))
+    written = predict_files(bundle[0], [tmp_path / "in"], tmp_path / "out", samples=1, steps=1,
+                            tile=1024, overlap=32, progress=False)
+    assert [p.name for p in written] == ["big_mean.tif", "big_std.tif"]
+    mean = read_image(tmp_path / "out" / "big_mean.tif")
+    assert mean.data.shape == (3000, 3000) and np.isfinite(mean.data).all()
+    assert mean.pixel_size == pytest.approx(0.0313, rel=1e-5)
+
+
+def test_predict_can_return_samples_and_the_schedule_map(bundle) -> None:
+    pred = microdiff.load(bundle[0])
+    image = np.random.default_rng(0).gamma(2, 100, (20, 24)).astype(np.float32)
+    res = pred.predict(image, samples=3, steps=2, seed=0, return_samples=True, return_schedule=True)
+    plain = pred.predict(image, samples=3, steps=2, seed=0)
+    assert res.samples.shape == (3, 40, 48) and res.schedule.shape == (40, 48)
+    np.testing.assert_allclose(res.samples.mean(0), res.mean, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(res.mean, plain.mean)  # asking for more changes nothing
+    assert ((res.schedule > 0) & (res.schedule < 1)).all()  # γ(0.5, x) is a signal fraction

@@ -28,13 +28,19 @@ def test_demo_runs_end_to_end_on_a_tiny_config(tmp_path) -> None:
     results = json.loads((out / "results.json").read_text())
     for key in ("psnr_mean", "ssim_mean", "psnr_bicubic", "ssim_bicubic"):
         assert isinstance(results[key], float)
+    for key in ("spearman_std_error", "coverage_1sigma"):
+        assert isinstance(results[key], float)
     stack = tifffile.imread(out / "examples.tif")
-    assert stack.shape == (2, 4, 16, 16)  # pairs × (input, mean, std, target)
+    assert stack.shape == (4, 5, 32, 32)  # one per structure × (input, mean, std, |error|, target)
+    for name in ("metrics.csv", "summary.md", "montage.png", "schedule.png", "stats.jsonl"):
+        assert (out / name).is_file(), name
+    summary = (out / "summary.md").read_text()
+    assert all(f"| {s} | cvdm |" in summary for s in ("mt", "factin", "ccp", "er"))
     assert (out / "model" / "bundle.json").exists() and (out / "config.yaml").exists()
     import microdiff
 
     pred = microdiff.load(out / "model").predict(stack[0, 0][::2, ::2], samples=2, steps=3)
-    assert pred.mean.shape == (16, 16) and (pred.std >= 0).all()
+    assert pred.mean.shape == (32, 32) and (pred.std >= 0).all()
     assert not list(out.glob("*.tmp"))
 
 
@@ -105,6 +111,13 @@ def test_predict_command_writes_mean_and_std_with_pixel_size(tmp_path) -> None:
         mean, std = read_image(out / f"{name}_mean.tif"), read_image(out / f"{name}_std.tif")
         assert mean.data.shape == std.data.shape == (40, 24) and mean.data.dtype == np.float32
         assert mean.pixel_size == pytest.approx(0.0313, rel=1e-5)
+    extra = _run("predict", str(tmp_path / "model"), str(tmp_path / "in" / "a.tif"), "--out",
+                 str(tmp_path / "extra"), "--samples", "3", "--save-samples", "--save-schedule")
+    assert extra.returncode == 0, extra.stderr
+    samples = read_image(tmp_path / "extra" / "a_samples.tif")
+    assert samples.data.shape == (3, 40, 24) and samples.pixel_size == pytest.approx(0.0313, rel=1e-5)
+    schedule = read_image(tmp_path / "extra" / "a_schedule.tif").data
+    assert schedule.shape == (40, 24) and ((schedule > 0) & (schedule < 1)).all()
     again = _run("predict", str(tmp_path / "model"), str(tmp_path / "in"), "--out", str(out))
     assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
     missing = _run("predict", str(tmp_path / "model"), str(tmp_path / "nope.tif"), "--out", str(out))
@@ -134,5 +147,27 @@ def test_evaluate_command_writes_metrics_for_model_and_bicubic(tmp_path) -> None
     for r in rows:
         assert float(r["psnr"]) > 0 and 0 < float(r["ssim"]) <= 1 and r["frc_unit"] == "nm"
         assert (r["coverage_1sigma"] != "") == (r["method"] == "cvdm")
+    assert {r["structure"] for r in rows} == {"mt"}  # from manifest.json
     summary = (tmp_path / "ev" / "summary.md").read_text()
-    assert "| cvdm |" in summary and "| bicubic |" in summary
+    assert "| all | cvdm | 2 |" in summary and "| all | bicubic | 2 |" in summary
+    assert (tmp_path / "ev" / "montage.png").is_file() and (tmp_path / "ev" / "schedule.png").is_file()
+
+
+def test_train_command_runs_resumes_and_reports_errors_in_one_line(tmp_path) -> None:
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text(config_to_yaml(tiny_config(steps=4)))
+    run = tmp_path / "run"
+    proc = _run("train", "--config", str(cfg_path), "--out", str(run), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "validation" in proc.stdout and str(run / "model") in proc.stdout
+    again = _run("train", "--config", str(cfg_path), "--out", str(run), "--quiet")
+    assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
+    more = _run("train", "--out", str(run), "--resume", "--set", "train.steps=6", "--quiet")
+    assert more.returncode == 0, more.stderr
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000006.pt"
+    bad = _run("train", "--out", str(run), "--resume", "--set", "model.timesteps=50", "--quiet")
+    assert bad.returncode == 2 and "only train.* and sample.*" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    missing = _run("train", "--config", str(cfg_path), "--set", f"data.path={tmp_path / 'none'}",
+                   "--out", str(tmp_path / "run2"), "--quiet")
+    assert missing.returncode == 2 and "not a folder" in missing.stderr

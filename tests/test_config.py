@@ -11,7 +11,7 @@ from microdiff.errors import ConfigError
 
 
 def test_every_preset_loads_and_builds(tmp_path) -> None:
-    assert {"demo", "paper"} <= set(preset_names())
+    assert {"demo", "sim-mt", "sim-mixed", "biosr-sr", "paper"} <= set(preset_names())
     cfg = load_config("demo")
     model = microdiff.CVDM.from_config(cfg.model)
     assert model.residual and model.timesteps == 200
@@ -65,3 +65,14 @@ def test_set_overrides() -> None:
                      ("trainsteps", "KEY=VALUE"), ("model.loss.eps.x=1", "not a config key")):
         with pytest.raises(ConfigError, match=msg):
             apply_overrides(load_config("demo"), [bad])
+
+
+@pytest.mark.parametrize("name", ["demo", "sim-mt", "sim-mixed", "biosr-sr", "paper"])
+def test_every_preset_takes_the_common_overrides(name, tmp_path) -> None:
+    from microdiff.config import apply_overrides
+
+    cfg = apply_overrides(load_config(name), [
+        "train.steps=30", "train.seed=3", "train.batch_size=2", "train.checkpoint_every=10",
+        f"data.path={tmp_path}"])
+    assert (cfg.train.steps, cfg.train.seed, cfg.train.batch_size, cfg.train.checkpoint_every) == (30, 3, 2, 10)
+    assert cfg.data.path == str(tmp_path)

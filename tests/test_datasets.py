@@ -89,6 +89,11 @@ def test_biosr_cells(tmp_path) -> None:
         write_mrc(d / "SIM_gt.mrc", Image((rng.random((1, 32, 32)) * 100).astype(np.uint16), "ZYX"))
     pairs = biosr_cells(tmp_path, level=2)
     assert [p.name for p in pairs] == ["Cell_001", "Cell_002"] and pairs[0].scale == 2
+    write_mrc(tmp_path / "Cell_001" / "RawSIMData_level_05.mrc", Image(raw, "ZYX"))
+    every = biosr_cells(tmp_path)  # every level of every cell, named after the cell
+    assert [p.name for p in every] == ["Cell_001", "Cell_001", "Cell_002"]
+    train, val = split_by_name(every, 0.5, seed=0)
+    assert {p.name for p in train}.isdisjoint({p.name for p in val}) and len(train) + len(val) == 3
     with pytest.raises(UserError, match="no BioSR"):
         biosr_cells(tmp_path / "Cell_001" / "nothing", level=2)
 

@@ -1,4 +1,10 @@
-"""The inference bundle: a folder a trained model travels in.
+"""Full training state (for ``--resume``) and the inference bundle.
+
+Training state: ``RUN/checkpoints/step_NNNNNNNN.pt`` (model, EMA, optimiser, step, RNG
+states, resolved config, version), written atomically, plus ``RUN/checkpoints/latest``
+naming the newest one; only the newest ``keep`` are kept.
+
+The inference bundle: a folder a trained model travels in.
 
 ``MODEL/weights.safetensors`` (all weights, EMA if trained with EMA) and
 ``MODEL/bundle.json``: the resolved model and sampling config, the scale factor, the input
@@ -8,15 +14,18 @@ version. Written atomically (temporary folder + rename); loading checks every ke
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from ._version import __version__
 from .config import ModelConfig, SampleConfig
+from .data.io import atomic_write_bytes
 from .diffusion import CVDM
 from .errors import UserError
 
@@ -36,6 +45,7 @@ def save_bundle(
     pixel_size_um: float | None = None,
     percentiles: tuple[float, float] = (1.0, 99.8),
     overwrite: bool = False,
+    ema: bool = True,
 ) -> Path:
     """Write ``folder`` (atomically); refuses to replace an existing one unless asked."""
     folder = Path(folder)
@@ -48,6 +58,7 @@ def save_bundle(
     save_file(state, str(tmp / "weights.safetensors"))
     meta = {
         "format": FORMAT,
+        "weights": "ema" if ema else "model",
         "microdiff_version": __version__,
         "model": model_cfg.model_dump(mode="json"),
         "sample": sample_cfg.model_dump(mode="json"),
@@ -84,3 +95,43 @@ def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
         raise BundleError(f"{folder}: weights do not match the config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     return model.to(device).eval(), meta
+
+
+class CheckpointError(UserError):
+    """A training checkpoint is missing or unreadable."""
+
+
+def save_training_state(folder: str | Path, state: dict, step: int, keep: int = 2) -> Path:
+    """Write ``state`` as ``folder/step_NNNNNNNN.pt`` atomically, point ``latest`` at it and
+    delete all but the newest ``keep`` checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:08d}.pt"
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue(), overwrite=True)
+    atomic_write_bytes(folder / "latest", f"{path.name}\n".encode(), overwrite=True)
+    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+        if old != path:
+            old.unlink()
+    return path
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint ``folder/latest`` names, or None when there is none."""
+    pointer = Path(folder) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(folder) / pointer.read_text().strip()
+    if not path.is_file():
+        raise CheckpointError(f"{pointer} names {path.name}, which does not exist")
+    return path
+
+
+def load_training_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The dict :func:`save_training_state` wrote."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable microdiff checkpoint ({err.__class__.__name__})"
+                              ) from None

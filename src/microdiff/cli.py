@@ -1,4 +1,4 @@
-"""Command line: ``microdiff demo``, ``simulate``, ``predict`` and ``evaluate``."""
+"""Command line: ``microdiff demo``, ``train``, ``simulate``, ``predict`` and ``evaluate``."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def demo(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=30")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
 ) -> None:
-    """Train a small CVDM on built-in filament images and compare it with bicubic upsampling."""
+    """Simulate data, train a small CVDM, and compare it with bicubic upsampling on held-out images."""
     from .config import apply_overrides, load_config
     from .demo import run_demo
 
@@ -37,6 +37,32 @@ def demo(
             raise UserError("--steps must be at least 1")
         cfg.train.steps = steps
     run_demo(out, cfg, progress=not quiet)
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="run folder (config.yaml, stats.jsonl, checkpoints/, model/)")],
+    config: Annotated[str | None, typer.Option(
+        help="preset name or YAML file (default: the run's config.yaml with --resume, else demo)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. train.steps=30")] = None,
+    resume: Annotated[bool, typer.Option(
+        help="continue the run in --out from its latest checkpoint")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Train a model: from a paired data folder (--set data.path=DIR) or the simulator."""
+    from .config import apply_overrides, load_config
+    from .train import train_run
+
+    if config is None:
+        saved = out / "config.yaml"
+        config = str(saved) if resume and saved.is_file() else "demo"
+    cfg = apply_overrides(load_config(config), set_ or [])
+    result = train_run(cfg, out, resume=resume, progress=not quiet)
+    f = result.final
+    print(f"validation ({len(result.data.val)} held-out, {cfg.sample.steps} steps x "
+          f"{cfg.sample.samples} samples): PSNR {f['val_psnr']:.2f} dB (bicubic "
+          f"{f['val_psnr_bicubic']:.2f}), SSIM {f['val_ssim']:.3f} (bicubic {f['val_ssim_bicubic']:.3f})")
+    print(f"model: {out / 'model'}   (microdiff predict {out / 'model'} IMAGES --out DIR)")
 
 
 @app.command()
@@ -66,12 +92,17 @@ def predict(
     tile: Annotated[int, typer.Option(help="tile size on the output grid")] = 256,
     overlap: Annotated[int, typer.Option(help="tile overlap in output pixels")] = 32,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    save_samples: Annotated[bool, typer.Option(help="also write NAME_samples.tif (the K samples)")] = False,
+    save_schedule: Annotated[bool, typer.Option(
+        help="also write NAME_schedule.tif (the learned-schedule map γ(0.5, x))")] = False,
 ) -> None:
     """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image."""
     from .predict_files import predict_files
 
-    predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
-                  overlap=overlap, overwrite=overwrite)
+    written = predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
+                            overlap=overlap, overwrite=overwrite, save_samples=save_samples,
+                            save_schedule=save_schedule)
+    print(f"wrote {len(written)} files to {out}")
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """Validated configuration: pydantic models (unknown keys rejected), YAML in and out.
 
-Sections: ``model`` (networks, schedule, loss), ``data`` (the demo's built-in filament
-generator for now), ``train`` and ``sample``. Presets live in ``microdiff/configs/*.yaml``
+Sections: ``model`` (networks, schedule, loss), ``data`` (a paired folder or a
+generator), ``train`` and ``sample``. Presets live in ``microdiff/configs/*.yaml``
 (``configs/`` at the repository root points there); :func:`load_config` takes a preset
 name or a path.
 """
@@ -77,29 +77,67 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """The built-in filament generator (the demo's data)."""
+    """Where training pairs come from, and the patches cut from them.
 
-    size: int = Field(64, ge=16, description="target patch size in pixels")
+    ``path`` set: a paired folder (``input/``, ``target/``); whole files are held out for
+    validation (``val_fraction``). ``path`` unset: ``generator`` makes the pairs: the
+    BioSR-like ``simulator`` (``structure``, ``level``) or the demo's simple
+    ``filaments``; ``n_train`` training images and ``n_val`` held-out images come from
+    disjoint random streams (neither coincides with ``microdiff simulate`` output).
+    """
+
+    path: str | None = Field(None, description="paired data folder; unset: the generator below")
+    generator: Literal["simulator", "filaments"] = "simulator"
+    structure: Literal["mt", "factin", "ccp", "er", "mixed"] = "mixed"
+    level: int | None = Field(None, ge=1, le=9, description="simulator signal level; unset: drawn")
+    image_size: int = Field(128, ge=16, description="size of generated images (target pixels)")
+    size: int = Field(64, ge=16, description="training patch size (target pixels)")
     scale: int = Field(2, ge=1, description="super-resolution factor")
-    n_train: int = Field(512, ge=1)
-    n_test: int = Field(16, ge=1)
-    photons: float = Field(200.0, gt=0, description="mean photon count of bright widefield pixels")
+    n_train: int = Field(512, ge=1, description="generated training images")
+    n_val: int = Field(8, ge=1, description="generated held-out images; with data.path: the most validated")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="data.path: fraction of files held out")
+    photons: float = Field(200.0, gt=0, description="filaments: photon count of bright pixels")
+    min_contrast: float = Field(0.0, ge=0, le=1, description="reject patches emptier than this")
+    augment: bool = Field(True, description="random 90° rotations and flips")
+    pixel_size_um: float | None = Field(
+        None, gt=0, description="input pixel size when the files do not carry one")
 
     @model_validator(mode="after")
-    def _size_multiple_of_scale(self) -> DataConfig:
+    def _sizes(self) -> DataConfig:
         if self.size % self.scale:
             raise ValueError(f"data.size ({self.size}) must be a multiple of data.scale ({self.scale})")
+        if self.path is None and self.generator == "simulator":
+            if self.image_size % self.scale:
+                raise ValueError(f"data.image_size ({self.image_size}) must be a multiple of "
+                                 f"data.scale ({self.scale})")
+            if self.image_size < self.size:
+                raise ValueError(f"data.image_size ({self.image_size}) must be at least "
+                                 f"data.size ({self.size})")
         return self
 
 
 class TrainConfig(_Strict):
+    """The LR is warmed up linearly over ``warmup`` steps, then constant, and the EMA decay
+    is constant: neither depends on ``steps``, so a run resumed with more steps follows
+    exactly the path of a run started with them."""
+
     steps: int = Field(400, ge=1)
     batch_size: int = Field(8, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     warmup: int = Field(20, ge=0, description="linear LR warm-up steps")
     grad_clip: float = Field(1.0, gt=0)
     ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of all weights")
     seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    bf16: bool = Field(True, description="bf16 autocast on CUDA (schedule math stays float32)")
+    log_every: int = Field(10, ge=1, description="steps between stats.jsonl lines")
+    checkpoint_every: int = Field(100, ge=1, description="steps between full-state checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
+    val_every: int = Field(100, ge=0, description="steps between validations (0: only at the end)")
+    val_steps: int = Field(20, ge=1, description="sampling steps of validation")
+    val_samples: int = Field(4, ge=1, description="posterior samples of validation")
 
 
 class SampleConfig(_Strict):

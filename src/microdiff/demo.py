@@ -1,10 +1,22 @@
-"""``microdiff demo``: train a small CVDM on built-in filament pairs, then compare its
-posterior mean with the bicubic-upsampled input on held-out pairs (PSNR, SSIM)."""
+"""``microdiff demo``: simulate, train the ``demo`` preset, evaluate on held-out images.
+
+The run folder is a normal training run (``config.yaml``, ``stats.jsonl``,
+``checkpoints/``, ``montages/``, ``model/``) plus the evaluation on held-out simulated
+images, one group per structure (microtubules, F-actin, clathrin-coated pits, ER), drawn
+from a random stream that neither training nor validation uses:
+
+``metrics.csv`` and ``summary.md`` (the metrics of ``microdiff evaluate``, for the
+posterior mean and the bicubic input), ``montage.png`` (input | mean | std | |error| |
+target), ``schedule.png`` (the learned γ(t) over structure and background pixels),
+``examples.tif`` (the same panels for every held-out image, ImageJ stack) and
+``results.json`` (the headline figures).
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -12,78 +24,114 @@ import numpy as np
 import tifffile
 import torch
 
-from . import metrics
-from .checkpoint import save_bundle
-from .config import Config, config_to_yaml, load_config
+from .config import Config, load_config
+from .data.datasets import Pair, simulated
 from .data.io import atomic_write_bytes
-from .data.synthetic import make_filament_pairs
-from .diffusion import CVDM
+from .data.synthetic import STRUCTURES, SimulatorConfig
 from .errors import UserError
-from .train import random_batches, train
+from .evaluate_files import image_metrics, montage_row, schedule_profile, write_report
+from .train import train_run
 
-TEST_SEED_OFFSET = 10_000  # held-out pairs come from a disjoint seed
+TEST_STREAM = 3  # simulator stream of the held-out evaluation images
+RUN_ENTRIES = ("config.yaml", "stats.jsonl", "checkpoints", "montages", "model", "results.json",
+               "metrics.csv", "summary.md", "montage.png", "schedule.png", "examples.tif")
 
 
-def evaluate_pairs(
-    model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, seed: int, progress: bool = False
-) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Posterior mean/std of every pair and mean PSNR/SSIM of it and of the bicubic input."""
-    gen = torch.Generator().manual_seed(seed)
-    s = cfg.sample
-    out = model.sample(x, steps=s.steps, samples=s.samples, generator=gen,
-                       sampler=s.sampler, eta=s.eta, grid=s.grid, clip=s.clip, progress=progress)
-    rows = {"psnr_mean": [], "ssim_mean": [], "psnr_bicubic": [], "ssim_bicubic": []}
-    for i in range(x.shape[0]):
-        target = y[i, 0].numpy()
-        for name, img in (("mean", out.mean[i, 0].numpy()), ("bicubic", x[i, 0].numpy())):
-            rows[f"psnr_{name}"].append(metrics.psnr(img, target))
-            rows[f"ssim_{name}"].append(metrics.ssim(img, target))
-    summary = {k: float(np.mean(v)) for k, v in rows.items()}
-    return summary, out.mean, out.std
+def held_out_pairs(cfg: Config, data_val: list[Pair]) -> list[Pair]:
+    """Evaluation pairs: per structure (simulator) or the run's held-out images (others)."""
+    d = cfg.data
+    if d.path is not None or d.generator != "simulator":
+        return data_val
+    kinds = [k for k in STRUCTURES if k != "mixed"] if d.structure == "mixed" else [d.structure]
+    per = max(1, d.n_val // len(kinds))
+    sim = SimulatorConfig(scale=d.scale)
+    return [p for k in kinds for p in simulated(k, per, d.image_size, cfg.train.seed, d.level, sim,
+                                                stream=TEST_STREAM)]
+
+
+def _clear_earlier_demo(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        if not (out / "results.json").exists():
+            raise UserError(f"{out} exists and does not hold an earlier demo run; choose another --out")
+        for name in RUN_ENTRIES:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dict[str, float]:
     """Run the demo into ``out`` and return its figures (also written to ``results.json``)."""
     cfg = cfg or load_config("demo")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()) and not (out / "results.json").exists():
-        raise UserError(f"{out} exists and does not hold an earlier demo run; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.train.seed)
-    d = cfg.data
+    out = Path(out)
+    _clear_earlier_demo(out)
     t0 = time.perf_counter()
-    train_set = make_filament_pairs(d.n_train, d.size, d.scale, d.photons, seed=cfg.train.seed)
-    test_set = make_filament_pairs(d.n_test, d.size, d.scale, d.photons,
-                                   seed=cfg.train.seed + TEST_SEED_OFFSET)
-    model = CVDM.from_config(cfg.model)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"demo: {d.n_train} training pairs of {d.size}x{d.size} (x{d.scale}), "
-          f"{n_params / 1e6:.2f} M parameters, schedule {cfg.model.schedule.kind}, "
-          f"{cfg.train.steps} steps")
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    result = train(model, random_batches(train_set.x, train_set.y, cfg.train.batch_size, gen),
-                   cfg.train, progress=progress)
+    run = train_run(cfg, out, progress=progress)
     t_train = time.perf_counter() - t0
-    print(f"sampling {d.n_test} held-out inputs: {cfg.sample.samples} samples x "
-          f"{cfg.sample.steps} steps ({cfg.sample.sampler})")
-    summary, mean, std = evaluate_pairs(result.ema, test_set.x, test_set.y, cfg, cfg.train.seed,
-                                        progress=progress)
-    summary |= {"train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
-                "final_loss": result.history[-1]["loss"], "parameters": n_params}
+    model = run.trainer.ema
+    pairs = held_out_pairs(cfg, run.data.val)
+    s = cfg.sample
+    if progress:
+        print(f"evaluating on {len(pairs)} held-out images: {s.samples} samples x {s.steps} steps "
+              f"({s.sampler})")
+    simulated_data = cfg.data.generator == "simulator" and not cfg.data.path
+    px = SimulatorConfig().target_pixel_um if simulated_data else None
+    rows, panels, labels, stack = [], [], [], []
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    for p in pairs:
+        with torch.no_grad():
+            res = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen, sampler=s.sampler,
+                               eta=s.eta, grid=s.grid, clip=s.clip)
+        x, y = p.x[0].numpy().astype(np.float64), p.y[0].numpy().astype(np.float64)
+        mean, std = res.mean[0, 0].numpy().astype(np.float64), res.std[0, 0].numpy().astype(np.float64)
+        structure = p.name.split("_")[0] if p.name.split("_")[0] in STRUCTURES else "all"
+        rows.append({"image": p.name, "structure": structure, "method": "cvdm",
+                     **image_metrics(mean, y, px, std)})
+        rows.append({"image": p.name, "structure": structure, "method": "bicubic", **image_metrics(x, y, px)})
+        panel = montage_row(x, mean, std, y)
+        stack.append(np.stack(panel).astype(np.float32))
+        if len(panels) < 4 and (structure == "all" or structure not in labels):
+            panels.append(panel)
+            labels.append(structure if structure != "all" else p.name)
+    write_report(rows, out, f"microdiff demo: `{cfg.model.schedule.kind}` schedule, {cfg.train.steps} steps")
+    from .plots import montage, schedule_curves
 
-    atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
-    save_bundle(out / "model", result.ema, cfg.model, cfg.sample, scale=d.scale, overwrite=True)
-    stack = torch.stack([test_set.x, mean, std, test_set.y], dim=1)[:, :, 0].numpy()
+    montage(out / "montage.png", panels, row_labels=labels)
+    schedule_curves(out / "schedule.png", *schedule_profile(model, pairs[0].x[None], pairs[0].y[0].numpy()),
+                    title=f"{cfg.model.schedule.kind} schedule on {pairs[0].name}")
     buf = io.BytesIO()
-    tifffile.imwrite(buf, stack.astype(np.float32), imagej=True, metadata={"axes": "TCYX"})
+    tifffile.imwrite(buf, np.stack(stack), imagej=True, metadata={"axes": "TCYX"})
     atomic_write_bytes(out / "examples.tif", buf.getvalue(), overwrite=True)
-    atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode(), overwrite=True)
 
+    def avg(method: str, key: str) -> float:
+        return float(np.mean([r[key] for r in rows if r["method"] == method]))
+
+    summary = {"psnr_mean": avg("cvdm", "psnr"), "ssim_mean": avg("cvdm", "ssim"),
+               "psnr_bicubic": avg("bicubic", "psnr"), "ssim_bicubic": avg("bicubic", "ssim"),
+               "spearman_std_error": avg("cvdm", "spearman_std_error"),
+               "coverage_1sigma": avg("cvdm", "coverage_1sigma"),
+               "coverage_2sigma": avg("cvdm", "coverage_2sigma"), "held_out_images": len(pairs),
+               "train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
+               "final_loss": _last_loss(out), "parameters": sum(p.numel() for p in model.parameters())}
+    atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode(), overwrite=True)
+    _print_summary(summary, out)
+    return summary
+
+
+def _last_loss(out: Path) -> float:
+    lines = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines() if ln.strip()]
+    losses = [r["loss"] for r in lines if r.get("kind") == "train"]
+    return float(losses[-1]) if losses else float("nan")
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    n = summary["held_out_images"]
     print()
-    print(f"{'held-out pairs (n=' + str(d.n_test) + ')':<28}{'PSNR [dB]':>10}{'SSIM':>8}")
+    print(f"{'held-out images (n=' + str(n) + ')':<28}{'PSNR [dB]':>10}{'SSIM':>8}")
     print(f"{'bicubic-upsampled input':<28}{summary['psnr_bicubic']:>10.2f}{summary['ssim_bicubic']:>8.3f}")
     print(f"{'CVDM posterior mean':<28}{summary['psnr_mean']:>10.2f}{summary['ssim_mean']:>8.3f}")
-    print(f"(affine intensity matching as in CARE; took {summary['total_seconds']:.0f} s; "
-          f"outputs in {out})")
-    return summary
+    print(f"uncertainty: Spearman(std, |error|) {summary['spearman_std_error']:.2f}; "
+          f"±1σ covers {summary['coverage_1sigma']:.2f} of pixels, ±2σ {summary['coverage_2sigma']:.2f}")
+    print(f"(affine intensity matching as in CARE; took {summary['total_seconds']:.0f} s)")
+    print(f"outputs in {out}: summary.md and metrics.csv (per structure), montage.png, schedule.png, "
+          f"model/ (use with microdiff predict)")

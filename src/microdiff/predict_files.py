@@ -2,7 +2,9 @@
 
 For every input ``NAME.ext`` writes ``OUT/NAME_mean.tif`` and ``OUT/NAME_std.tif``: float32
 ImageJ TIFFs in the input's intensity units, with the input's pixel size divided by the
-model's scale factor (Fiji shows the right scale bar). Existing outputs are never
+model's scale factor (Fiji shows the right scale bar). Optionally ``NAME_samples.tif``
+(the K posterior samples as a stack) and ``NAME_schedule.tif`` (the learned-schedule map
+γ(t = 0.5, x)). Existing outputs are never
 replaced unless ``overwrite``.
 """
 
@@ -47,25 +49,33 @@ def as_2d(img: Image) -> tuple[np.ndarray, str]:
 
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
                   steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
-                  overwrite: bool = False, progress: bool = True) -> list[Path]:
+                  overwrite: bool = False, progress: bool = True, save_samples: bool = False,
+                  save_schedule: bool = False) -> list[Path]:
     """Predict every input; returns the written paths."""
     predictor = load(model)
     files = collect_inputs(inputs)
     targets = []
     for f in files:
         stem = f.name.split(".")[0]
-        pair = (out / f"{stem}_mean.tif", out / f"{stem}_std.tif")
-        if not overwrite and any(p.exists() for p in pair):
-            raise ImageWriteError(f"{pair[0]} exists; use --overwrite to replace it")
-        targets.append(pair)
+        kinds = ["mean", "std"] + ["samples"] * save_samples + ["schedule"] * save_schedule
+        paths = {k: out / f"{stem}_{k}.tif" for k in kinds}
+        clash = [p for p in paths.values() if p.exists()]
+        if clash and not overwrite:
+            raise ImageWriteError(f"{clash[0]} exists; use --overwrite to replace it")
+        targets.append(paths)
     written: list[Path] = []
-    for f, (mean_path, std_path) in tqdm(list(zip(files, targets, strict=True)), desc="predicting",
-                                         disable=not progress, dynamic_ncols=True):
+    for f, paths in tqdm(list(zip(files, targets, strict=True)), desc="predicting",
+                         disable=not progress, dynamic_ncols=True):
         img = read_image(f)
         data, axes = as_2d(img)
         res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
-                                tile=tile, overlap=overlap, pixel_size_um=img.pixel_size)
-        write_image(mean_path, Image(res.mean, axes, res.pixel_size_um), overwrite=overwrite)
-        write_image(std_path, Image(res.std, axes, res.pixel_size_um), overwrite=overwrite)
-        written += [mean_path, std_path]
+                                tile=tile, overlap=overlap, pixel_size_um=img.pixel_size,
+                                return_samples=save_samples, return_schedule=save_schedule)
+        arrays = {"mean": (res.mean, axes), "std": (res.std, axes),
+                  "samples": (res.samples, ("Z" if axes == "YX" else "ZC") + axes[-2:]),
+                  "schedule": (res.schedule, axes)}
+        for kind, path in paths.items():
+            data_k, axes_k = arrays[kind]
+            write_image(path, Image(data_k, axes_k, res.pixel_size_um), overwrite=overwrite)
+            written.append(path)
     return written

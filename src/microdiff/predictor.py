@@ -30,6 +30,12 @@ class Prediction:
     mean: np.ndarray
     std: np.ndarray
     pixel_size_um: float | None
+    samples: np.ndarray | None = None
+    """``[K, H·s, W·s]`` (or ``[K, C, ...]``) posterior samples in input units, when asked."""
+    schedule: np.ndarray | None = None
+    """The learned-schedule map γ(t = 0.5, x) on the output grid, when asked: the fraction of
+    signal a pixel keeps half-way through the forward process (lower: drowned in noise
+    earlier)."""
 
 
 class Predictor:
@@ -40,6 +46,23 @@ class Predictor:
         self.scale = int(meta["scale"])
         norm = meta["normalization"]
         self.percentiles = (float(norm["lo"]), float(norm["hi"]))
+
+    def _check(self, image: np.ndarray, axes: str) -> np.ndarray:
+        if axes not in ("YX", "CYX") or len(axes) != np.ndim(image):
+            raise ShapeError(f"image of shape {np.shape(image)} with axes {axes!r}: use 'YX' or 'CYX'")
+        chw = np.asarray(image, np.float32)[None] if axes == "YX" else np.asarray(image, np.float32)
+        if chw.shape[0] != self.model.schedule.out_channels:
+            raise ShapeError(f"the model expects {self.model.schedule.out_channels} channel(s), "
+                             f"the image has {chw.shape[0]}")
+        return chw
+
+    def condition(self, image: np.ndarray, axes: str = "YX") -> tuple[torch.Tensor, PercentileNormalizer]:
+        """The model's condition ``x`` ``[C, H·s, W·s]`` (normalised, upsampled) and the
+        normaliser fitted on ``image``."""
+        chw = self._check(image, axes)
+        norm = PercentileNormalizer(*self.percentiles).fit(chw, channel_axis=0)
+        x = torch.from_numpy(norm.normalize(chw, channel_axis=0))
+        return (upsample(x[None], self.scale)[0] if self.scale > 1 else x), norm
 
     @torch.no_grad()
     def predict(
@@ -52,38 +75,48 @@ class Predictor:
         tile: int = 256,
         overlap: int = 32,
         pixel_size_um: float | None = None,
+        return_samples: bool = False,
+        return_schedule: bool = False,
     ) -> Prediction:
         """Posterior mean and std of ``image`` (``axes`` ``"YX"`` or ``"CYX"``).
 
         ``samples``/``steps`` default to the bundle's sampling config; ``tile`` and
         ``overlap`` are on the output (target) grid; equal ``seed`` ⇒ equal output.
+        ``return_samples`` adds the K samples, ``return_schedule`` the γ(0.5, x) map.
         """
-        if axes not in ("YX", "CYX") or len(axes) != np.ndim(image):
-            raise ShapeError(f"image of shape {np.shape(image)} with axes {axes!r}: use 'YX' or 'CYX'")
-        chw = np.asarray(image, np.float32)[None] if axes == "YX" else np.asarray(image, np.float32)
-        if chw.shape[0] != self.model.schedule.out_channels:
-            raise ShapeError(f"the model expects {self.model.schedule.out_channels} channel(s), "
-                             f"the image has {chw.shape[0]}")
+        x, norm = self.condition(image, axes)
         s = self.meta["sample"]
         samples, steps = samples or s["samples"], steps or s["steps"]
-        norm = PercentileNormalizer(*self.percentiles).fit(chw, channel_axis=0)
-        x = torch.from_numpy(norm.normalize(chw, channel_axis=0))
-        x = upsample(x[None], self.scale)[0] if self.scale > 1 else x
         gen = torch.Generator().manual_seed(seed)
+        c = x.shape[0]
 
         def run(tiles: torch.Tensor) -> torch.Tensor:
             out = self.model.sample(tiles, steps=steps, samples=samples, generator=gen,
                                     sampler=s["sampler"], eta=s["eta"], grid=s["grid"], clip=s["clip"])
-            return torch.cat([out.mean, out.std], dim=1)
+            parts = [out.mean, out.std]
+            if return_samples:
+                parts.append(out.samples.flatten(1, 2))
+            if return_schedule:
+                parts.append(out.gamma_half.expand_as(out.mean))
+            return torch.cat(parts, dim=1)
 
-        both = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()
-        c = chw.shape[0]
-        mean = norm.denormalize(both[:c], channel_axis=0)
-        std = norm.denormalize_spread(both[c:], channel_axis=0)
+        every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()
+        mean = norm.denormalize(every[:c], channel_axis=0)
+        std = norm.denormalize_spread(every[c: 2 * c], channel_axis=0)
+        rest = every[2 * c:]
+        k_samples = lam = None
+        if return_samples:
+            k_samples = np.stack([norm.denormalize(rest[k * c: (k + 1) * c], channel_axis=0)
+                                  for k in range(samples)])
+            rest = rest[samples * c:]
+        if return_schedule:
+            lam = rest[:c]
         if axes == "YX":
             mean, std = mean[0], std[0]
+            k_samples = k_samples[:, 0] if k_samples is not None else None
+            lam = lam[0] if lam is not None else None
         px = pixel_size_um / self.scale if pixel_size_um else None
-        return Prediction(mean, std, px)
+        return Prediction(mean, std, px, k_samples, lam)
 
 
 def load(folder: str | Path, device: str = "cpu") -> Predictor:

@@ -1,33 +1,146 @@
-"""A short, explicit training loop (single process; the full workflow extends it).
+"""The training loop: one explicit loop, a run folder, checkpoints and exact resume.
 
-Adam with linear LR warm-up, gradient clipping, an EMA copy of every weight from step 0,
-a guard that skips non-finite losses, and a progress bar with the loss.
+:class:`Trainer` owns the model, its EMA copy (from step 0), the optimiser (Adam or AdamW)
+and the step counter; one :meth:`Trainer.train_step` is LR warm-up → loss (bf16 autocast on
+CUDA; the schedule math stays float32) → backward → gradient clipping → update → EMA. A
+non-finite loss or gradient skips the update; ``MAX_BAD_STEPS`` in a row stop training.
+
+:func:`train_run` is ``microdiff train``: it builds the data of ``cfg.data``, trains for
+``cfg.train.steps`` steps and keeps the run folder up to date::
+
+    RUN/config.yaml          the resolved config
+    RUN/stats.jsonl          one JSON line per log interval and per validation
+    RUN/checkpoints/         full state every ``checkpoint_every`` steps, ``latest`` pointer
+    RUN/montages/            validation montages (input | mean | std | error | target)
+    RUN/model/               the inference bundle (EMA weights), refreshed at checkpoints
+
+The batch, the diffusion noise and every other random draw of step ``s`` come from
+generators seeded with ``(train.seed, s)``, so ``--resume`` continues exactly: 20 steps
+straight and 10 + 10 resumed give the same weights.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
+from . import metrics
+from .checkpoint import latest_checkpoint, load_training_state, save_bundle, save_training_state
+from .config import Config, TrainConfig, config_to_yaml
+from .data.io import atomic_write_bytes
+from .data.sources import TrainingData, load_training_data, step_seed
 from .diffusion import CVDM
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 MAX_BAD_STEPS = 10
+NOISE, GLOBAL = 3, 2  # step_seed purposes (1 is the batch)
 
 
 class TrainingDiverged(UserError):
-    """The loss stayed non-finite for too many consecutive steps."""
+    """The loss or gradient stayed non-finite for too many consecutive steps."""
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model, for parameters and floating buffers."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        if e.dtype.is_floating_point:
+            e.copy_(b)
+
+
+class Trainer:
+    """Model, EMA, optimiser and step; :meth:`state_dict` is everything a resume needs."""
+
+    def __init__(self, model: CVDM, cfg: TrainConfig, device: torch.device | str = "cpu",
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        self.cfg, self.device = cfg, torch.device(device)
+        self.model = model.to(self.device).train()
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+        self.opt = kind(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if autocast_dtype is None and self.device.type == "cuda" and cfg.bf16:
+            autocast_dtype = torch.bfloat16
+        self.autocast_dtype = autocast_dtype
+        self.step, self.bad = 0, 0
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then constant (independent of the total number of steps)."""
+        w = self.cfg.warmup
+        return self.cfg.lr * min(1.0, (step + 1) / w) if w else self.cfg.lr
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> dict[str, float]:
+        """One update on the batch ``x, y`` ``[B, C, H, W]``; returns the loss terms (batch
+        means), ``loss``, ``lr``, ``grad_norm`` and ``skipped`` (1.0 when not applied)."""
+        lr = self.lr_at(self.step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.step += 1
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            terms = self.model.loss(x, y, generator=generator)
+            loss = self.model.total_loss(terms)
+        record = {"loss": loss.item()} | {k: v.detach().mean().item() for k, v in terms.items()} | {"lr": lr}
+        self.opt.zero_grad(set_to_none=True)
+        grad_norm = float("nan")
+        if math.isfinite(record["loss"]):
+            loss.backward()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
+        record["grad_norm"] = grad_norm
+        if not math.isfinite(grad_norm):  # non-finite loss or gradient: skip the update
+            self.opt.zero_grad(set_to_none=True)
+            self.bad += 1
+            if self.bad >= MAX_BAD_STEPS:
+                raise TrainingDiverged(
+                    f"the loss or gradient was not finite for {self.bad} consecutive steps "
+                    f"(last at step {self.step}); lower train.lr or raise train.warmup")
+            return record | {"skipped": 1.0}
+        self.bad = 0
+        self.opt.step()
+        ema_update(self.ema, self.model, self.cfg.ema)
+        return record | {"skipped": 0.0}
+
+    def state_dict(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.opt.state_dict(), "step": self.step, "bad": self.bad, "rng": rng}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.bad = int(state["step"]), int(state.get("bad", 0))
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+
+# --- in-memory training (tests, benchmarks) -----------------------------------------------
 @dataclass
 class TrainResult:
-    """The trained model, its EMA copy and per-step loss history (weighted total and terms)."""
+    """The trained model, its EMA copy and per-step records (weighted total and terms)."""
 
     model: CVDM
     ema: CVDM
@@ -51,57 +164,171 @@ def random_batches(
         yield xb, yb
 
 
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model, for parameters and floating buffers."""
-    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
-        if e.dtype.is_floating_point:
-            e.copy_(b)
-
-
-def train(
-    model: CVDM,
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
-    cfg: TrainConfig,
-    progress: bool = True,
-    device: torch.device | str = "cpu",
-) -> TrainResult:
-    """Train ``model`` for ``cfg.steps`` steps on ``batches``; returns model, EMA and history."""
+def train(model: CVDM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], cfg: TrainConfig,
+          progress: bool = True, device: torch.device | str = "cpu") -> TrainResult:
+    """Train ``model`` for ``cfg.steps`` steps on ``batches`` in memory (no run folder)."""
     torch.manual_seed(cfg.seed)
-    model.to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    trainer = Trainer(model, cfg, device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    history: list[dict[str, float]] = []
-    bad = 0
-    bar = tqdm(range(cfg.steps), desc="training", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
+    history = []
+    for _ in tqdm(range(cfg.steps), desc="training", disable=not progress, dynamic_ncols=True):
         x, y = next(batches)
-        terms = model.loss(x.to(device), y.to(device), generator=gen)
-        loss = model.total_loss(terms)
-        if not torch.isfinite(loss):
-            bad += 1
-            if bad >= MAX_BAD_STEPS:
-                raise TrainingDiverged(
-                    f"the loss was not finite for {bad} consecutive steps (last at step {step}); "
-                    "lower train.lr or raise train.warmup"
-                )
-            continue
-        bad = 0
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, model, cfg.ema)
-        record = {"loss": loss.item()} | {k: v.mean().item() for k, v in terms.items()}
-        history.append(record)
-        if step % 10 == 0 or step == cfg.steps - 1:
-            bar.set_postfix(loss=f"{record['loss']:.4f}", eps=f"{record['eps']:.4f}")
+        record = trainer.train_step(x.to(device), y.to(device), gen)
+        if not record["skipped"]:
+            history.append(record)
     model.eval()
-    if not history or not math.isfinite(history[-1]["loss"]):
+    if not history:
         raise TrainingDiverged("training finished without a single finite loss")
-    return TrainResult(model=model, ema=ema, history=history)
+    return TrainResult(model=trainer.model, ema=trainer.ema, history=history)
+
+
+# --- the run folder -------------------------------------------------------------------------
+@torch.no_grad()
+def validate(model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, steps: int, samples: int,
+             seed: int, montage_path: Path | None = None, montage_rows: int = 4) -> dict[str, float]:
+    """Posterior-mean PSNR/SSIM (after affine matching) of ``model`` and of the bicubic input
+    on ``x, y`` ``[N, C, H, W]``; optionally a montage of the first ``montage_rows``."""
+    from .plots import montage
+
+    device = next(model.parameters()).device
+    s = cfg.sample
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out = model.sample(x.to(device), steps=steps, samples=samples, generator=gen, sampler=s.sampler,
+                       eta=s.eta, grid=s.grid, clip=s.clip)
+    mean, std = out.mean.float().cpu().numpy(), out.std.float().cpu().numpy()
+    xs, ys = x.numpy(), y.numpy()
+    res = {"val_psnr": [], "val_ssim": [], "val_psnr_bicubic": [], "val_ssim_bicubic": []}
+    for i in range(len(ys)):
+        res["val_psnr"].append(metrics.psnr(mean[i, 0], ys[i, 0]))
+        res["val_ssim"].append(metrics.ssim(mean[i, 0], ys[i, 0]))
+        res["val_psnr_bicubic"].append(metrics.psnr(xs[i, 0], ys[i, 0]))
+        res["val_ssim_bicubic"].append(metrics.ssim(xs[i, 0], ys[i, 0]))
+    if montage_path is not None:
+        rows = [(xs[i, 0], mean[i, 0], std[i, 0], np.abs(mean[i, 0] - ys[i, 0]), ys[i, 0])
+                for i in range(min(montage_rows, len(ys)))]
+        montage(montage_path, rows)
+    return {k: float(np.mean(v)) for k, v in res.items()}
+
+
+@dataclass
+class RunResult:
+    """What :func:`train_run` leaves behind: the folder, the trainer and the data it used."""
+
+    folder: Path
+    trainer: Trainer
+    data: TrainingData
+    final: dict[str, float]
+
+
+class _Stats:
+    """Append-only ``stats.jsonl``; on resume, lines after the resumed step are dropped."""
+
+    def __init__(self, path: Path, keep_until: int | None) -> None:
+        self.path = path
+        if keep_until is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
+            atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode(), overwrite=True)
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
+    old = Config.model_validate(saved)
+    for section in ("model", "data"):
+        if getattr(old, section) != getattr(cfg, section):
+            raise ConfigError(f"the {section} section differs from the one {path} was trained with; "
+                              "on --resume only train.* and sample.* may change")
+    if old.train.seed != cfg.train.seed or old.train.batch_size != cfg.train.batch_size:
+        raise ConfigError("train.seed and train.batch_size cannot change on --resume")
+
+
+def _prepare_folder(out: Path, cfg: Config, resume: bool, device: torch.device) -> dict | None:
+    """Check ``out`` and return the checkpoint to resume from (None for a new run)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    if not resume:
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"{out} is not empty; continue that run with --resume, or choose another --out")
+        return None
+    path = latest_checkpoint(out / "checkpoints") if out.is_dir() else None
+    if path is None:
+        raise UserError(f"{out} holds no checkpoint to resume from; start it without --resume")
+    state = load_training_state(path, device)
+    _check_resumable(state["config"], cfg, path)
+    return state
+
+
+def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> RunResult:
+    """Train ``cfg`` into the run folder ``out`` (new, or continued with ``resume``)."""
+    out = Path(out)
+    tc = cfg.train
+    device = resolve_device(tc.device)
+    state = _prepare_folder(out, cfg, resume, device)
+    data = load_training_data(cfg.data, tc.seed, progress=progress)
+    torch.manual_seed(tc.seed)
+    trainer = Trainer(CVDM.from_config(cfg.model), tc, device)
+    if state is not None:
+        trainer.load_state_dict(state)
+    start = trainer.step
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
+    stats = _Stats(out / "stats.jsonl", start if resume else None)
+    val_x, val_y = data.validation(cfg.data.size, cfg.data.n_val)
+    n_params = sum(p.numel() for p in trainer.model.parameters())
+    if progress:
+        print(f"train: {data.source}; {len(data.val)} held out; {n_params / 1e6:.2f} M parameters; "
+              f"schedule {cfg.model.schedule.kind}; steps {start} → {tc.steps} on {device}")
+
+    def checkpoint() -> Path:
+        payload = trainer.state_dict() | {"config": cfg.model_dump(mode="json")}
+        path = save_training_state(out / "checkpoints", payload, trainer.step, tc.keep_checkpoints)
+        save_bundle(out / "model", trainer.ema, cfg.model, cfg.sample, scale=data.scale,
+                    pixel_size_um=data.pixel_size_um, overwrite=True)
+        return path
+
+    def run_validation(final: bool = False) -> dict[str, float]:
+        montage = out / "montages" / f"step_{trainer.step:08d}.png"
+        steps, samples = (cfg.sample.steps, cfg.sample.samples) if final else (tc.val_steps, tc.val_samples)
+        res = validate(trainer.ema, val_x, val_y, cfg, steps, samples, tc.seed, montage)
+        stats.write({"step": trainer.step, "kind": "validation", "sample_steps": steps,
+                     "samples": samples} | res)
+        return res
+
+    t0, last_saved = time.perf_counter(), start
+    bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True)
+    try:
+        while trainer.step < tc.steps:
+            s = trainer.step
+            torch.manual_seed(step_seed(tc.seed, s, GLOBAL))
+            gen = torch.Generator(device=device).manual_seed(step_seed(tc.seed, s, NOISE))
+            x, y = data.batch(s, cfg.data, tc.batch_size, tc.seed)
+            record = trainer.train_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True), gen)
+            bar.update(1)
+            if trainer.step % tc.log_every == 0 or trainer.step == tc.steps:
+                stats.write({"step": trainer.step, "kind": "train",
+                             "seconds": round(time.perf_counter() - t0, 3)} | record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}", eps=f"{record['eps']:.4f}")
+            if trainer.step % tc.checkpoint_every == 0 and trainer.bad == 0:  # never mid-streak
+                checkpoint()
+                last_saved = trainer.step
+            if tc.val_every and trainer.step % tc.val_every == 0 and trainer.step < tc.steps:
+                res = run_validation()
+                if progress:
+                    bar.write(f"step {trainer.step}: validation PSNR {res['val_psnr']:.2f} dB "
+                              f"(bicubic {res['val_psnr_bicubic']:.2f}), SSIM {res['val_ssim']:.3f}")
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{err}. The last good checkpoint (step {last_saved}) is in "
+                               f"{out / 'checkpoints'}") from None
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted at step {trainer.step}; resume from the last checkpoint "
+                        f"(step {last_saved}) with: microdiff train --out {out} --resume") from None
+    finally:
+        bar.close()
+    if last_saved != trainer.step or start == trainer.step:
+        checkpoint()
+    final = run_validation(final=True)
+    trainer.model.eval()
+    return RunResult(out, trainer, data, final)

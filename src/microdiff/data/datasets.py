@@ -17,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..errors import ShapeError, UserError
 from .io import IMAGE_SUFFIXES, Image, read_biosr_cell, read_image
 from .normalize import PercentileNormalizer
 from .synthetic import SimulatorConfig, simulate_pair, upsample
+
+STREAM_TAG = 0x5EED  # see simulated()
 
 
 @dataclass
@@ -88,24 +91,34 @@ def paired_folder(folder: str | Path) -> list[Pair]:
     return [make_pair(s, _chw(read_image(a)), _chw(read_image(b))) for s, a, b in paired_files(folder)]
 
 
-def biosr_cells(root: str | Path, level: int) -> list[Pair]:
-    """Every BioSR cell folder under ``root`` (those holding ``SIM_gt.mrc``) at ``level``."""
-    cells = sorted(p.parent for p in Path(root).rglob("SIM_gt.mrc"))
+def biosr_cells(root: str | Path, level: int | None = None) -> list[Pair]:
+    """Every BioSR cell folder under ``root`` (those holding ``SIM_gt.mrc``) at ``level``
+    (None: every level the cell has, one pair each, all named after the cell)."""
+    root = Path(root)
+    cells = sorted(p.parent for p in root.rglob("SIM_gt.mrc"))
     if not cells:
         raise UserError(f"{root}: no BioSR cell folders (with SIM_gt.mrc) found")
     pairs = []
     for cell in cells:
-        wf, gt = read_biosr_cell(cell, level)
-        pairs.append(make_pair(cell.name, _chw(wf), _chw(gt)))
+        levels = [level] if level else sorted(
+            int(f.stem.rsplit("_", 1)[-1]) for f in cell.glob("RawSIMData_level_*.mrc"))
+        for lv in levels:
+            wf, gt = read_biosr_cell(cell, lv)
+            pairs.append(make_pair(cell.relative_to(root).as_posix(), _chw(wf), _chw(gt)))
     return pairs
 
 
 def simulated(kind: str, n: int, size: int, seed: int, level: int | None = None,
-              cfg: SimulatorConfig | None = None) -> list[Pair]:
-    """``n`` simulator pairs (pair ``i`` from ``default_rng([seed, i])``)."""
+              cfg: SimulatorConfig | None = None, stream: int | None = None,
+              progress: bool = False) -> list[Pair]:
+    """``n`` simulator pairs: pair ``i`` from ``default_rng([seed, i])`` (as ``microdiff
+    simulate`` writes them), or from ``default_rng([seed, i, stream, STREAM_TAG])`` when
+    ``stream`` is given (training and validation pools: never equal to simulated files;
+    the non-zero tag matters, as trailing zeros of a seed list are ignored)."""
     out = []
-    for i in range(n):
-        p = simulate_pair(kind, size, np.random.default_rng([seed, i]), cfg, level)
+    for i in tqdm(range(n), desc=f"simulating {kind}", disable=not progress, dynamic_ncols=True):
+        entropy = [seed, i] if stream is None else [seed, i, stream, STREAM_TAG]
+        p = simulate_pair(kind, size, np.random.default_rng(entropy), cfg, level)
         out.append(make_pair(f"{kind}_{i:05d}", p.low[None], p.target[None]))
     return out
 
@@ -125,16 +138,18 @@ def simulator_batches(
 
 
 def split_by_name(pairs: list[Pair], val_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:
-    """Deterministic split by whole images (files or cells); at least one of each when
-    there are two or more pairs and ``val_fraction`` > 0."""
+    """Deterministic split by whole images: pairs sharing a name (one BioSR cell at several
+    levels) land on the same side; at least one name on each side when there are two or
+    more names and ``val_fraction`` > 0."""
     if not 0 <= val_fraction < 1:
         raise ValueError("val_fraction must be in [0, 1)")
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    n_val = int(round(val_fraction * len(pairs)))
-    if val_fraction > 0 and len(pairs) >= 2:
-        n_val = min(max(n_val, 1), len(pairs) - 1)
-    val = {int(i) for i in order[:n_val]}
-    return [p for i, p in enumerate(pairs) if i not in val], [p for i, p in enumerate(pairs) if i in val]
+    names = list(dict.fromkeys(p.name for p in pairs))
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = int(round(val_fraction * len(names)))
+    if val_fraction > 0 and len(names) >= 2:
+        n_val = min(max(n_val, 1), len(names) - 1)
+    val = {names[int(i)] for i in order[:n_val]}
+    return [p for p in pairs if p.name not in val], [p for p in pairs if p.name in val]
 
 
 def random_patches(

@@ -63,7 +63,10 @@ def atomic_write_bytes(path: Path, payload: bytes, overwrite: bool = False) -> N
         raise ImageWriteError(f"{path} exists; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(payload)
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

@@ -1,5 +1,5 @@
 """The built-in microscopy simulator (BioSR-like widefield → SIM pairs) and the simple
-filament generator the demo uses.
+filament generator (``data.generator=filaments``).
 
 Simulator (:func:`simulate_pair`): a ground-truth structure (``structures.py``) on a grid
 ``supersample`` times finer than the target, imaged through a widefield OTF (cut-off
@@ -10,7 +10,7 @@ offset; the target is the same structure through a SIM-like OTF about twice as w
 photo-electrons per widefield pixel. All parameters live in :class:`SimulatorConfig` as
 ranges; each pair draws its own values, deterministically from its generator.
 
-Simple filament generator (:func:`make_filament_pairs`, used by ``microdiff demo``):
+Simple filament generator (:func:`make_filament_pairs`, ``data.generator=filaments``):
 
 Ground truth: smooth, persistent curvilinear filaments splatted on the target grid.
 Target (SIM-like): the filaments blurred by a narrow Gaussian PSF.
@@ -19,7 +19,8 @@ with Poisson shot noise at ``photons`` counts for the brightest pixels and Gauss
 noise, then bicubic-upsampled back to the target grid (``x`` lives on the target grid).
 Both are percentile-normalised per image (1st → 0, 99.8th → 1), as CARE does.
 
-This is deliberately simple; the realistic BioSR-like simulator replaces it.
+This is deliberately simple (the demo before the BioSR-like simulator existed); kept as a
+fast, easy data source for experiments.
 """
 
 from __future__ import annotations

@@ -1,0 +1,76 @@
+"""Figures (matplotlib, headless): sample montages, learned-schedule curves, loss curves.
+
+Every function writes a PNG atomically and returns its path.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .data.io import atomic_write_bytes  # noqa: E402
+
+MONTAGE_COLUMNS = ("input (bicubic)", "posterior mean", "posterior std", "|mean − target|", "target")
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buf.getvalue(), overwrite=True)
+    return Path(path)
+
+
+def montage(path: str | Path, rows: Sequence[Sequence[np.ndarray]],
+            columns: Sequence[str] = MONTAGE_COLUMNS, row_labels: Sequence[str] | None = None) -> Path:
+    """A grid of 2-D images, one row per example (each panel scaled to its own 1st–99.8th
+    percentiles; std and error panels in a separate colour map)."""
+    n, m = len(rows), len(columns)
+    fig, axes = plt.subplots(n, m, figsize=(2.2 * m, 2.2 * n), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            ax = axes[i, j]
+            lo, hi = np.percentile(img, [1, 99.8])
+            spread = "std" in columns[j] or "|" in columns[j]
+            ax.imshow(img, cmap="magma" if spread else "gray", vmin=lo, vmax=max(hi, lo + 1e-9))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(columns[j], fontsize=9)
+        if row_labels:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def schedule_curves(path: str | Path, t: np.ndarray, curves: dict[str, np.ndarray],
+                    title: str = "learned schedule") -> Path:
+    """γ(t) curves (one per label), e.g. averaged over structure and background pixels."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, g in curves.items():
+        ax.plot(t, g, label=label)
+    ax.set_xlabel("t")
+    ax.set_ylabel("γ(t)  (signal fraction)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
+
+
+def loss_curve(path: str | Path, steps: Sequence[int], losses: Sequence[float]) -> Path:
+    """Training loss against step (log scale when positive)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(steps, losses)
+    if min(losses) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    return _save(fig, Path(path))
