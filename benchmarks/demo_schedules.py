@@ -6,9 +6,9 @@ Writes the ``demo_schedules`` section of docs/benchmarks.md. Usage::
 
 Each run is the full ``microdiff demo`` (the ``demo`` preset: 400 training steps on
 simulated mixed structures, 8 held-out 128² images, 8 samples × 20 ancestral steps, ŷ0
-clipped to ±1.2) with only ``model.schedule.kind`` and ``train.seed`` changed.
-One seed is a smoke-level result,
-not a ranking of the schedules.
+clipped to ±1.2) with only ``model.schedule.kind`` and ``train.seed`` changed; kind
+``regression`` runs the ``demo-regression`` preset (the same U-Net, data and training,
+MSE). One seed is a smoke-level result, not a ranking.
 """
 
 from __future__ import annotations
@@ -28,14 +28,17 @@ from microdiff.demo import run_demo  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kinds", nargs="+",
-                    default=["learned", "learned-exact", "fixed-linear", "fixed-cosine"])
+                    default=["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = ap.parse_args()
     rows = []
     for kind in args.kinds:
         for seed in args.seeds:
-            cfg = load_config("demo")
-            cfg.model.schedule.kind = kind
+            if kind == "regression":  # the baseline: same U-Net, data and training, MSE
+                cfg = load_config("demo-regression")
+            else:
+                cfg = load_config("demo")
+                cfg.model.schedule.kind = kind
             cfg.train.seed = seed
             with tempfile.TemporaryDirectory() as tmp:
                 s = run_demo(Path(tmp), cfg, progress=False)
@@ -49,15 +52,19 @@ def main() -> None:
         "simulated mixed structures, residual target scaled by 0.1; 8 held-out 128² images, two "
         "per structure; posterior mean of 8 samples × 20 ancestral steps with ŷ0 clipped to "
         "±1.2). PSNR/SSIM after CARE's affine intensity matching, data range of the target; "
-        "Spearman: rank correlation of the posterior std with |error|.", "",
+        "Spearman: rank correlation of the posterior std with |error|. The regression row is "
+        "the `demo-regression` preset: the same U-Net size, data and training, trained with MSE "
+        "to predict the target directly (one forward pass, no uncertainty).", "",
         "| schedule | seed | PSNR mean [dB] | SSIM mean | PSNR bicubic [dB] | SSIM bicubic "
         "| Spearman(std, \\|err\\|) | ±1σ coverage | train [s] |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, seed, s in rows:
-        lines.append(f"| {kind} | {seed} | {s['psnr_mean']:.2f} | {s['ssim_mean']:.3f} | "
-                     f"{s['psnr_bicubic']:.2f} | {s['ssim_bicubic']:.3f} | "
-                     f"{s['spearman_std_error']:.2f} | {s['coverage_1sigma']:.2f} | "
+        unc = "– | –" if kind == "regression" else (
+            f"{s['spearman_std_error']:.2f} | {s['coverage_1sigma']:.2f}")
+        name = "regression U-Net (MSE, `demo-regression`)" if kind == "regression" else kind
+        lines.append(f"| {name} | {seed} | {s['psnr_mean']:.2f} | {s['ssim_mean']:.3f} | "
+                     f"{s['psnr_bicubic']:.2f} | {s['ssim_bicubic']:.3f} | {unc} | "
                      f"{s['train_seconds']:.0f} |")
     write_section("demo_schedules", "\n".join(lines))
     print("\n".join(lines))

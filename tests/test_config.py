@@ -67,12 +67,13 @@ def test_set_overrides() -> None:
             apply_overrides(load_config("demo"), [bad])
 
 
-@pytest.mark.parametrize("name", ["demo", "sim-mt", "sim-mixed", "biosr-sr", "paper"])
+@pytest.mark.parametrize("name", ["demo", "demo-regression", "sim-mt", "sim-mixed", "biosr-sr", "paper"])
 def test_every_preset_takes_the_common_overrides(name, tmp_path) -> None:
     from microdiff.config import apply_overrides
 
     cfg = apply_overrides(load_config(name), [
         "train.steps=30", "train.seed=3", "train.batch_size=2", "train.checkpoint_every=10",
         f"data.path={tmp_path}"])
-    assert (cfg.train.steps, cfg.train.seed, cfg.train.batch_size, cfg.train.checkpoint_every) == (30, 3, 2, 10)
+    t = cfg.train
+    assert (t.steps, t.seed, t.batch_size, t.checkpoint_every) == (30, 3, 2, 10)
     assert cfg.data.path == str(tmp_path)

@@ -28,6 +28,7 @@ from .config import ModelConfig, SampleConfig
 from .data.io import atomic_write_bytes
 from .diffusion import CVDM
 from .errors import UserError
+from .regression import build_model
 
 FORMAT = 1
 
@@ -86,7 +87,7 @@ def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
         raise BundleError(f"{meta_path}: not valid JSON") from None
     if meta.get("format") != FORMAT:
         raise BundleError(f"{folder}: bundle format {meta.get('format')!r}; this microdiff reads {FORMAT}")
-    model = CVDM.from_config(ModelConfig.model_validate(meta["model"]))
+    model = build_model(ModelConfig.model_validate(meta["model"]))
     try:
         missing, unexpected = model.load_state_dict(load_file(str(weights), device=device), strict=False)
     except RuntimeError:  # tensors of the wrong shape

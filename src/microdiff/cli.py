@@ -113,11 +113,14 @@ def evaluate(
     samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    baseline: Annotated[list[str] | None, typer.Option(
+        help="classical baselines to add: bicubic (default), richardson-lucy")] = None,
 ) -> None:
-    """Metrics of the model and of bicubic upsampling against the targets of DATA."""
+    """Metrics of the model and of classical baselines against the targets of DATA."""
     from .evaluate_files import evaluate_folder
 
-    evaluate_folder(model, data, out, samples=samples, steps=steps, seed=seed)
+    evaluate_folder(model, data, out, samples=samples, steps=steps, seed=seed,
+                    baselines=tuple(baseline or ["bicubic"]))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.md'}")
 
 

@@ -58,6 +58,12 @@ class ZMDConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """``kind``: ``cvdm`` (the diffusion model) or ``regression`` (a baseline: the
+    ``denoiser`` U-Net trained to map x to y with ``regression_loss``; the ``schedule``,
+    ``loss``, ``zmd`` and ``timesteps`` keys then do not apply)."""
+
+    kind: Literal["cvdm", "regression"] = "cvdm"
+    regression_loss: Literal["mse", "l1"] = "mse"
     in_channels: int = Field(1, ge=1)
     out_channels: int = Field(1, ge=1)
     denoiser: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 2))

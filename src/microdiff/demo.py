@@ -76,6 +76,7 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
               f"({s.sampler})")
     simulated_data = cfg.data.generator == "simulator" and not cfg.data.path
     px = SimulatorConfig().target_pixel_um if simulated_data else None
+    method = "cvdm" if model.has_uncertainty else "regression"
     rows, panels, labels, stack = [], [], [], []
     gen = torch.Generator().manual_seed(cfg.train.seed)
     for p in pairs:
@@ -85,36 +86,40 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
         x, y = p.x[0].numpy().astype(np.float64), p.y[0].numpy().astype(np.float64)
         mean, std = res.mean[0, 0].numpy().astype(np.float64), res.std[0, 0].numpy().astype(np.float64)
         structure = p.name.split("_")[0] if p.name.split("_")[0] in STRUCTURES else "all"
-        rows.append({"image": p.name, "structure": structure, "method": "cvdm",
-                     **image_metrics(mean, y, px, std)})
+        rows.append({"image": p.name, "structure": structure, "method": method,
+                     **image_metrics(mean, y, px, std if model.has_uncertainty else None)})
         rows.append({"image": p.name, "structure": structure, "method": "bicubic", **image_metrics(x, y, px)})
         panel = montage_row(x, mean, std, y)
         stack.append(np.stack(panel).astype(np.float32))
         if len(panels) < 4 and (structure == "all" or structure not in labels):
             panels.append(panel)
             labels.append(structure if structure != "all" else p.name)
-    write_report(rows, out, f"microdiff demo: `{cfg.model.schedule.kind}` schedule, {cfg.train.steps} steps")
+    what = f"`{cfg.model.schedule.kind}` schedule" if model.has_uncertainty else "regression baseline"
+    write_report(rows, out, f"microdiff demo: {what}, {cfg.train.steps} steps")
     from .plots import montage, schedule_curves
 
     montage(out / "montage.png", panels, row_labels=labels)
-    schedule_curves(out / "schedule.png", *schedule_profile(model, pairs[0].x[None], pairs[0].y[0].numpy()),
-                    title=f"{cfg.model.schedule.kind} schedule on {pairs[0].name}")
+    if model.has_uncertainty:
+        profile = schedule_profile(model, pairs[0].x[None], pairs[0].y[0].numpy())
+        schedule_curves(out / "schedule.png", *profile,
+                        title=f"{cfg.model.schedule.kind} schedule on {pairs[0].name}")
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.stack(stack), imagej=True, metadata={"axes": "TCYX"})
     atomic_write_bytes(out / "examples.tif", buf.getvalue(), overwrite=True)
 
-    def avg(method: str, key: str) -> float:
-        return float(np.mean([r[key] for r in rows if r["method"] == method]))
+    def avg(which: str, key: str) -> float:
+        vals = [r[key] for r in rows if r["method"] == which and key in r]
+        return float(np.mean(vals)) if vals else float("nan")
 
-    summary = {"psnr_mean": avg("cvdm", "psnr"), "ssim_mean": avg("cvdm", "ssim"),
+    summary = {"psnr_mean": avg(method, "psnr"), "ssim_mean": avg(method, "ssim"),
                "psnr_bicubic": avg("bicubic", "psnr"), "ssim_bicubic": avg("bicubic", "ssim"),
-               "spearman_std_error": avg("cvdm", "spearman_std_error"),
-               "coverage_1sigma": avg("cvdm", "coverage_1sigma"),
-               "coverage_2sigma": avg("cvdm", "coverage_2sigma"), "held_out_images": len(pairs),
+               "spearman_std_error": avg(method, "spearman_std_error"),
+               "coverage_1sigma": avg(method, "coverage_1sigma"),
+               "coverage_2sigma": avg(method, "coverage_2sigma"), "held_out_images": len(pairs),
                "train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
                "final_loss": _last_loss(out), "parameters": sum(p.numel() for p in model.parameters())}
     atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode(), overwrite=True)
-    _print_summary(summary, out)
+    _print_summary(summary, out, model.has_uncertainty)
     return summary
 
 
@@ -124,14 +129,16 @@ def _last_loss(out: Path) -> float:
     return float(losses[-1]) if losses else float("nan")
 
 
-def _print_summary(summary: dict, out: Path) -> None:
+def _print_summary(summary: dict, out: Path, uncertainty: bool = True) -> None:
     n = summary["held_out_images"]
     print()
     print(f"{'held-out images (n=' + str(n) + ')':<28}{'PSNR [dB]':>10}{'SSIM':>8}")
     print(f"{'bicubic-upsampled input':<28}{summary['psnr_bicubic']:>10.2f}{summary['ssim_bicubic']:>8.3f}")
-    print(f"{'CVDM posterior mean':<28}{summary['psnr_mean']:>10.2f}{summary['ssim_mean']:>8.3f}")
-    print(f"uncertainty: Spearman(std, |error|) {summary['spearman_std_error']:.2f}; "
-          f"±1σ covers {summary['coverage_1sigma']:.2f} of pixels, ±2σ {summary['coverage_2sigma']:.2f}")
+    name = "CVDM posterior mean" if uncertainty else "regression U-Net"
+    print(f"{name:<28}{summary['psnr_mean']:>10.2f}{summary['ssim_mean']:>8.3f}")
+    if uncertainty:
+        print(f"uncertainty: Spearman(std, |error|) {summary['spearman_std_error']:.2f}; "
+              f"±1σ covers {summary['coverage_1sigma']:.2f} of pixels, ±2σ {summary['coverage_2sigma']:.2f}")
     print(f"(affine intensity matching as in CARE; took {summary['total_seconds']:.0f} s)")
-    print(f"outputs in {out}: summary.md and metrics.csv (per structure), montage.png, schedule.png, "
-          f"model/ (use with microdiff predict)")
+    print(f"outputs in {out}: summary.md and metrics.csv (per structure), montage.png, "
+          f"{'schedule.png, ' if uncertainty else ''}model/ (use with microdiff predict)")

@@ -119,6 +119,12 @@ class CVDM(nn.Module):
             raise ValueError("the residual target needs as many input as output channels")
         return x
 
+    has_uncertainty = True
+
+    @property
+    def out_channels(self) -> int:
+        return self.schedule.out_channels
+
     @property
     def _out_channels(self) -> int:
         return self.schedule.out_channels

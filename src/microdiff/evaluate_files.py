@@ -1,7 +1,8 @@
 """``microdiff evaluate``: a model against the targets of a paired data folder.
 
-Per image and method (the model's posterior mean, and the bicubic-upsampled input as the
-baseline): PSNR, SSIM, MS-SSIM and NRMSE over the target's data range after CARE's affine
+Per image and method (the model's posterior mean, and classical baselines: bicubic
+upsampling by default, Richardson–Lucy deconvolution + bicubic with ``--baseline``):
+PSNR, SSIM, MS-SSIM and NRMSE over the target's data range after CARE's affine
 intensity matching; FRC resolution of prediction vs target (nm when the target's pixel
 size is known, else pixels); for the model also Spearman(std, |error|), coverage of ±1σ
 and ±2σ and the AUSE, with the std scaled by the same affine factor as the mean.
@@ -9,7 +10,8 @@ and ±2σ and the AUSE, with the std scaled by the same affine factor as the mea
 Writes ``OUT/metrics.csv`` (one row per image and method, with its structure),
 ``OUT/summary.md`` (means over all images and per structure), ``OUT/montage.png``
 (input | mean | std | |error| | target) and ``OUT/schedule.png`` (γ(t) averaged over
-structure and background pixels). The structure of an image is its ``kind`` in the
+structure and background pixels). A regression baseline (``model.kind=regression``) gets
+the quality rows only (method ``regression``). The structure of an image is its ``kind`` in the
 folder's ``manifest.json`` (written by ``microdiff simulate``), else the file-name prefix
 when it names one (``mt_00003.tif``), else ``all``.
 """
@@ -26,12 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import metrics
+from .baselines import BASELINES, apply_baseline
 from .data.datasets import paired_files
 from .data.io import atomic_write_bytes, read_image
 from .data.normalize import PercentileNormalizer
-from .data.synthetic import STRUCTURES, upsample
+from .data.synthetic import STRUCTURES
 from .diffusion import CVDM
-from .errors import ShapeError
+from .errors import ShapeError, UserError
 from .predict_files import as_2d
 from .predictor import load
 
@@ -108,9 +111,14 @@ def _manifest_kinds(data: Path) -> dict[str, str]:
 
 def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = None,
                     steps: int | None = None, seed: int = 0, progress: bool = True,
-                    figures: bool = True) -> list[dict]:
-    """Evaluate ``model`` on every pair in ``data``; writes the report into ``out``."""
+                    figures: bool = True, baselines: tuple[str, ...] = ("bicubic",)) -> list[dict]:
+    """Evaluate ``model`` (and the classical ``baselines``) on every pair in ``data``; writes
+    the report into ``out``."""
     from .plots import montage, schedule_curves
+
+    unknown = [b for b in baselines if b not in BASELINES]
+    if unknown:
+        raise UserError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
 
     predictor = load(model)
     kinds = _manifest_kinds(data)
@@ -127,15 +135,18 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
         target = target.astype(np.float64)
         px = target_img.pixel_size or res.pixel_size_um
         label = structure_label(name, kinds)
-        rows.append({"image": name, "structure": label, "method": "cvdm",
-                     **image_metrics(res.mean, target, px, res.std)})
-        bic = upsample(torch.from_numpy(x.astype(np.float32))[None, None], predictor.scale)[0, 0].numpy()
-        rows.append({"image": name, "structure": label, "method": "bicubic",
-                     **image_metrics(bic, target, px)})
+        method = "cvdm" if predictor.model.has_uncertainty else "regression"
+        rows.append({"image": name, "structure": label, "method": method,
+                     **image_metrics(res.mean, target, px, res.std if method == "cvdm" else None)})
+        outputs = {b: apply_baseline(b, x, predictor.scale, img.pixel_size) for b in baselines}
+        for baseline, img_b in outputs.items():
+            rows.append({"image": name, "structure": label, "method": baseline,
+                         **image_metrics(img_b, target, px)})
+        bic = outputs["bicubic"] if "bicubic" in outputs else apply_baseline("bicubic", x, predictor.scale)
         if figures and len(panels) < 4:
             panels.append(montage_row(bic, res.mean, res.std, target))
             labels.append(name)
-        if figures and profile is None:
+        if figures and profile is None and predictor.model.has_uncertainty:
             cond, _ = predictor.condition(x)
             crop = slice(0, FIGURE_CROP)
             t_norm = PercentileNormalizer().fit(target).normalize(target)
@@ -143,6 +154,7 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
     write_report(rows, out, f"Evaluation of `{model}` on `{data}`")
     if figures and panels:
         montage(out / "montage.png", panels, row_labels=labels)
+    if figures and profile is not None:
         schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")
     return rows
 

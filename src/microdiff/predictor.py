@@ -18,8 +18,7 @@ from .checkpoint import load_bundle
 from .data.normalize import PercentileNormalizer
 from .data.synthetic import upsample
 from .data.tiling import apply_tiled
-from .diffusion import CVDM
-from .errors import ShapeError
+from .errors import ShapeError, UserError
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Prediction:
 class Predictor:
     """A loaded model plus what is needed to apply it to raw images."""
 
-    def __init__(self, model: CVDM, meta: dict) -> None:
+    def __init__(self, model: torch.nn.Module, meta: dict) -> None:
         self.model, self.meta = model, meta
         self.scale = int(meta["scale"])
         norm = meta["normalization"]
@@ -51,8 +50,8 @@ class Predictor:
         if axes not in ("YX", "CYX") or len(axes) != np.ndim(image):
             raise ShapeError(f"image of shape {np.shape(image)} with axes {axes!r}: use 'YX' or 'CYX'")
         chw = np.asarray(image, np.float32)[None] if axes == "YX" else np.asarray(image, np.float32)
-        if chw.shape[0] != self.model.schedule.out_channels:
-            raise ShapeError(f"the model expects {self.model.schedule.out_channels} channel(s), "
+        if chw.shape[0] != self.model.out_channels:
+            raise ShapeError(f"the model expects {self.model.out_channels} channel(s), "
                              f"the image has {chw.shape[0]}")
         return chw
 
@@ -84,6 +83,8 @@ class Predictor:
         ``overlap`` are on the output (target) grid; equal ``seed`` ⇒ equal output.
         ``return_samples`` adds the K samples, ``return_schedule`` the γ(0.5, x) map.
         """
+        if return_schedule and not self.model.has_uncertainty:
+            raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
         s = self.meta["sample"]
         samples, steps = samples or s["samples"], steps or s["steps"]

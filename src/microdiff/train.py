@@ -40,6 +40,7 @@ from .data.io import atomic_write_bytes
 from .data.sources import TrainingData, load_training_data, step_seed
 from .diffusion import CVDM
 from .errors import ConfigError, UserError
+from .regression import build_model
 
 MAX_BAD_STEPS = 10
 NOISE, GLOBAL = 3, 2  # step_seed purposes (1 is the batch)
@@ -235,6 +236,11 @@ class _Stats:
             fh.write(json.dumps(record) + "\n")
 
 
+def _describe(cfg: Config) -> str:
+    m = cfg.model
+    return f"regression ({m.regression_loss})" if m.kind == "regression" else f"schedule {m.schedule.kind}"
+
+
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
     old = Config.model_validate(saved)
     for section in ("model", "data"):
@@ -269,7 +275,7 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
     state = _prepare_folder(out, cfg, resume, device)
     data = load_training_data(cfg.data, tc.seed, progress=progress)
     torch.manual_seed(tc.seed)
-    trainer = Trainer(CVDM.from_config(cfg.model), tc, device)
+    trainer = Trainer(build_model(cfg.model), tc, device)
     if state is not None:
         trainer.load_state_dict(state)
     start = trainer.step
@@ -280,7 +286,7 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
     n_params = sum(p.numel() for p in trainer.model.parameters())
     if progress:
         print(f"train: {data.source}; {len(data.val)} held out; {n_params / 1e6:.2f} M parameters; "
-              f"schedule {cfg.model.schedule.kind}; steps {start} → {tc.steps} on {device}")
+              f"{_describe(cfg)}; steps {start} → {tc.steps} on {device}")
 
     def checkpoint() -> Path:
         payload = trainer.state_dict() | {"config": cfg.model_dump(mode="json")}
@@ -310,7 +316,7 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
             if trainer.step % tc.log_every == 0 or trainer.step == tc.steps:
                 stats.write({"step": trainer.step, "kind": "train",
                              "seconds": round(time.perf_counter() - t0, 3)} | record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}", eps=f"{record['eps']:.4f}")
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
             if trainer.step % tc.checkpoint_every == 0 and trainer.bad == 0:  # never mid-streak
                 checkpoint()
                 last_saved = trainer.step

@@ -1,0 +1,74 @@
+"""The regression baseline (CARE/DFCAN-like): one U-Net trained with MSE or L1.
+
+The same U-Net class, data, residual target and target scale as the CVDM, so that a
+comparison changes one thing: the network maps the condition ``x`` straight to the
+target instead of learning to denoise. It has the CVDM's training and sampling
+interface (``loss`` → named per-example terms, ``total_loss``, ``sample``), so
+``microdiff train``, ``predict``, ``evaluate`` and ``demo`` take it with
+``model.kind=regression``; ``sample`` returns the one prediction with a zero std
+(a regression network gives no uncertainty).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .nets.unet import UNet
+from .sampling import SampleOutput
+
+
+class RegressionModel(nn.Module):
+    """``y ≈ base(x) + scale · net(x)``; ``loss_kind``: ``mse`` or ``l1``."""
+
+    has_uncertainty = False
+
+    def __init__(self, net: UNet, out_channels: int, residual: bool = True, target_scale: float = 1.0,
+                 loss_kind: str = "mse") -> None:
+        super().__init__()
+        if loss_kind not in ("mse", "l1"):
+            raise ValueError(f"loss_kind must be 'mse' or 'l1', not {loss_kind!r}")
+        self.net, self.residual, self.scale, self.loss_kind = net, residual, target_scale, loss_kind
+        self.out_channels = out_channels
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> RegressionModel:
+        net = UNet(cfg.in_channels, cfg.out_channels, cfg.denoiser)
+        return cls(net, cfg.out_channels, cfg.residual, cfg.target_scale, cfg.regression_loss)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The prediction ``[B, C_out, H, W]`` for the condition ``x`` ``[B, C_in, H, W]``."""
+        out = self.scale * self.net(x)
+        return out + x if self.residual else out
+
+    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """``{"mse"|"l1": Tensor[B]}``: the per-example mean over pixels, in units of the
+        target scale (so its size is comparable to the CVDM's ``eps`` term)."""
+        if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
+            raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share B, H and W")
+        diff = (self(x) - y) / self.scale
+        per_pixel = diff.square() if self.loss_kind == "mse" else diff.abs()
+        return {self.loss_kind: per_pixel.float().flatten(1).mean(1)}
+
+    def total_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        return sum(v.mean() for v in terms.values())
+
+    @torch.no_grad()
+    def sample(self, x: Tensor, steps: int = 1, samples: int = 1, generator: torch.Generator | None = None,
+               sampler: str = "ancestral", eta: float = 1.0, grid: str = "gamma", clip: float | None = None,
+               progress: bool = False) -> SampleOutput:
+        """The CVDM's sampling interface: the prediction as mean and as each of the
+        ``samples`` identical samples, std zero, one network call (``steps``, ``clip`` and
+        the sampler options do not apply)."""
+        mean = self(x)
+        return SampleOutput(mean, torch.zeros_like(mean), mean[:, None].expand(-1, samples, -1, -1, -1),
+                            torch.ones_like(mean), network_calls=1)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model ``cfg.kind`` names: a :class:`~microdiff.diffusion.CVDM` or a
+    :class:`RegressionModel`."""
+    from .diffusion import CVDM
+
+    return RegressionModel.from_config(cfg) if cfg.kind == "regression" else CVDM.from_config(cfg)
