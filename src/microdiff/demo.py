@@ -27,12 +27,12 @@ import torch
 from .config import Config, load_config
 from .data.datasets import Pair, simulated
 from .data.io import atomic_write_bytes
+from .data.sources import TEST_STREAM
 from .data.synthetic import STRUCTURES, SimulatorConfig
 from .errors import UserError
 from .evaluate_files import image_metrics, montage_row, schedule_profile, write_report
 from .train import train_run
 
-TEST_STREAM = 3  # simulator stream of the held-out evaluation images
 RUN_ENTRIES = ("config.yaml", "stats.jsonl", "checkpoints", "montages", "model", "results.json",
                "metrics.csv", "summary.md", "montage.png", "schedule.png", "examples.tif")
 

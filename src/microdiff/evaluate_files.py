@@ -65,8 +65,8 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: float | N
 def montage_row(x: np.ndarray, mean: np.ndarray, std: np.ndarray, target: np.ndarray,
                 crop: int = FIGURE_CROP) -> tuple[np.ndarray, ...]:
     """input | matched mean | scaled std | |error| | target, centre-cropped to ``crop``."""
-    a, _ = metrics.affine_fit(mean, target)
-    matched = metrics.affine_match(mean, target)
+    a, b = metrics.affine_fit(mean, target)
+    matched = a * mean.astype(np.float64) + b
     panels = (metrics.affine_match(x, target), matched, std * abs(a), np.abs(matched - target), target)
     H, W = target.shape
     r, c = max(0, (H - crop) // 2), max(0, (W - crop) // 2)

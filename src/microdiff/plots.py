@@ -1,4 +1,4 @@
-"""Figures (matplotlib, headless): sample montages, learned-schedule curves, loss curves.
+"""Figures (matplotlib, headless): sample montages and learned-schedule curves.
 
 Every function writes a PNG atomically and returns its path.
 """
@@ -60,17 +60,5 @@ def schedule_curves(path: str | Path, t: np.ndarray, curves: dict[str, np.ndarra
     ax.set_ylabel("γ(t)  (signal fraction)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    return _save(fig, Path(path))
-
-
-def loss_curve(path: str | Path, steps: Sequence[int], losses: Sequence[float]) -> Path:
-    """Training loss against step (log scale when positive)."""
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
-    ax.plot(steps, losses)
-    if min(losses) > 0:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     return _save(fig, Path(path))

@@ -20,7 +20,8 @@ from .datasets import Pair, biosr_cells, paired_files, paired_folder, random_pat
 from .io import read_image
 from .synthetic import SimulatorConfig, make_filament_pairs
 
-TRAIN_STREAM, VAL_STREAM = 1, 2  # simulator streams (see datasets.simulated)
+TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 1, 2, 3  # simulator streams (see datasets.simulated);
+# TEST_STREAM: the demo's held-out evaluation images
 VAL_SEED_OFFSET = 10_000  # filaments: held-out pairs from a disjoint seed
 
 
