@@ -108,3 +108,20 @@ def test_simulate_command_writes_a_paired_folder(tmp_path) -> None:
     assert proc.returncode == 2 and "--overwrite" in proc.stderr
     proc = _cli("--out", str(tmp_path / "x"), "--structure", "mito")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "structure" in proc.stderr
+
+
+def test_er_edges_from_far_voronoi_vertices_are_clipped() -> None:
+    # Regression: training pool image 84 of seed 1 has a Voronoi vertex ~2.5e8 px away,
+    # whose edge once needed a 7.5 GiB point list (the benchmark was killed for memory).
+    from microdiff.data.datasets import STREAM_TAG
+    from microdiff.data.sources import TRAIN_STREAM
+    from microdiff.data.structures import _clip_segment
+
+    a, b = np.array([-1e9, 10.0]), np.array([1e9, 20.0])
+    p, q = _clip_segment(a, b, -2.0, 65.0)
+    assert -2.0 - 1e-6 <= p[0] and q[0] <= 65.0 + 1e-6
+    assert abs(p[1] - 15.0) < 1e-3 and abs(q[1] - 15.0) < 1e-3  # on the line, near x = 0
+    assert _clip_segment(np.array([-10.0, -10.0]), np.array([-5.0, 100.0]), 0.0, 64.0) is None
+    pair = simulate_pair("mixed", 128, np.random.default_rng([1, 84, TRAIN_STREAM, STREAM_TAG]),
+                         SimulatorConfig(scale=2))
+    assert np.isfinite(pair.target).all() and pair.target.max() > 0

@@ -35,6 +35,28 @@ def _segment_points(a: np.ndarray, b: np.ndarray, spacing: float = 0.5) -> np.nd
     return a + s * (b - a)
 
 
+MAX_EDGE_PER_SIZE = 10_000  # ER edges longer than this many image widths are clipped
+
+
+def _clip_segment(a: np.ndarray, b: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The part of segment a→b inside the square [lo, hi]² (Liang–Barsky), or None."""
+    d = b - a
+    t0, t1 = 0.0, 1.0
+    for p, q in ((-d[0], a[0] - lo), (d[0], hi - a[0]), (-d[1], a[1] - lo), (d[1], hi - a[1])):
+        if p == 0:
+            if q < 0:
+                return None
+            continue
+        r = q / p
+        if p < 0:
+            t0 = max(t0, r)
+        else:
+            t1 = min(t1, r)
+        if t0 > t1:
+            return None
+    return a + t0 * d, a + t1 * d
+
+
 def _worm(rng: np.random.Generator, n: int, length: float, persistence: float,
           start: np.ndarray | None = None, theta: float | None = None) -> np.ndarray:
     """A worm-like chain (points every 0.5 px) of ``length`` px with persistence length
@@ -120,7 +142,16 @@ def er(rng: np.random.Generator, n: int, px: float, density: float) -> np.ndarra
     for a, b in vor.ridge_vertices:
         if a < 0 or b < 0 or rng.random() < 0.15:  # open polygons here and there
             continue
-        _splat(img, _segment_points(v[a], v[b]), rng.uniform(0.4, 0.8))
+        p, q, brightness = v[a], v[b], rng.uniform(0.4, 0.8)
+        # Nearly collinear seeds can put a vertex 1e8 px away (a 7.5 GiB point list, seen in
+        # training data); keep the visible part of such edges. Ordinary far edges (up to
+        # ~1e6 px, 30 MB of points) are drawn as before, so simulated data stay bit-identical.
+        if np.linalg.norm(q - p) > MAX_EDGE_PER_SIZE * n:
+            clipped = _clip_segment(p, q, -2.0, n + 1.0)
+            if clipped is None:
+                continue
+            p, q = clipped
+        _splat(img, _segment_points(p, q), brightness)
     img = _finish(img, rng.uniform(0.05, 0.09), px)
     sheets = gaussian_filter(rng.normal(size=(n, n)), 0.25 / px)
     sheets = np.clip(sheets / (sheets.std() + 1e-12) - 2.0, 0, None)
