@@ -77,3 +77,27 @@ def test_every_preset_takes_the_common_overrides(name, tmp_path) -> None:
     t = cfg.train
     assert (t.steps, t.seed, t.batch_size, t.checkpoint_every) == (30, 3, 2, 10)
     assert cfg.data.path == str(tmp_path)
+
+
+def test_base_key_inherits_and_overrides(tmp_path) -> None:
+    assert load_config("demo-fixed-linear").model.schedule.kind == "fixed-linear"
+    assert load_config("demo-fixed-linear").model.denoiser == load_config("demo").model.denoiser
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("base: demo\ntrain: {steps: 7}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: parent.yaml\ntrain: {seed: 3}\nmodel: {schedule: {kind: learned-exact}}\n")
+    cfg = load_config(child)
+    assert (cfg.train.steps, cfg.train.seed, cfg.train.lr) == (7, 3, load_config("demo").train.lr)
+    assert cfg.model.schedule.kind == "learned-exact"
+    assert cfg.model.schedule.net == load_config("demo").model.schedule.net  # merged, not replaced
+
+
+def test_base_key_errors_are_one_sentence(tmp_path) -> None:
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="refers back"):
+        load_config(loop)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("base: no-such-preset\n")
+    with pytest.raises(ConfigError, match="no preset of that name"):
+        load_config(missing)
