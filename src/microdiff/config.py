@@ -8,6 +8,7 @@ name or a path.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -32,6 +33,25 @@ class ScheduleConfig(_Strict):
     net: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 1))
     time_hidden: int = Field(1024, ge=1, description="hidden units of the faithful time nets")
     exact_components: int = Field(16, ge=1, description="sigmoid components of learned-exact ρ")
+    # --- options that change how a learned schedule learns (issue 5; no effect on fixed) ---
+    lr_scale: float = Field(1.0, ge=0, description="learning-rate multiplier for the schedule's "
+                            "parameters (0 freezes the schedule at its initialisation)")
+    lambda_range: tuple[float, float] | None = Field(
+        None, description="bounds [lo, hi] on λ(x), lo < ln 2 < hi (λ = ln 2 is the reference "
+        "schedule); unset: λ = softplus(U(x)), unbounded")
+    eps_grad: Literal["full", "elbo", "none"] = Field(
+        "full", description="how the ε-loss reaches the schedule: full (the paper), elbo (its "
+        "gradient weighted per pixel by −d log SNR/dt, the VDM/ELBO weighting; the denoiser's "
+        "gradient is unchanged) or none (the schedule learns from its own terms only)")
+
+    @model_validator(mode="after")
+    def _lambda_range(self) -> ScheduleConfig:
+        if self.lambda_range is not None:
+            lo, hi = self.lambda_range
+            if not 0 <= lo < math.log(2) < hi:
+                raise ValueError(f"schedule.lambda_range must satisfy 0 ≤ lo < ln 2 (0.693) < hi, "
+                                 f"got [{lo}, {hi}]")
+        return self
 
 
 class LossConfig(_Strict):

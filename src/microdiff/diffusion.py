@@ -37,6 +37,49 @@ def gaussian_kl_std_normal_to(mean: Tensor, var: Tensor) -> Tensor:
     return 0.5 * (torch.log(var) - 1.0 + (1.0 + mean.square()) / var)
 
 
+EPS_GRAD_MODES = ("full", "elbo", "none")
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradient by ``weight``."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, weight: Tensor) -> Tensor:  # noqa: D102
+        ctx.save_for_backward(weight)
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
+        (weight,) = ctx.saved_tensors
+        return grad * weight, None
+
+
+def scale_grad(value: Tensor, weight: Tensor) -> Tensor:
+    """``value`` unchanged, with its gradient multiplied by ``weight`` (broadcastable)."""
+    return _ScaleGrad.apply(value, weight.detach())
+
+
+def route_gamma(gamma: Tensor, dgamma_dt: Tensor, mode: str) -> Tensor:
+    """γ as the ε-loss sees it: the value is unchanged, the gradient reaching the schedule is
+
+    - ``full``: unchanged (the paper: the unweighted ε-loss trains the schedule);
+    - ``none``: zero (the schedule learns from L_β, L_prior and L_γ only);
+    - ``elbo``: multiplied per pixel by w = −d log SNR/dt = −(∂γ/∂t) / (γ (1 − γ)), the
+      weight that turns the ε-loss into the continuous-time ELBO (VDM), divided by its batch
+      mean so the step size stays comparable. The loss at a pixel depends on γ nearby, so
+      this weights the gradient at each pixel's γ rather than each pixel's loss: exact for
+      a spatially constant schedule, an approximation where λ(x) varies.
+
+    All ``[B, C, H, W]``.
+    """
+    if mode == "full":
+        return gamma
+    if mode == "none":
+        return gamma.detach()
+    w = (-dgamma_dt / (gamma * (1 - gamma))).detach().clamp_min(0)
+    return scale_grad(gamma, w / w.mean().clamp_min(1e-12))
+
+
 class CVDM(nn.Module):
     """Conditional Variational Diffusion Model.
 
@@ -52,6 +95,9 @@ class CVDM(nn.Module):
         target_scale: the diffused quantity is divided by this (set it near the target's
             or residual's standard deviation so diffusion sees unit-variance data; the
             reference code uses 1 with data in [−1, 1]). Multiplies σ under ZMD.
+        eps_grad: how the ε-loss's gradient reaches the schedule (see :func:`route_gamma`):
+            ``full`` (the paper), ``elbo`` or ``none``. The denoiser's gradient is the same
+            in all three.
     """
 
     def __init__(
@@ -65,8 +111,12 @@ class CVDM(nn.Module):
         mean_net: UNet | None = None,
         zmd_sigma: float = 0.5,
         target_scale: float = 1.0,
+        eps_grad: str = "full",
     ) -> None:
         super().__init__()
+        if eps_grad not in EPS_GRAD_MODES:
+            raise ValueError(f"eps_grad must be one of {', '.join(EPS_GRAD_MODES)}, got {eps_grad!r}")
+        self.eps_grad = eps_grad
         self.schedule = schedule
         self.denoiser = denoiser
         self.mean_net = mean_net
@@ -88,7 +138,9 @@ class CVDM(nn.Module):
             cfg.schedule.net,
             time_hidden=cfg.schedule.time_hidden,
             exact_components=cfg.schedule.exact_components,
+            lambda_range=cfg.schedule.lambda_range,
         )
+        schedule.lr_scale = cfg.schedule.lr_scale
         zmd = cfg.zmd.enabled
         extra = cfg.out_channels if zmd else 0
         denoiser = UNet(
@@ -108,6 +160,7 @@ class CVDM(nn.Module):
             mean_net=mean_net,
             zmd_sigma=cfg.zmd.sigma,
             target_scale=cfg.target_scale,
+            eps_grad=cfg.schedule.eps_grad,
         )
 
     # --- targets ----------------------------------------------------------------------
@@ -176,7 +229,7 @@ class CVDM(nn.Module):
 
         lam = self.schedule.lam(x)  # once per batch, reused for every t below
         d = self.schedule.derivatives_at(t, lam)
-        gamma = d.gamma.expand_as(y0)
+        gamma = route_gamma(d.gamma, d.dgamma_dt, self.eps_grad).expand_as(y0)
         y_t = gamma.sqrt() * y0 + (1 - gamma).sqrt() * eps
         eps_hat = self.eps_hat(y_t, x, gamma, None if mu is None else mu.detach())
 

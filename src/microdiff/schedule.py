@@ -87,6 +87,8 @@ class Schedule(nn.Module, abc.ABC):
     rate_is_exact: bool = True
     #: True when λ(x) comes from a network (one call per image when sampling).
     uses_network: bool = False
+    #: learning-rate multiplier for this schedule's parameters (``schedule.lr_scale``).
+    lr_scale: float = 1.0
 
     # --- the three parts every schedule defines -------------------------------------
     @abc.abstractmethod
@@ -277,6 +279,15 @@ class ExactIntegralTimeNet(nn.Module):
         return a + 2 * b * t + (sig * (1 - sig) * s) @ w
 
 
+def bounded_lambda(u: Tensor, lo: float, hi: float) -> Tensor:
+    """λ = lo + (hi − lo) σ(u + b) ∈ (lo, hi), with b such that λ = ln 2 (the reference
+    schedule, like softplus(0)) at u = 0. Needs lo < ln 2 < hi. Shape of ``u``."""
+    if not lo < LAMBDA0 < hi:
+        raise ValueError(f"lambda bounds must satisfy lo < ln 2 < hi, got [{lo}, {hi}]")
+    p = (LAMBDA0 - lo) / (hi - lo)
+    return lo + (hi - lo) * torch.sigmoid(u + math.log(p / (1 - p)))
+
+
 def _softplus_inverse(y: Tensor) -> Tensor:
     return y + torch.log(-torch.expm1(-y))
 
@@ -301,10 +312,12 @@ class LearnedSchedule(Schedule):
         exact: bool = False,
         time_hidden: int = 1024,
         exact_components: int = 16,
+        lambda_range: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
         self.exact = exact
+        self.lambda_range = lambda_range
         self.rate_is_exact = exact
         self.uses_network = True
         self.unet = UNet(in_channels, out_channels, net, cond_channels=0, zero_init_out=False)
@@ -317,7 +330,10 @@ class LearnedSchedule(Schedule):
             self.tau_net.fit(reference_tau)
 
     def lam(self, x: Tensor) -> Tensor:
-        return F.softplus(_full_precision(self.unet(x)))
+        u = _full_precision(self.unet(x))
+        if self.lambda_range is None:
+            return F.softplus(u)
+        return bounded_lambda(u, *self.lambda_range)
 
     @full_precision_math
     def rho(self, t: Tensor) -> Tensor:
@@ -366,12 +382,15 @@ def build_schedule(
     net: UNetSpec,
     time_hidden: int = 1024,
     exact_components: int = 16,
+    lambda_range: tuple[float, float] | None = None,
 ) -> Schedule:
-    """Schedule for ``kind`` ∈ :data:`SCHEDULE_KINDS`."""
+    """Schedule for ``kind`` ∈ :data:`SCHEDULE_KINDS` (``lambda_range``: learned kinds only)."""
     if kind == "learned":
-        return LearnedSchedule(in_channels, out_channels, net, False, time_hidden)
+        return LearnedSchedule(in_channels, out_channels, net, False, time_hidden,
+                               lambda_range=lambda_range)
     if kind == "learned-exact":
-        return LearnedSchedule(in_channels, out_channels, net, True, exact_components=exact_components)
+        return LearnedSchedule(in_channels, out_channels, net, True, exact_components=exact_components,
+                               lambda_range=lambda_range)
     if kind in ("fixed-linear", "fixed-cosine"):
         return FixedSchedule(kind.removeprefix("fixed-"), out_channels)
     raise ValueError(f"unknown schedule kind {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")

@@ -69,6 +69,18 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.copy_(b)
 
 
+def parameter_groups(model: torch.nn.Module) -> list[dict]:
+    """One optimiser group, or two when the schedule has its own ``lr_scale`` ≠ 1 (the
+    schedule's parameters then carry ``lr_scale`` and :class:`Trainer` multiplies it in)."""
+    schedule = getattr(model, "schedule", None)
+    scale = getattr(schedule, "lr_scale", 1.0)
+    if schedule is None or scale == 1.0 or not any(True for _ in schedule.parameters()):
+        return [{"params": list(model.parameters())}]
+    own = {id(p) for p in schedule.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in own]},
+            {"params": list(schedule.parameters()), "lr_scale": scale}]
+
+
 class Trainer:
     """Model, EMA, optimiser and step; :meth:`state_dict` is everything a resume needs."""
 
@@ -78,7 +90,7 @@ class Trainer:
         self.model = model.to(self.device).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.opt = kind(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = kind(parameter_groups(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay)
         if autocast_dtype is None and self.device.type == "cuda" and cfg.bf16:
             autocast_dtype = torch.bfloat16
         self.autocast_dtype = autocast_dtype
@@ -95,7 +107,7 @@ class Trainer:
         means), ``loss``, ``lr``, ``grad_norm`` and ``skipped`` (1.0 when not applied)."""
         lr = self.lr_at(self.step)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.step += 1
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
