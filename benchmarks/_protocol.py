@@ -1,0 +1,177 @@
+"""The protocol shared by quality.py and robustness.py: methods, equal-budget training runs
+(cached and resumable under runs/), the fixed held-out test set and its evaluation.
+
+Every trained method is the ``demo`` preset (or ``demo-regression``) with only the
+overrides named in :data:`METHODS` changed, so all share the U-Net size, data, patch
+size, batch, optimiser and number of steps; validation during training is reduced to the
+final one (it does not count towards the compared figures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from microdiff.baselines import apply_baseline
+from microdiff.checkpoint import latest_checkpoint
+from microdiff.config import Config, apply_overrides, load_config
+from microdiff.data.datasets import Pair, make_pair, simulated
+from microdiff.data.io import read_image, widefield_from_raw_sim
+from microdiff.data.sources import TEST_STREAM
+from microdiff.data.synthetic import SimulatorConfig
+from microdiff.evaluate_files import image_metrics
+from microdiff.train import TrainingDiverged, train_run
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNS = ROOT / "runs" / "benchmarks"
+REAL = ROOT.parent / "shared" / "data" / "biosr-mt-cell001"
+REAL_CROP = 256  # target pixels of the centre crop of the real pair (input: 128²)
+TEST_SEED = 1000  # the held-out simulated test set: independent of every training seed
+STRUCTURES = ("mt", "factin", "ccp", "er")
+LEVELS = {"low": 1, "high": 9}  # simulator signal levels (BioSR's levels 01 and 09)
+METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
+
+#: name → (preset, overrides). The first five are the comparison of the issue; the
+#: ``learned/...`` rows are the options that change how the learned schedule learns.
+METHODS: dict[str, tuple[str, list[str]]] = {
+    "learned": ("demo", []),
+    "learned-exact": ("demo", ["model.schedule.kind=learned-exact"]),
+    "fixed-linear": ("demo", ["model.schedule.kind=fixed-linear"]),
+    "fixed-cosine": ("demo", ["model.schedule.kind=fixed-cosine"]),
+    "regression": ("demo-regression", []),
+    "learned/elbo": ("demo", ["model.schedule.eps_grad=elbo"]),
+    "learned/no-eps-grad": ("demo", ["model.schedule.eps_grad=none"]),
+    "learned/lr0.1": ("demo", ["model.schedule.lr_scale=0.1"]),
+    "learned/bounded": ("demo", ["model.schedule.lambda_range=[0.35,1.4]"]),
+}
+CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
+BUDGET = ["data.n_val=2", "train.val_every=0", "train.checkpoint_every=100", "train.log_every=10"]
+
+
+@dataclass
+class TestImage:
+    """One held-out pair, normalised as in training (``make_pair``): ``group`` is
+    sim-low, sim-high, real-01 or real-09."""
+
+    group: str
+    structure: str
+    pair: Pair
+    pixel_size_um: float  # of the target
+
+    @property
+    def name(self) -> str:
+        return self.pair.name
+
+
+def method_config(method: str, steps: int, seed: int, lr: float | None = None) -> Config:
+    preset, overrides = METHODS[method]
+    extra = [f"train.steps={steps}", f"train.seed={seed}"] + ([f"train.lr={lr}"] if lr else [])
+    return apply_overrides(load_config(preset), [*overrides, *BUDGET, *extra])
+
+
+def run_dir(tag: str, method: str, seed: int, lr: float | None = None) -> Path:
+    lr_part = f"_lr{lr:g}" if lr else ""
+    return RUNS / tag / method.replace("/", "+") / f"seed{seed}{lr_part}"
+
+
+def train_cached(cfg: Config, out: Path) -> dict:
+    """Train ``cfg`` into ``out`` unless a finished run is there (resume a partial one).
+    Returns {"seconds": wall-clock of this call's training, "diverged": bool, "steps"}."""
+    marker = out / "train.json"
+    if marker.exists():
+        return json.loads(marker.read_text())
+    latest = latest_checkpoint(out / "checkpoints") if out.exists() else None
+    if latest is None and out.exists():  # killed before its first checkpoint: start again
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    diverged, message = False, ""
+    try:
+        train_run(cfg, out, resume=latest is not None, progress=False)
+    except TrainingDiverged as e:
+        diverged, message = True, str(e)
+    stats = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines() if ln.strip()]
+    train_rows = [r for r in stats if r.get("kind") == "train"]
+    info = {"seconds": time.perf_counter() - t0, "diverged": diverged, "message": message,
+            "steps": cfg.train.steps, "last_step": train_rows[-1]["step"] if train_rows else 0,
+            "skipped": int(sum(r.get("skipped", 0) for r in train_rows))}
+    _write_json(marker, info)
+    return info
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def test_set(per_cell: int = 1, size: int = 128, real: bool = True, real_crop: int = REAL_CROP
+             ) -> list[TestImage]:
+    """``per_cell`` simulated images per structure and level (``size``² target pixels, a
+    stream no training run draws from), plus the real BioSR pair's centre crop at levels
+    01 and 09 when ../shared/data is present."""
+    sim = SimulatorConfig(scale=2)
+    out = []
+    for level_name, level in LEVELS.items():
+        for kind in STRUCTURES:
+            for p in simulated(kind, per_cell, size, TEST_SEED + level, level, sim, stream=TEST_STREAM):
+                p.name = f"{p.name}_L{level}"
+                out.append(TestImage(f"sim-{level_name}", kind, p, sim.target_pixel_um))
+    if real and REAL.is_dir():
+        target = read_image(REAL / "sim_gt.tif").data.squeeze().astype(np.float32)
+        h, w = target.shape
+        t0, l0 = (h - real_crop) // 4 * 2, (w - real_crop) // 4 * 2  # even: whole input pixels
+        y = target[t0:t0 + real_crop, l0:l0 + real_crop]
+        for level in ("01", "09"):
+            wf = widefield_from_raw_sim(read_image(REAL / f"raw_sim_level{level}.tif")).data
+            x = wf[t0 // 2:(t0 + real_crop) // 2, l0 // 2:(l0 + real_crop) // 2].astype(np.float32)
+            pair = make_pair(f"biosr_cell001_L{level}", x[None], y[None])
+            out.append(TestImage(f"real-{level}", "mt", pair, 0.0313))
+    return out
+
+
+def _row(im: TestImage, pred: np.ndarray, seconds: float) -> dict:
+    m = image_metrics(pred.astype(np.float64), im.pair.y[0].numpy().astype(np.float64), im.pixel_size_um)
+    return {"image": im.name, "group": im.group, "structure": im.structure, "seconds": seconds,
+            **{k: m[k] for k in METRICS}}
+
+
+def evaluate_model(model, cfg: Config, images: list[TestImage], samples: int, steps: int,
+                   seed: int = 0) -> list[dict]:
+    """Metrics of the posterior mean (``samples`` × ``steps``; one pass for regression) on
+    every test image, with the sampling seconds per image."""
+    s = cfg.sample
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for im in images:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            res = model.sample(im.pair.x[None], steps=steps, samples=samples, generator=gen,
+                               sampler=s.sampler, eta=s.eta, grid=s.grid, clip=s.clip)
+        rows.append(_row(im, res.mean[0, 0].numpy(), time.perf_counter() - t0))
+    return rows
+
+
+def evaluate_baseline(name: str, images: list[TestImage]) -> list[dict]:
+    """Metrics of a classical baseline (bicubic, richardson-lucy) on every test image."""
+    rows = []
+    for im in images:
+        t0 = time.perf_counter()
+        low = im.pair.low[0].numpy().astype(np.float64)
+        pred = apply_baseline(name, low, im.pair.scale, im.pixel_size_um * im.pair.scale)
+        rows.append(_row(im, pred, time.perf_counter() - t0))
+    return rows
+
+
+def mean_pm_std(values: list[float], digits: int = 2) -> str:
+    v = np.asarray(values, dtype=float)
+    if v.size == 0 or not np.isfinite(v).any():
+        return "–"
+    v = v[np.isfinite(v)]
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else f"{v.mean():.{digits}f}"

@@ -1,0 +1,305 @@
+"""Quality on equal budgets: learned vs fixed schedules vs regression vs classical baselines.
+
+Every trained method is the ``demo`` preset (``demo-regression`` for the regression U-Net)
+with only its schedule option changed (see ``_protocol.METHODS``): same U-Net, simulated
+mixed-structure training data, 64² patches, batch 8, Adam at 1e-3, and ``--steps`` steps,
+for each of ``--seeds``. Each is evaluated on a fixed held-out set: one simulated 128² image
+per structure (microtubules, F-actin, CCPs, ER) at a low and a high signal level (1 and 9),
+drawn from a stream no training run uses, plus the centre 256² crop of the real BioSR pair at
+levels 01 and 09 (../shared/data). Metrics of the posterior mean (``--samples`` × 20 ancestral
+steps) after CARE's affine matching: PSNR, SSIM, MS-SSIM, NRMSE, FRC resolution. Bicubic and
+Richardson–Lucy need no training. A quality-vs-sampling-steps curve (5–200 steps) for the
+diffusion methods at the first seed. Runs are cached under runs/benchmarks/ (a killed
+benchmark picks up where it stopped). Writes the ``quality`` section of docs/benchmarks.md
+and docs/img/quality_steps.png. Usage::
+
+    .venv/bin/python benchmarks/quality.py            # ~60 min on a 2-core CPU
+    .venv/bin/python benchmarks/quality.py --quick    # ~10 min: a check, not a conclusion
+    .venv/bin/python benchmarks/quality.py --full     # GPU-sized
+    .venv/bin/python benchmarks/quality.py --methods learned learned/elbo fixed-linear
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
+from _report import machine, today, write_section  # noqa: E402
+
+from microdiff.data.datasets import Pair  # noqa: E402
+from microdiff.predictor import load  # noqa: E402
+from microdiff.regression import build_model  # noqa: E402
+
+SIZES = {  # sizing: steps, seeds, simulated images per (structure, level), curve images
+    "quick": {"steps": 120, "seeds": [0], "per_cell": 1, "curve_images": 4, "samples": 4, "real_crop": 128},
+    "default": {"steps": 250, "seeds": [0, 1, 2], "per_cell": 1, "curve_images": 6, "samples": 4,
+                "real_crop": 128},
+    "full": {"steps": 5000, "seeds": [0, 1, 2], "per_cell": 4, "curve_images": 16, "samples": 8,
+             "real_crop": 256},
+}
+CURVE_STEPS = [5, 10, 20, 50, 100, 200]
+CURVE_CROP = 64  # target pixels of the curve images (centre crops of the simulated test set)
+GROUPS = ["sim-low", "sim-high", "real-01", "real-09"]
+
+
+def crop(p: Pair, size: int) -> Pair:
+    s, (h, w) = p.scale, p.y.shape[-2:]
+    t, left = (h - size) // (2 * s) * s, (w - size) // (2 * s) * s
+    return Pair(p.name, p.low[:, t // s:(t + size) // s, left // s:(left + size) // s],
+                p.x[:, t:t + size, left:left + size], p.y[:, t:t + size, left:left + size], s)
+
+
+def evaluate_run(method: str, seed: int, tag: str, steps: int, images, samples: int,
+                 curve: list[P.TestImage] | None) -> dict:
+    cfg = P.method_config(method, steps, seed)
+    out = P.run_dir(tag, method, seed)
+    info = P.train_cached(cfg, out)
+    cache = out / "quality.json"
+    key = {"images": [im.name for im in images], "samples": samples,
+           "curve": [im.name for im in curve] if curve else None}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            return saved
+    print(f"  evaluating {method} seed {seed}", flush=True)
+    model = load(out / "model").model
+    sample_steps = cfg.sample.steps if model.has_uncertainty else 1
+    k = samples if model.has_uncertainty else 1
+    rows = P.evaluate_model(model, cfg, images, k, sample_steps, seed=seed)
+    curve_rows = {}
+    if curve and model.has_uncertainty:
+        for n in CURVE_STEPS:
+            r = P.evaluate_model(model, cfg, curve, 2, n, seed=seed)
+            curve_rows[n] = float(np.mean([x["psnr"] for x in r]))
+    result = {"key": key, "train": info, "rows": rows, "curve": curve_rows,
+              "sample_steps": sample_steps, "samples": k}
+    P._write_json(cache, result)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="~10 min on a CPU: one seed, 150 steps")
+    size.add_argument("--full", action="store_true", help="GPU-sized: 5000 steps, 4 images per cell")
+    ap.add_argument("--methods", nargs="+", default=P.CORE, choices=list(P.METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--steps", type=int, help="training steps (overrides the sizing)")
+    ap.add_argument("--curve-methods", nargs="*",
+                    default=["learned", "learned-exact", "fixed-linear", "fixed-cosine"])
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report from the runs already finished; train nothing")
+    args = ap.parse_args()
+    sizing = "quick" if args.quick else "full" if args.full else "default"
+    z = dict(SIZES[sizing])
+    z["steps"] = args.steps or z["steps"]
+    z["seeds"] = args.seeds or z["seeds"]
+    tag = f"quality-{z['steps']}"
+    images = P.test_set(z["per_cell"], real_crop=z["real_crop"])
+    sims = [im for im in images if im.group.startswith("sim")]
+    curve = [P.TestImage(im.group, im.structure, crop(im.pair, CURVE_CROP), im.pixel_size_um)
+             for im in sims[::max(1, len(sims) // z["curve_images"])]][: z["curve_images"]]
+    t0 = time.perf_counter()
+    results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
+    for seed in z["seeds"]:  # every method at one seed before the next seed: a partial run
+        for method in args.methods:  # still compares all methods (--report-only)
+            use_curve = curve if (method in args.curve_methods and seed == z["seeds"][0]) else None
+            done = (P.run_dir(tag, method, seed) / "quality.json").exists()
+            if args.report_only and not done:
+                continue
+            print(f"{method} seed {seed}: {'cached' if done else 'training ' + str(z['steps']) + ' steps'}",
+                  flush=True)
+            results[method][seed] = evaluate_run(method, seed, tag, z["steps"], images,
+                                                 z["samples"], use_curve)
+    results = {m: r for m, r in results.items() if r}
+    baselines = {b: P.evaluate_baseline(b, images) for b in ("bicubic", "richardson-lucy")}
+    report(args, sizing, z, results, baselines, images, curve, time.perf_counter() - t0)
+
+
+def schedule_stats(model, images) -> dict[str, float]:
+    """λ(x) quantiles and median γ(0.5, x) of a learned schedule over the simulated test
+    images (the drift the METHOD notes describe: λ rising pushes every t towards noise)."""
+    lam, g_half = [], []
+    with torch.no_grad():
+        for im in images:
+            x = im.pair.x[None]
+            lam.append(model.schedule.lam(x).flatten())
+            g_half.append(model.schedule.gamma(0.5, x).flatten())
+    lam_all, g_all = torch.cat(lam).numpy(), torch.cat(g_half).numpy()
+    return {"lam_p05": float(np.percentile(lam_all, 5)), "lam_median": float(np.median(lam_all)),
+            "lam_p95": float(np.percentile(lam_all, 95)), "gamma_half": float(np.median(g_all))}
+
+
+def schedule_table(methods: list[str], seeds: list[int], steps: int, images) -> list[str]:
+    """Init vs trained λ statistics for every learned method (mean over seeds)."""
+    lines = ["", "Learned schedules before and after training (simulated test images; λ = ln 2 = "
+             "0.69 is the reference schedule; mean over seeds): λ(x) 5th/50th/95th percentiles "
+             "and the median γ(0.5, x) (lower: more noise at mid-trajectory).", "",
+             "| method | λ at init | λ trained | γ(0.5) at init | γ(0.5) trained |",
+             "|---|---|---|---|---|"]
+    for m in methods:
+        if m == "regression" or not P.method_config(m, steps, 0).model.schedule.kind.startswith("learned"):
+            continue
+        init, trained = [], []
+        for seed in seeds:
+            out = P.run_dir(f"quality-{steps}", m, seed)
+            if not (out / "model").exists():
+                continue
+            cfg = P.method_config(m, steps, seed)
+            torch.manual_seed(seed)  # as train_run builds the model
+            init.append(schedule_stats(build_model(cfg.model).eval(), images))
+            trained.append(schedule_stats(load(out / "model").model, images))
+        if not trained:
+            continue
+
+        def avg(rows: list[dict], k: str) -> float:
+            return float(np.mean([r[k] for r in rows]))
+
+        def lam(rows: list[dict]) -> str:
+            return f"{avg(rows, 'lam_p05'):.2f} / {avg(rows, 'lam_median'):.2f} / {avg(rows, 'lam_p95'):.2f}"
+
+        lines.append(f"| {m} | {lam(init)} | {lam(trained)} | {avg(init, 'gamma_half'):.3f} | "
+                     f"{avg(trained, 'gamma_half'):.3f} |")
+    return lines
+
+
+def _group_mean(rows: list[dict], group: str, key: str, structure: str | None = None) -> float:
+    v = [r[key] for r in rows if r["group"] == group and (structure is None or r["structure"] == structure)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, curve,
+           seconds: float) -> None:
+    groups = [g for g in GROUPS if any(im.group == g for im in images)]
+    flags = {"quick": " --quick", "full": " --full", "default": ""}[sizing]
+    methods_flag = "" if args.methods == P.CORE else f" --methods {' '.join(args.methods)}"
+    cmd = f".venv/bin/python benchmarks/quality.py{flags}{methods_flag}"
+    if args.seeds:
+        cmd += f" --seeds {' '.join(map(str, args.seeds))}"
+    if args.steps:
+        cmd += f" --steps {args.steps}"
+    n_sim = sum(im.group.startswith("sim") for im in images)
+    lines = [
+        f"## Quality on equal budgets ({sizing} sizing)", "",
+        f"Command: `{cmd}`  ", f"Machine: {machine()}  ", f"Date: {today()}", "",
+        f"Every trained method: the `demo` preset (1.0 M-parameter denoiser; the regression "
+        f"U-Net is the same network, `demo-regression`) trained {z['steps']} steps of batch 8 on "
+        f"64² patches of simulated mixed structures, seeds {', '.join(map(str, z['seeds']))}; "
+        "only the schedule option differs. Test set, never trained on: "
+        f"{n_sim} simulated 128² images ({z['per_cell']} per structure mt/F-actin/CCP/ER at "
+        f"signal level 1 = *sim-low* and 9 = *sim-high*) and the centre {z['real_crop']}² crop of the real "
+        "BioSR cell at levels 01 and 09 (*real-01*, *real-09*; microtubules; a model trained "
+        f"on simulation only). Posterior mean of {z['samples']} samples × 20 ancestral steps "
+        "(ŷ0 clipped to ±1.2); metrics after CARE's affine intensity matching. Each cell: "
+        "mean ± std over seeds of the per-seed mean over the group's images (seeds finished: "
+        "the n column). Wall-clock: "
+        "training seconds per run on this machine (cached runs keep their first timing).", "",
+    ]
+    head = "| method | n | train [s] | steps × samples | s / 128² image | " + " | ".join(
+        f"PSNR {g} | SSIM {g}" for g in groups) + " |"
+    lines += [head, "|" + "---|" * (5 + 2 * len(groups))]
+    sim_images = [im for im in images if im.group.startswith("sim")]
+    for m, per_seed in results.items():
+        runs = list(per_seed.values())
+        secs = [r["train"]["seconds"] for r in runs]
+        div = sum(r["train"]["diverged"] for r in runs)
+        per_img = [np.mean([x["seconds"] for x in r["rows"] if x["group"].startswith("sim")])
+                   for r in runs]
+        cells = []
+        for g in groups:
+            cells += [P.mean_pm_std([_group_mean(r["rows"], g, "psnr") for r in runs]),
+                      P.mean_pm_std([_group_mean(r["rows"], g, "ssim") for r in runs], 3)]
+        name = m + (f" ({div} diverged)" if div else "")
+        budget = f"{runs[0]['sample_steps']} × {runs[0]['samples']}"
+        lines.append(f"| {name} | {len(runs)} | {np.mean(secs):.0f} | {budget} | "
+                     f"{np.mean(per_img):.2f} | " + " | ".join(cells) + " |")
+    for b, rows in baselines.items():
+        cells = []
+        for g in groups:
+            cells += [f"{_group_mean(rows, g, 'psnr'):.2f}", f"{_group_mean(rows, g, 'ssim'):.3f}"]
+        per_img = np.mean([x["seconds"] for x in rows if x["group"].startswith("sim")])
+        lines.append(f"| {b} (no training) | – | – | – | {per_img:.2f} | " + " | ".join(cells) + " |")
+
+    lines += ["", f"All {len(sim_images)} simulated images pooled (both levels): every metric "
+              "(FRC: resolution at the 1/7 threshold, nm; lower is finer).", "",
+              "| method | PSNR | SSIM | MS-SSIM | NRMSE | FRC [nm] |", "|---|---|---|---|---|---|"]
+
+    def pooled(rows: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in rows if r["group"].startswith("sim")]))
+
+    for m, per_seed in results.items():
+        runs = list(per_seed.values())
+        lines.append(f"| {m} | " + " | ".join(
+            P.mean_pm_std([pooled(r["rows"], k) for r in runs], d)
+            for k, d in zip(P.METRICS, (2, 3, 3, 3, 0), strict=True)) + " |")
+    for b, rows in baselines.items():
+        lines.append(f"| {b} | " + " | ".join(
+            f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0), strict=True)) + " |")
+
+    lines += ["", "PSNR per structure and level (simulated; mean over seeds).", "",
+              "| method | " + " | ".join(f"{s} L{lv}" for lv in P.LEVELS.values()
+                                          for s in P.STRUCTURES) + " |",
+              "|" + "---|" * (1 + len(P.STRUCTURES) * len(P.LEVELS))]
+    for m, per_seed in list(results.items()) + [(b, {0: {"rows": r}}) for b, r in baselines.items()]:
+        cells = []
+        for name in P.LEVELS:
+            for s in P.STRUCTURES:
+                v = [_group_mean(r["rows"], f"sim-{name}", "psnr", s) for r in per_seed.values()]
+                cells.append(f"{np.mean(v):.2f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+
+    curves = {m: {int(k): v for k, v in next(iter(per.values()))["curve"].items()}
+              for m, per in results.items() if next(iter(per.values()))["curve"]}
+    if curves:
+        lines += ["", f"Quality vs sampling steps (seed {z['seeds'][0]}; posterior mean of 2 samples, "
+                  f"PSNR averaged over {len(curve)} centre {CURVE_CROP}² crops of the simulated test "
+                  "images; *flat at*: the fewest steps within 0.2 dB of the 200-step value).", "",
+                  "| method | " + " | ".join(f"{n} steps" for n in CURVE_STEPS) + " | flat at |",
+                  "|" + "---|" * (len(CURVE_STEPS) + 2)]
+        for m, c in curves.items():
+            final = c[max(c)]
+            flat = min(n for n in c if c[n] >= final - 0.2)
+            lines.append(f"| {m} | " + " | ".join(f"{c[n]:.2f}" for n in CURVE_STEPS) + f" | {flat} |")
+        img = P.ROOT / "docs" / "img" / "quality_steps.png"
+        _plot_curves(img, curves)
+        lines += ["", "![PSNR against sampling steps](img/quality_steps.png)"]
+    sims = [im for im in images if im.group.startswith("sim")]
+    lines += schedule_table(list(results), z["seeds"], z["steps"], sims)
+    lines += ["", f"Total benchmark time: {seconds / 60:.0f} min (cached runs are not re-trained)."]
+    write_section(f"quality_{sizing}", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def _plot_curves(path: Path, curves: dict[str, dict[int, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for m, c in curves.items():
+        ns = sorted(c)
+        ax.plot(ns, [c[n] for n in ns], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("PSNR of the posterior mean [dB]")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    main()
