@@ -68,17 +68,26 @@ def train(
 @app.command()
 def simulate(
     out: Annotated[Path, typer.Option(help="output folder (gets input/, target/, manifest.json)")],
+    task: Annotated[str, typer.Option(
+        help="sr (widefield -> SIM), qpi-2shot (defocus pair -> phase), qpi-poly (RGB -> phase)")] = "sr",
     structure: Annotated[str, typer.Option(help="mt, factin, ccp, er or mixed")] = "mixed",
     n: Annotated[int, typer.Option(help="number of pairs")] = 16,
-    size: Annotated[int, typer.Option(help="target size in pixels (input: size / 2)")] = 256,
-    level: Annotated[int | None, typer.Option(help="signal level 1..9 (default: drawn)")] = None,
+    size: Annotated[int, typer.Option(help="target size in pixels (sr input: size / 2)")] = 256,
+    level: Annotated[int | None, typer.Option(help="sr: signal level 1..9 (default: drawn)")] = None,
+    source: Annotated[str, typer.Option(
+        help="qpi: phase maps from natural (scikit-image's sample images) or structures")] = "natural",
+    phase_range: Annotated[float, typer.Option(help="qpi: phase range in rad (the paper: 3.5)")] = 3.5,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
 ) -> None:
-    """Simulate BioSR-like widefield/SIM pairs as TIFFs with pixel sizes."""
-    from .data.simulate_files import write_simulated_pairs
+    """Simulate paired data as TIFFs with pixel sizes: BioSR-like widefield/SIM pairs, or
+    defocused intensities and their phase (QPI)."""
+    from .data.simulate_files import write_qpi_pairs, write_simulated_pairs
 
-    write_simulated_pairs(out, structure, n, size, level, seed, overwrite=overwrite)
+    if task == "sr":
+        write_simulated_pairs(out, structure, n, size, level, seed, overwrite=overwrite)
+    else:
+        write_qpi_pairs(out, task, n, size, source, structure, seed, phase_range, overwrite=overwrite)
 
 
 @app.command()
