@@ -64,13 +64,16 @@ def natural_image(name: str) -> np.ndarray:
 
 def cell_phase(phase_range: float = 3.5, size: int | None = None) -> np.ndarray:
     """scikit-image's real quantitative phase image of a cell as phase ``[H, W]`` rad
-    (``phase_range`` · minmax), its centre ``size``² crop when given."""
+    (``phase_range`` · minmax); with ``size``, the ``size``² crop centred on the cell (the
+    centre of its brightest 1 %), kept inside the image."""
     img = natural_image(HELD_OUT_IMAGE)
     if size is not None:
         h, w = img.shape
         if size > min(h, w):
             raise ValueError(f"size {size} exceeds the cell image ({h}x{w})")
-        t, left = (h - size) // 2, (w - size) // 2
+        cy, cx = np.argwhere(img >= np.percentile(img, 99)).mean(0)
+        t = int(np.clip(round(cy) - size // 2, 0, h - size))
+        left = int(np.clip(round(cx) - size // 2, 0, w - size))
         img = minmax01(img[t:t + size, left:left + size])
     return phase_range * img
 
