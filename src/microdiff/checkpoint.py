@@ -47,8 +47,10 @@ def save_bundle(
     percentiles: tuple[float, float] = (1.0, 99.8),
     overwrite: bool = False,
     ema: bool = True,
+    task: dict | None = None,
 ) -> Path:
-    """Write ``folder`` (atomically); refuses to replace an existing one unless asked."""
+    """Write ``folder`` (atomically); refuses to replace an existing one unless asked.
+    ``task``: :meth:`microdiff.data.tasks.Task.to_dict` (default: super-resolution)."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise BundleError(f"{folder} exists; refusing to overwrite it")
@@ -66,6 +68,7 @@ def save_bundle(
         "scale": scale,
         "pixel_size_um": pixel_size_um,
         "normalization": {"kind": "percentile", "lo": percentiles[0], "hi": percentiles[1]},
+        "task": task or {"kind": "sr"},
     }
     (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
     if folder.exists():

@@ -127,9 +127,21 @@ class DataConfig(_Strict):
     augment: bool = Field(True, description="random 90° rotations and flips")
     pixel_size_um: float | None = Field(
         None, gt=0, description="input pixel size when the files do not carry one")
+    task: Literal["sr", "qpi-2shot", "qpi-poly"] = Field(
+        "sr", description="sr: super-resolution; qpi-*: phase (rad) from defocused intensities "
+        "(data.path pairs, or simulated from data.phase_source when unset)")
+    phase_source: Literal["natural", "structures"] = Field(
+        "natural", description="qpi without data.path: phase maps from scikit-image's images or "
+        "the simulator's structures (data.structure)")
+    phase_range: float = Field(3.5, gt=0, description="qpi: phase range in rad (targets are φ / range)")
+    noise: tuple[float, float] = Field((0.0, 0.2), description="qpi simulation: noise level ℓ ~ U(lo, hi)")
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:
+        if self.task != "sr" and self.scale != 1:
+            raise ValueError(f"data.task {self.task} needs data.scale=1 (input and phase share a grid)")
+        if not 0 <= self.noise[0] <= self.noise[1]:
+            raise ValueError(f"data.noise must satisfy 0 ≤ lo ≤ hi, got {list(self.noise)}")
         if self.size % self.scale:
             raise ValueError(f"data.size ({self.size}) must be a multiple of data.scale ({self.scale})")
         if self.path is None and self.generator == "simulator":

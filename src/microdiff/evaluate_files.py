@@ -38,7 +38,7 @@ from .errors import ShapeError, UserError
 from .predict_files import as_2d
 from .predictor import load
 
-COLUMNS = ["image", "structure", "method", "psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution",
+COLUMNS = ["image", "structure", "method", "psnr", "ssim", "ms_ssim", "nrmse", "rmse_rad", "frc_resolution",
            "frc_unit", "spearman_std_error", "coverage_1sigma", "coverage_2sigma", "ause"]
 STRUCTURE_QUANTILE, BACKGROUND_QUANTILE = 0.9, 0.5  # pixel classes of the schedule figure
 FIGURE_CROP = 256  # output pixels shown per montage row / used for the schedule figure
@@ -127,6 +127,12 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
         img, target_img = read_image(inp), read_image(tgt)
         x, axes = as_2d(img)
         target, _ = as_2d(target_img)
+        if predictor.task.is_phase:
+            take = figures and len(panels) < 4
+            rows += _phase_rows(predictor, name, x, axes, target, img.pixel_size, samples, steps, seed,
+                                panels if take else None)
+            labels += [name] if take else []
+            continue
         if axes != "YX":
             raise ShapeError(f"{inp}: evaluate handles single-channel images for now")
         if target.shape != tuple(s * predictor.scale for s in x.shape):
@@ -151,11 +157,40 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
             crop = slice(0, FIGURE_CROP)
             t_norm = PercentileNormalizer().fit(target).normalize(target)
             profile = schedule_profile(predictor.model, cond[None, :, crop, crop], t_norm[crop, crop])
-    write_report(rows, out, f"Evaluation of `{model}` on `{data}`")
+    write_report(rows, out, f"Evaluation of `{model}` on `{data}`",
+                 PHASE_NOTE if predictor.task.is_phase else None)
     if figures and panels:
         montage(out / "montage.png", panels, row_labels=labels)
     if figures and profile is not None:
         schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")
+    return rows
+
+
+def _phase_rows(predictor, name: str, x: np.ndarray, axes: str, target: np.ndarray,
+                pixel_size_um: float | None, samples: int | None, steps: int | None, seed: int,
+                panels: list | None) -> list[dict]:
+    """QPI: the model's posterior mean and std in radians, and TIE (two-shot), against the
+    phase target (:func:`metrics.phase_metrics`)."""
+    task = predictor.task
+    if axes != "CYX":
+        raise ShapeError(f"{name}: a {task.kind} input is a stack of intensities (CYX), got axes {axes!r}")
+    if target.ndim != 2 or target.shape != x.shape[-2:]:
+        raise ShapeError(f"{name}: phase target {target.shape} does not match the input {x.shape[-2:]}")
+    res = predictor.predict(x, axes=axes, samples=samples, steps=steps, seed=seed,
+                            pixel_size_um=pixel_size_um)
+    px = pixel_size_um * 1000 if pixel_size_um else 1.0
+    unit = {"frc_unit": "nm" if pixel_size_um else "px"}
+    method = "cvdm" if predictor.model.has_uncertainty else "regression"
+    rows = [{"image": name, "structure": "all", "method": method, **unit, **metrics.phase_metrics(
+        res.mean, target, task.phase_range, res.std if method == "cvdm" else None, px)}]
+    cond, _ = predictor.condition(x, axes)
+    base = task.baseline(cond.numpy(), pixel_size_um)
+    if base is not None:  # TIE on the normalised stack: scale fitted, as for any intensity method
+        base = metrics.affine_match(base, target)
+        rows.append({"image": name, "structure": "all", "method": task.baseline_name, **unit,
+                     **metrics.phase_metrics(base, target, task.phase_range, pixel_size=px)})
+    if panels is not None:
+        panels.append(montage_row(cond[0].numpy(), res.mean, res.std, target))
     return rows
 
 
@@ -170,8 +205,16 @@ def _table(rows: list[dict], keys: list[str], groups: list[tuple[str, str, list[
     return lines
 
 
-def write_report(rows: list[dict], out: Path, title: str) -> None:
-    """``out/metrics.csv`` (every row) and ``out/summary.md`` (means, overall and per structure)."""
+PHASE_NOTE = ("{n} images; phase metrics in radians after removing the difference of mean phases "
+              "(intensities do not determine it): RMSE, PSNR and SSIM over the phase range; no intensity "
+              "scale is fitted to the model. TIE works on the min-max normalised stack, which has lost "
+              "the intensity scale, so its output is scaled to the target by least squares (an "
+              "advantage for TIE); mean ± std over images.")
+
+
+def write_report(rows: list[dict], out: Path, title: str, note: str | None = None) -> None:
+    """``out/metrics.csv`` (every row) and ``out/summary.md`` (means, overall and per
+    structure); ``note`` replaces the paragraph on how the metrics were computed."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, restval="")
     writer.writeheader()
@@ -186,10 +229,11 @@ def write_report(rows: list[dict], out: Path, title: str) -> None:
         groups += [(s, m, [r for r in rows if r["method"] == m and r["structure"] == s])
                    for s in structures for m in methods]
     unit = rows[0]["frc_unit"] if rows else "px"
-    lines = [f"# {title}", "",
-             f"{len({r['image'] for r in rows})} images; PSNR, SSIM, MS-SSIM and NRMSE after CARE's "
-             "affine intensity matching (least-squares a·pred + b against the target), data range "
-             "of each target; mean ± std over images.", "",
+    n = len({r["image"] for r in rows})
+    note = (note or "{n} images; PSNR, SSIM, MS-SSIM and NRMSE after CARE's affine intensity matching "
+            "(least-squares a·pred + b against the target), data range of each target; mean ± std "
+            "over images.").format(n=n)
+    lines = [f"# {title}", "", note, "",
              *_table(rows, keys, groups), "",
              f"FRC resolution in {unit} (threshold 1/7, prediction vs target; lower is better). "
              "Uncertainty: Spearman correlation of the posterior std with |error|, the fraction of "

@@ -136,3 +136,25 @@ def ause(std: np.ndarray, error: np.ndarray, steps: int = 50) -> float:
         return np.array([np.sqrt(np.mean(order[int(f * n):] ** 2)) for f in fractions])
 
     return float(np.mean(curve(by_std) - curve(by_err)))
+
+
+def phase_metrics(pred: np.ndarray, target: np.ndarray, phase_range: float,
+                  std: np.ndarray | None = None, pixel_size: float = 1.0) -> dict[str, float]:
+    """Quality of a phase map ``pred`` ``[H, W]`` (rad) against ``target`` (rad) after
+    removing the difference of their means (the mean phase is not recoverable from
+    intensities): ``rmse_rad``, ``psnr`` and ``ssim`` over ``phase_range``, ``ms_ssim`` (over
+    the target's range), ``nrmse`` (RMSE / range) and ``frc_resolution`` (units of
+    ``pixel_size``); with the posterior ``std`` (rad) also Spearman(std, |error|), ±1σ/±2σ
+    coverage and AUSE. No intensity scaling is fitted: radians are radians."""
+    t = target.astype(np.float64)
+    p = pred.astype(np.float64) - float(pred.mean()) + float(t.mean())
+    err = p - t
+    rmse = float(np.sqrt(np.mean(err**2)))
+    row = {"rmse_rad": rmse, "psnr": float(20 * np.log10(phase_range / max(rmse, 1e-12))),
+           "ssim": float(structural_similarity(t, p, data_range=phase_range)),
+           "ms_ssim": ms_ssim(p, t, match=False), "nrmse": rmse / phase_range,
+           "frc_resolution": frc_resolution(p, t, pixel_size)}
+    if std is not None:
+        row |= {"spearman_std_error": spearman_std_error(std, err), "coverage_1sigma": coverage(std, err, 1),
+                "coverage_2sigma": coverage(std, err, 2), "ause": ause(std, err)}
+    return row

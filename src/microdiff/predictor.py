@@ -1,9 +1,11 @@
-"""Prediction on images of any size, with uncertainty, in the input's intensity units.
+"""Prediction on images of any size, with uncertainty, in physical units.
 
 ``microdiff.load(MODEL)`` returns a :class:`Predictor`. ``predict`` normalises the image
-by its own percentiles, upsamples it by the model's scale factor (bicubic), samples K
-posterior samples tile by tile (overlapping tiles, smooth blending), and maps the
-posterior mean and std back to the input's intensity units with the same percentiles.
+as the model's task did in training (super-resolution: by its own percentiles, then
+bicubic upsampling by the scale factor; QPI: the stack's min and max), samples K posterior
+samples tile by tile (overlapping tiles, smooth blending), and returns the posterior mean
+and std in the input's intensity units (super-resolution, with the same percentiles) or
+in radians (QPI).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import torch
 from .checkpoint import load_bundle
 from .data.normalize import PercentileNormalizer
 from .data.synthetic import upsample
+from .data.tasks import Task
 from .data.tiling import apply_tiled
 from .errors import ShapeError, UserError
 
 
 @dataclass
 class Prediction:
-    """mean, std: ``[H·s, W·s]`` (or ``[C, H·s, W·s]``) float32 in input units;
+    """mean, std: ``[H·s, W·s]`` (or ``[C, H·s, W·s]``) float32 in input units (rad for QPI);
     pixel_size_um: the input's pixel size divided by the scale factor (None if unknown)."""
 
     mean: np.ndarray
@@ -45,13 +48,15 @@ class Predictor:
         self.scale = int(meta["scale"])
         norm = meta["normalization"]
         self.percentiles = (float(norm["lo"]), float(norm["hi"]))
+        self.task = Task.from_dict(meta.get("task"))
+        self.in_channels = int(meta["model"]["in_channels"])
 
     def _check(self, image: np.ndarray, axes: str) -> np.ndarray:
         if axes not in ("YX", "CYX") or len(axes) != np.ndim(image):
             raise ShapeError(f"image of shape {np.shape(image)} with axes {axes!r}: use 'YX' or 'CYX'")
         chw = np.asarray(image, np.float32)[None] if axes == "YX" else np.asarray(image, np.float32)
-        if chw.shape[0] != self.model.out_channels:
-            raise ShapeError(f"the model expects {self.model.out_channels} channel(s), "
+        if chw.shape[0] != self.in_channels:
+            raise ShapeError(f"the model expects {self.in_channels} input channel(s), "
                              f"the image has {chw.shape[0]}")
         return chw
 
@@ -59,7 +64,7 @@ class Predictor:
         """The model's condition ``x`` ``[C, H·s, W·s]`` (normalised, upsampled) and the
         normaliser fitted on ``image``."""
         chw = self._check(image, axes)
-        norm = PercentileNormalizer(*self.percentiles).fit(chw, channel_axis=0)
+        norm = self.task.fit_input(chw, self.percentiles)
         x = torch.from_numpy(norm.normalize(chw, channel_axis=0))
         return (upsample(x[None], self.scale)[0] if self.scale > 1 else x), norm
 
@@ -89,7 +94,7 @@ class Predictor:
         s = self.meta["sample"]
         samples, steps = samples or s["samples"], steps or s["steps"]
         gen = torch.Generator().manual_seed(seed)
-        c = x.shape[0]
+        c = self.model.out_channels
 
         def run(tiles: torch.Tensor) -> torch.Tensor:
             out = self.model.sample(tiles, steps=steps, samples=samples, generator=gen,
@@ -102,17 +107,20 @@ class Predictor:
             return torch.cat(parts, dim=1)
 
         every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()
-        mean = norm.denormalize(every[:c], channel_axis=0)
-        std = norm.denormalize_spread(every[c: 2 * c], channel_axis=0)
+        mean, std = self.task.output_units(every[:c], every[c: 2 * c], norm)
         rest = every[2 * c:]
         k_samples = lam = None
         if return_samples:
-            k_samples = np.stack([norm.denormalize(rest[k * c: (k + 1) * c], channel_axis=0)
-                                  for k in range(samples)])
+            k = rest[: samples * c].reshape(samples, c, *rest.shape[1:])
+            k_samples = self.task.samples_units(k, norm)
             rest = rest[samples * c:]
         if return_schedule:
             lam = rest[:c]
-        if axes == "YX":
+        if self.task.is_phase:  # one phase map from a stack of intensities
+            mean, std = mean[0], std[0]
+            k_samples = k_samples[:, 0] if k_samples is not None else None
+            lam = lam[0] if lam is not None else None
+        elif axes == "YX":
             mean, std = mean[0], std[0]
             k_samples = k_samples[:, 0] if k_samples is not None else None
             lam = lam[0] if lam is not None else None

@@ -37,7 +37,7 @@ from . import metrics
 from .checkpoint import latest_checkpoint, load_training_state, save_bundle, save_training_state
 from .config import Config, TrainConfig, config_to_yaml
 from .data.io import atomic_write_bytes
-from .data.sources import TrainingData, load_training_data, step_seed
+from .data.sources import TrainingData, load_training_data, step_seed, task_of
 from .diffusion import CVDM
 from .errors import ConfigError, UserError
 from .regression import build_model
@@ -199,8 +199,10 @@ def train(model: CVDM, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], cfg
 @torch.no_grad()
 def validate(model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, steps: int, samples: int,
              seed: int, montage_path: Path | None = None, montage_rows: int = 4) -> dict[str, float]:
-    """Posterior-mean PSNR/SSIM (after affine matching) of ``model`` and of the bicubic input
-    on ``x, y`` ``[N, C, H, W]``; optionally a montage of the first ``montage_rows``."""
+    """Posterior-mean PSNR/SSIM (after affine matching) of ``model`` and of the task's
+    classical baseline (``*_bicubic``: the bicubic input for sr, TIE for qpi-2shot, NaN where
+    there is none) on ``x, y`` ``[N, C, H, W]``; optionally a montage of the first
+    ``montage_rows``."""
     from .plots import montage
 
     device = next(model.parameters()).device
@@ -210,12 +212,14 @@ def validate(model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, steps: 
                        eta=s.eta, grid=s.grid, clip=s.clip)
     mean, std = out.mean.float().cpu().numpy(), out.std.float().cpu().numpy()
     xs, ys = x.numpy(), y.numpy()
+    task = task_of(cfg.data)
     res = {"val_psnr": [], "val_ssim": [], "val_psnr_bicubic": [], "val_ssim_bicubic": []}
     for i in range(len(ys)):
         res["val_psnr"].append(metrics.psnr(mean[i, 0], ys[i, 0]))
         res["val_ssim"].append(metrics.ssim(mean[i, 0], ys[i, 0]))
-        res["val_psnr_bicubic"].append(metrics.psnr(xs[i, 0], ys[i, 0]))
-        res["val_ssim_bicubic"].append(metrics.ssim(xs[i, 0], ys[i, 0]))
+        base = task.baseline(xs[i])
+        res["val_psnr_bicubic"].append(metrics.psnr(base, ys[i, 0]) if base is not None else math.nan)
+        res["val_ssim_bicubic"].append(metrics.ssim(base, ys[i, 0]) if base is not None else math.nan)
     if montage_path is not None:
         rows = [(xs[i, 0], mean[i, 0], std[i, 0], np.abs(mean[i, 0] - ys[i, 0]), ys[i, 0])
                 for i in range(min(montage_rows, len(ys)))]
@@ -304,7 +308,7 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
         payload = trainer.state_dict() | {"config": cfg.model_dump(mode="json")}
         path = save_training_state(out / "checkpoints", payload, trainer.step, tc.keep_checkpoints)
         save_bundle(out / "model", trainer.ema, cfg.model, cfg.sample, scale=data.scale,
-                    pixel_size_um=data.pixel_size_um, overwrite=True)
+                    pixel_size_um=data.pixel_size_um, overwrite=True, task=task_of(cfg.data).to_dict())
         return path
 
     def run_validation(final: bool = False) -> dict[str, float]:

@@ -23,6 +23,7 @@ from ..errors import ShapeError, UserError
 from .io import IMAGE_SUFFIXES, Image, read_biosr_cell, read_image
 from .normalize import PercentileNormalizer
 from .synthetic import SimulatorConfig, simulate_pair, upsample
+from .tasks import Task
 
 STREAM_TAG = 0x5EED  # see simulated()
 
@@ -51,10 +52,18 @@ def _chw(img: Image) -> np.ndarray:
     raise ShapeError(f"cannot use an image with axes {axes!r} and shape {data.shape} as a 2-D pair")
 
 
-def make_pair(name: str, low: np.ndarray, target: np.ndarray) -> Pair:
-    """Normalise ``low`` ``[C, h, w]`` and ``target`` ``[C, H, W]`` and build the condition."""
+def make_pair(name: str, low: np.ndarray, target: np.ndarray, task: Task | None = None) -> Pair:
+    """Normalise ``low`` ``[C, h, w]`` and ``target`` ``[C, H, W]`` and build the condition
+    (see :mod:`microdiff.data.tasks`; default: super-resolution)."""
     if low.ndim != 3 or target.ndim != 3:
         raise ShapeError(f"{name}: expected [C, H, W] arrays, got {low.shape} and {target.shape}")
+    if task is not None and task.is_phase:
+        task.check_channels(low.shape[0])
+        if low.shape[-2:] != target.shape[-2:]:
+            raise ShapeError(f"{name}: intensities {low.shape[-2:]} and phase {target.shape[-2:]} "
+                             "must have the same size")
+        x = torch.from_numpy(task.fit_input(low).normalize(low, channel_axis=0))
+        return Pair(name, x, x.clone(), torch.from_numpy(task.normalize_target(target)), 1)
     h, w = low.shape[-2:]
     H, W = target.shape[-2:]
     if H % h or W % w or H // h != W // w:
@@ -86,9 +95,10 @@ def paired_files(folder: str | Path) -> list[tuple[str, Path, Path]]:
     return [(s, a[s], b[s]) for s in sorted(a)]
 
 
-def paired_folder(folder: str | Path) -> list[Pair]:
+def paired_folder(folder: str | Path, task: Task | None = None) -> list[Pair]:
     """All pairs of ``folder/input`` and ``folder/target`` matched by file stem, normalised."""
-    return [make_pair(s, _chw(read_image(a)), _chw(read_image(b))) for s, a, b in paired_files(folder)]
+    return [make_pair(s, _chw(read_image(a)), _chw(read_image(b)), task)
+            for s, a, b in paired_files(folder)]
 
 
 def biosr_cells(root: str | Path, level: int | None = None) -> list[Pair]:

@@ -12,13 +12,27 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..errors import ShapeError, UserError
-from .datasets import Pair, biosr_cells, paired_files, paired_folder, random_patches, simulated, split_by_name
+from .datasets import (
+    STREAM_TAG,
+    Pair,
+    biosr_cells,
+    make_pair,
+    paired_files,
+    paired_folder,
+    random_patches,
+    simulated,
+    split_by_name,
+)
 from .io import read_image
+from .phase_truth import QPIConfig, phase_map, simulate_qpi
 from .synthetic import SimulatorConfig, make_filament_pairs
+from .tasks import Task
 
 TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 1, 2, 3  # simulator streams (see datasets.simulated);
 # TEST_STREAM: the demo's held-out evaluation images
@@ -76,8 +90,33 @@ def _filament_pairs(cfg: DataConfig, n: int, seed: int, prefix: str) -> list[Pai
     return [Pair(f"{prefix}_{i:05d}", imgs.low[i], imgs.x[i], imgs.y[i], cfg.scale) for i in range(n)]
 
 
+def task_of(cfg: DataConfig) -> Task:
+    """The :class:`~microdiff.data.tasks.Task` of a data config."""
+    return Task(cfg.task, cfg.phase_range)
+
+
+def qpi_pairs(cfg: DataConfig, n: int, seed: int, stream: int, progress: bool = False) -> list[Pair]:
+    """``n`` simulated QPI pairs of ``cfg.task``: pair ``i`` from
+    ``default_rng([seed, i, stream, STREAM_TAG])`` (never equal to ``microdiff simulate`` files)."""
+    acq, task = QPIConfig(task=cfg.task, noise=cfg.noise), task_of(cfg)
+    out = []
+    for i in tqdm(range(n), desc=f"simulating {cfg.task}", disable=not progress, dynamic_ncols=True):
+        rng = np.random.default_rng([seed, i, stream, STREAM_TAG])
+        phi, _ = phase_map(cfg.phase_source, cfg.image_size, rng, cfg.phase_range, cfg.structure,
+                           acq.pixel_um)
+        stack, _ = simulate_qpi(phi, acq, rng)
+        out.append(make_pair(f"{cfg.task}_{i:05d}", stack, phi[None], task))
+    return out
+
+
 def load_training_data(cfg: DataConfig, seed: int, progress: bool = True) -> TrainingData:
     """The training and validation pairs that ``cfg`` describes (``seed``: train.seed)."""
+    if cfg.path is None and cfg.task != "sr":
+        train = qpi_pairs(cfg, cfg.n_train, seed, TRAIN_STREAM, progress)
+        val = qpi_pairs(cfg, cfg.n_val, seed, VAL_STREAM)
+        return TrainingData(train, val, 1, QPIConfig().pixel_um,
+                            f"{cfg.n_train} simulated {cfg.task} pairs ({cfg.phase_source} phase) of "
+                            f"{cfg.image_size}x{cfg.image_size}")
     if cfg.path is not None:
         root = Path(cfg.path)
         if not root.is_dir():
@@ -88,7 +127,7 @@ def load_training_data(cfg: DataConfig, seed: int, progress: bool = True) -> Tra
             px = cfg.pixel_size_um or SimulatorConfig().input_pixel_um  # BioSR: 62.6 nm
         else:
             files = paired_files(root)
-            pairs = paired_folder(root)
+            pairs = paired_folder(root, task_of(cfg))
             px = read_image(files[0][1]).pixel_size or cfg.pixel_size_um
         if len({p.name for p in pairs}) < 2:
             raise UserError(f"{cfg.path}: need at least 2 images (one is held out for validation)")
