@@ -100,10 +100,9 @@ def main() -> None:
 
 
 def _plot(path: Path, stack: np.ndarray, est: np.ndarray, truth: np.ndarray, level: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from microdiff.plots import save_figure
 
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3), dpi=110)
     lo, hi = float(truth.min()), float(truth.max())
@@ -117,11 +116,7 @@ def _plot(path: Path, stack: np.ndarray, est: np.ndarray, truth: np.ndarray, lev
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"scikit-image `cell` as phase truth, noise ℓ = {level:g}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -279,10 +279,9 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
 
 
 def _plot_curves(path: Path, curves: dict[str, dict[int, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from microdiff.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     for m, c in curves.items():
@@ -294,11 +293,7 @@ def _plot_curves(path: Path, curves: dict[str, dict[int, float]]) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from .data.io import atomic_write_bytes  # noqa: E402
 MONTAGE_COLUMNS = ("input (bicubic)", "posterior mean", "posterior std", "|mean − target|", "target")
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG atomically (parent folders created), close it, return the path."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(Path(path), buf.getvalue(), overwrite=True)
     return Path(path)
@@ -47,7 +48,7 @@ def montage(path: str | Path, rows: Sequence[Sequence[np.ndarray]],
         if row_labels:
             axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
     fig.tight_layout()
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def schedule_curves(path: str | Path, t: np.ndarray, curves: dict[str, np.ndarray],
@@ -61,4 +62,4 @@ def schedule_curves(path: str | Path, t: np.ndarray, curves: dict[str, np.ndarra
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
