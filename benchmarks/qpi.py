@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.metrics import structural_similarity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, today, write_section  # noqa: E402
 
 from microdiff.data import phase  # noqa: E402
 from microdiff.data.phase_truth import cell_phase, phase_map  # noqa: E402
+from microdiff.metrics import phase_metrics  # noqa: E402
 
 PHASE_RANGE = 3.5
 TEST_SEED, TUNE_SEED = 1000, 2000  # streams apart from every `microdiff simulate --seed` below 1000
@@ -47,10 +47,9 @@ def tie(stack: torch.Tensor, alpha: float) -> np.ndarray:
 
 
 def scores(est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    e, t = est - est.mean(), truth - truth.mean()
-    rmse = float(np.sqrt(np.mean((e - t) ** 2)))
-    return {"rmse": rmse, "psnr": float(20 * np.log10(PHASE_RANGE / max(rmse, 1e-12))),
-            "ssim": float(structural_similarity(e, t, data_range=PHASE_RANGE))}
+    """RMSE [rad], PSNR and SSIM over the phase range after removing the mean difference."""
+    m = phase_metrics(est, truth, PHASE_RANGE)
+    return {"rmse": m["rmse_rad"], "psnr": m["psnr"], "ssim": m["ssim"]}
 
 
 def maps(n: int, size: int, seed: int) -> list[np.ndarray]:
