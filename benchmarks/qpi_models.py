@@ -1,0 +1,175 @@
+"""QPI on equal budgets: CVDM vs the fixed-schedule DDPM vs the regression U-Net vs TIE.
+
+Every trained method is the ``qpi-2shot`` or ``qpi-poly`` preset with only its method
+option changed: ``cvdm`` (the learned schedule, as the preset), ``fixed-cosine``
+(conditional DDPM) and ``regression`` (the same U-Net trained with MSE); same data (phase
+maps from scikit-image's natural images, noise ℓ ~ U(0, 0.2)), 64² patches, batch 8,
+``--steps`` steps, ``--seeds``. Test set, never trained on: ``--n`` natural-image phase maps
+(128², a stream no training run draws from) and scikit-image's real phase image ``cell``
+(256² crop), each acquired at noise ℓ = 0.02 and 0.1. TIE (two-shot only) sees the raw
+intensities with its α tuned per noise level (benchmarks/qpi.py). Metrics: RMSE [rad],
+PSNR and SSIM over the 3.5 rad range after removing the mean phase; for CVDM also
+Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks/. Writes the
+``qpi_models`` section of docs/benchmarks.md. Usage::
+
+    .venv/bin/python benchmarks/qpi_models.py             # ~60 min on a 2-core CPU
+    .venv/bin/python benchmarks/qpi_models.py --quick     # ~10 min: a check, not a conclusion
+    .venv/bin/python benchmarks/qpi_models.py --full      # GPU-sized
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
+import qpi as Q  # noqa: E402
+from _report import machine, today, write_section  # noqa: E402
+
+from microdiff.config import Config, apply_overrides, load_config  # noqa: E402
+from microdiff.data.datasets import make_pair  # noqa: E402
+from microdiff.data.phase_truth import QPIConfig, cell_phase, simulate_qpi  # noqa: E402
+from microdiff.data.tasks import Task  # noqa: E402
+from microdiff.metrics import phase_metrics  # noqa: E402
+from microdiff.predictor import load  # noqa: E402
+
+SIZES = {
+    "quick": {"steps": 100, "seeds": [0], "n": 4, "samples": 2},
+    "default": {"steps": 200, "seeds": [0, 1], "n": 6, "samples": 4},
+    "full": {"steps": 5000, "seeds": [0, 1, 2], "n": 32, "samples": 8},
+}
+METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
+           "regression": ["model.kind=regression"]}
+TASKS = ("qpi-2shot", "qpi-poly")
+LEVELS = (0.02, 0.1)
+
+
+def method_config(task: str, method: str, steps: int, seed: int) -> Config:
+    return apply_overrides(load_config(task), [*METHODS[method], *P.BUDGET, f"train.steps={steps}",
+                                               f"train.seed={seed}"])
+
+
+def test_items(task: str, n: int) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+    """(group, ℓ, phase truth, acquisition ``[C, H, W]``) for every test image and level."""
+    truths = [("natural", phi) for phi in Q.maps(n, 128, Q.TEST_SEED)]
+    truths.append(("cell", cell_phase(Q.PHASE_RANGE, 256)))
+    items = []
+    for level in LEVELS:
+        acq = QPIConfig(task=task, noise=(level, level))
+        for i, (group, phi) in enumerate(truths):
+            stack, _ = simulate_qpi(phi, acq, np.random.default_rng([Q.TEST_SEED, i, int(level * 1000)]))
+            items.append((group, level, phi, stack))
+    return items
+
+
+def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int) -> list[dict]:
+    cfg = method_config(task, method, steps, seed)
+    out = P.run_dir(f"qpi-{steps}/{task}", method, seed)
+    info = P.train_cached(cfg, out)
+    cache = out / "qpi.json"
+    key = {"n": len(items), "samples": samples}
+    if cache.exists() and json.loads(cache.read_text())["key"] == key:
+        return json.loads(cache.read_text())["rows"]
+    model = load(out / "model").model
+    t = Task(task, Q.PHASE_RANGE)
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for group, level, phi, stack in items:
+        pair = make_pair("test", stack, phi[None], t)
+        k = samples if model.has_uncertainty else 1
+        with torch.no_grad():
+            res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=k, generator=gen,
+                               sampler=cfg.sample.sampler, clip=cfg.sample.clip)
+        mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
+        std = res.std[0, 0].numpy() * Q.PHASE_RANGE if model.has_uncertainty else None
+        rows.append({"group": group, "level": level, "train_s": info["seconds"],
+                     **phase_metrics(mean, phi, Q.PHASE_RANGE, std)})
+    P._write_json(cache, {"key": key, "rows": rows, "train": info})
+    return rows
+
+
+def tie_rows(items) -> list[dict]:
+    """TIE on the raw two-shot intensities of the same phase maps, α tuned per level."""
+    rows = []
+    for level in LEVELS:
+        tune = Q.maps(8, 128, Q.TUNE_SEED)
+        stacks = [Q.acquire(p, level, Q.TUNE_SEED + i) for i, p in enumerate(tune)]
+        alpha = min(Q.ALPHAS, key=lambda a: np.mean([Q.scores(Q.tie(s, a), p)["rmse"]
+                                                      for s, p in zip(stacks, tune, strict=True)]))
+        for i, (group, lv, phi, _) in enumerate(items):
+            if lv == level:
+                est = Q.tie(Q.acquire(phi, level, Q.TEST_SEED + i), alpha)
+                rows.append({"group": group, "level": level, **phase_metrics(est, phi, Q.PHASE_RANGE)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = ap.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true")
+    size.add_argument("--full", action="store_true")
+    ap.add_argument("--steps", type=int, help="training steps (overrides the sizing)")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    args = ap.parse_args()
+    sizing = "quick" if args.quick else "full" if args.full else "default"
+    z = dict(SIZES[sizing])
+    z["steps"] = args.steps or z["steps"]
+    table = {}
+    for task in args.tasks:
+        items = test_items(task, z["n"])
+        for method in METHODS:
+            runs = []
+            for seed in z["seeds"]:
+                print(f"{task} {method} seed {seed}", flush=True)
+                runs.append(evaluate(task, method, z["steps"], seed, items, z["samples"]))
+            table[(task, method)] = runs
+        if task == "qpi-2shot":
+            table[(task, "tie")] = [tie_rows(items)]
+    report(args, sizing, z, table)
+
+
+def _cell(runs: list[list[dict]], group: str, level: float, key: str, digits: int) -> str:
+    per_seed = [np.mean([r[key] for r in rows if r["group"] == group and r["level"] == level])
+                for rows in runs]
+    return P.mean_pm_std(per_seed, digits)
+
+
+def report(args, sizing: str, z: dict, table: dict) -> None:
+    flags = {"quick": " --quick", "full": " --full", "default": ""}[sizing]
+    flags += f" --steps {args.steps}" if args.steps else ""
+    flags += f" --tasks {' '.join(args.tasks)}" if list(args.tasks) != list(TASKS) else ""
+    lines = [f"## QPI on equal budgets ({sizing} sizing)", "",
+             f"Command: `.venv/bin/python benchmarks/qpi_models.py{flags}`  ", f"Machine: {machine()}  ",
+             f"Date: {today()}", "",
+             f"Each trained method: the `qpi-2shot` / `qpi-poly` preset (1.0 M-parameter U-Net), "
+             f"{z['steps']} steps of batch 8 on 64² patches of simulated natural-image phase maps, seeds "
+             f"{', '.join(map(str, z['seeds']))}; only the method option differs. Test: {z['n']} held-out "
+             "natural phase maps (128²) and scikit-image's real phase image `cell` (256²) at noise "
+             f"ℓ = {LEVELS[0]} and {LEVELS[1]}. CVDM and DDPM: posterior mean of {z['samples']} samples × 20 "
+             "steps. TIE: raw intensities, α tuned per level. Metrics after removing the mean phase; "
+             "each cell: mean ± std over seeds of the mean over images.", "",
+             "| task | method | ℓ | RMSE natural [rad] | PSNR natural [dB] | SSIM natural | RMSE cell [rad] "
+             "| SSIM cell | Spearman(std, \\|err\\|) | ±1σ coverage |", "|---" * 10 + "|"]
+    for (task, method), runs in table.items():
+        for level in LEVELS:
+            def cell(group: str, key: str, digits: int, lv: float = level, rs: list = runs) -> str:
+                return _cell(rs, group, lv, key, digits)
+
+            unc = ["–", "–"]
+            if method in ("cvdm", "fixed-cosine"):
+                unc = [cell("natural", "spearman_std_error", 2), cell("natural", "coverage_1sigma", 2)]
+            lines.append(f"| {task} | {method} | {level:g} | {cell('natural', 'rmse_rad', 3)} | "
+                         f"{cell('natural', 'psnr', 2)} | {cell('natural', 'ssim', 3)} | "
+                         f"{cell('cell', 'rmse_rad', 3)} | {cell('cell', 'ssim', 3)} | {unc[0]} | {unc[1]} |")
+    write_section(f"qpi_models_{sizing}", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
