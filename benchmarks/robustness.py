@@ -67,6 +67,8 @@ def main() -> None:
     size.add_argument("--full", action="store_true")
     ap.add_argument("--methods", nargs="+", default=["learned", "fixed-linear", "fixed-cosine"],
                     choices=[m for m in P.METHODS if m != "regression"])
+    ap.add_argument("--report-only", action="store_true",
+                    help="write the report from the runs already finished; train nothing")
     args = ap.parse_args()
     sizing = "quick" if args.quick else "full" if args.full else "default"
     z = SIZES[sizing]
@@ -77,6 +79,9 @@ def main() -> None:
     for method in args.methods:
         for lr in z["lrs"]:
             for seed in z["seeds"]:
+                done = (P.run_dir(f"robustness-{z['steps']}", method, seed, lr) / "robustness.json").exists()
+                if args.report_only and not done:
+                    continue
                 print(f"{method} lr {lr:g} seed {seed}", flush=True)
                 runs.append(one_run(method, seed, lr, z["steps"], images))
                 print(f"  PSNR {runs[-1]['psnr']:.2f}, diverged {runs[-1]['train']['diverged']}", flush=True)
@@ -95,7 +100,8 @@ def main() -> None:
         f"{', '.join(map(str, z['seeds']))}, {z['steps']} training steps of the `demo` preset "
         "each (only the schedule option, `train.lr` and `train.seed` change; 20 warm-up steps, "
         "gradient clipping at 1). Quality: posterior-mean PSNR (2 samples × 20 steps) on the 8 "
-        f"held-out simulated test images of quality.py (bicubic: {bicubic:.2f} dB). "
+        f"held-out simulated test images of quality.py (bicubic: {bicubic:.2f} dB). The *runs* "
+        f"column counts the runs finished (of {len(z['lrs']) * len(z['seeds'])} per method). "
         f"**Unproductive** = diverged, no better than bicubic, or more than {GAP_DB:g} dB below the "
         f"best run of the grid ({best:.2f} dB). Compute: training seconds on this machine.", "",
         "| method | runs | diverged | unproductive | fraction | compute on unproductive runs "
@@ -104,6 +110,8 @@ def main() -> None:
     ]
     for m in args.methods:
         rs = [r for r in runs if r["method"] == m]
+        if not rs:
+            continue
         div = sum(r["train"]["diverged"] for r in rs)
         bad = [r for r in rs if r["unproductive"]]
         secs = sum(r["train"]["seconds"] for r in rs)
