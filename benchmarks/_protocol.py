@@ -40,16 +40,17 @@ METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
 
 #: name → (preset, overrides). The first five are the comparison of the issue; the
 #: ``learned/...`` rows are the options that change how the learned schedule learns.
+LEARNED = "model.schedule.kind=learned"  # explicit: the demo preset's default may change
 METHODS: dict[str, tuple[str, list[str]]] = {
-    "learned": ("demo", []),
+    "learned": ("demo", [LEARNED]),
     "learned-exact": ("demo", ["model.schedule.kind=learned-exact"]),
     "fixed-linear": ("demo", ["model.schedule.kind=fixed-linear"]),
     "fixed-cosine": ("demo", ["model.schedule.kind=fixed-cosine"]),
     "regression": ("demo-regression", []),
-    "learned/elbo": ("demo", ["model.schedule.eps_grad=elbo"]),
-    "learned/no-eps-grad": ("demo", ["model.schedule.eps_grad=none"]),
-    "learned/lr0.1": ("demo", ["model.schedule.lr_scale=0.1"]),
-    "learned/bounded": ("demo", ["model.schedule.lambda_range=[0.35,1.4]"]),
+    "learned/elbo": ("demo", [LEARNED, "model.schedule.eps_grad=elbo"]),
+    "learned/no-eps-grad": ("demo", [LEARNED, "model.schedule.eps_grad=none"]),
+    "learned/lr0.1": ("demo", [LEARNED, "model.schedule.lr_scale=0.1"]),
+    "learned/bounded": ("demo", [LEARNED, "model.schedule.lambda_range=[0.35,1.4]"]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
 BUDGET = ["data.n_val=2", "train.val_every=0", "train.checkpoint_every=100", "train.log_every=10"]
