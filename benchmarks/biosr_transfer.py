@@ -50,10 +50,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, default=ROOT / "runs" / "sim-mt-cpu")
     ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--kind", default="learned",
+                    help="schedule kind (the published figures: learned, the preset's kind until 2026-11-27)")
     args = ap.parse_args()
     if not REAL.is_dir():
         sys.exit(f"{REAL} is absent: this benchmark needs the real BioSR pair")
-    overrides = [*CPU_OVERRIDES, f"train.steps={args.steps}"]
+    overrides = [*CPU_OVERRIDES, f"model.schedule.kind={args.kind}", f"train.steps={args.steps}"]
     cfg = apply_overrides(load_config("sim-mt"), overrides)
     latest = latest_checkpoint(args.run / "checkpoints")
     trained = int(latest.stem.split("_")[1]) if latest else 0

@@ -57,9 +57,9 @@ def test_missing_file_and_bad_yaml(tmp_path) -> None:
 def test_set_overrides() -> None:
     from microdiff.config import apply_overrides
 
-    cfg = apply_overrides(load_config("demo"), ["train.steps=30", "model.schedule.kind=learned-exact",
+    cfg = apply_overrides(load_config("demo"), ["train.steps=30", "model.schedule.kind=fixed-cosine",
                                                 "sample.clip=null", "model.denoiser.channel_mults=[1, 2]"])
-    assert cfg.train.steps == 30 and cfg.model.schedule.kind == "learned-exact"
+    assert cfg.train.steps == 30 and cfg.model.schedule.kind == "fixed-cosine"
     assert cfg.sample.clip is None and cfg.model.denoiser.channel_mults == [1, 2]
     for bad, msg in (("train.stepz=3", "not a config key"), ("train.steps=-1", "train.steps"),
                      ("trainsteps", "KEY=VALUE"), ("model.loss.eps.x=1", "not a config key")):
@@ -85,10 +85,10 @@ def test_base_key_inherits_and_overrides(tmp_path) -> None:
     parent = tmp_path / "parent.yaml"
     parent.write_text("base: demo\ntrain: {steps: 7}\n")
     child = tmp_path / "child.yaml"
-    child.write_text("base: parent.yaml\ntrain: {seed: 3}\nmodel: {schedule: {kind: learned-exact}}\n")
+    child.write_text("base: parent.yaml\ntrain: {seed: 3}\nmodel: {schedule: {kind: fixed-cosine}}\n")
     cfg = load_config(child)
     assert (cfg.train.steps, cfg.train.seed, cfg.train.lr) == (7, 3, load_config("demo").train.lr)
-    assert cfg.model.schedule.kind == "learned-exact"
+    assert cfg.model.schedule.kind == "fixed-cosine"
     assert cfg.model.schedule.net == load_config("demo").model.schedule.net  # merged, not replaced
 
 

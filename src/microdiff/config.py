@@ -26,10 +26,12 @@ class _Strict(BaseModel):
 
 
 class ScheduleConfig(_Strict):
-    """``kind``: learned (faithful CVDM), learned-exact (ρ = ∫τ exactly, γ monotone),
-    fixed-linear or fixed-cosine (conditional-DDPM baselines)."""
+    """``kind``: learned-exact (the default: ρ = ∫τ exactly, γ monotone by construction; it
+    beat the faithful parameterisation and both fixed schedules on the benchmark of
+    docs/benchmarks.md), learned (faithful CVDM, as in the authors' code), fixed-linear or
+    fixed-cosine (conditional-DDPM baselines)."""
 
-    kind: Literal["learned", "learned-exact", "fixed-linear", "fixed-cosine"] = "learned"
+    kind: Literal["learned", "learned-exact", "fixed-linear", "fixed-cosine"] = "learned-exact"
     net: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 1))
     time_hidden: int = Field(1024, ge=1, description="hidden units of the faithful time nets")
     exact_components: int = Field(16, ge=1, description="sigmoid components of learned-exact ρ")
