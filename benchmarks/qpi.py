@@ -52,6 +52,15 @@ def scores(est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"rmse": m["rmse_rad"], "psnr": m["psnr"], "ssim": m["ssim"]}
 
 
+def tuned_alpha(level: float, size: int = 128, n: int = 8) -> float:
+    """The Tikhonov weight of :data:`ALPHAS` with the lowest mean RMSE on ``n`` tuning maps
+    (a stream apart from the test maps) at noise level ℓ."""
+    tune = maps(n, size, TUNE_SEED)
+    stacks = [acquire(p, level, TUNE_SEED + i) for i, p in enumerate(tune)]
+    return min(ALPHAS, key=lambda a: np.mean([scores(tie(s, a), p)["rmse"]
+                                             for s, p in zip(stacks, tune, strict=True)]))
+
+
 def maps(n: int, size: int, seed: int) -> list[np.ndarray]:
     return [phase_map("natural", size, np.random.default_rng([seed, i]), PHASE_RANGE)[0] for i in range(n)]
 
@@ -63,13 +72,10 @@ def main() -> None:
     ap.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.02, 0.1])
     args = ap.parse_args()
     test = maps(args.n, args.size, TEST_SEED)
-    tune = maps(8, args.size, TUNE_SEED)
     cell = cell_phase(PHASE_RANGE, size=256)
     rows, figure = [], None
     for level in args.levels:
-        tune_stacks = [acquire(p, level, TUNE_SEED + i) for i, p in enumerate(tune)]
-        alpha = min(ALPHAS, key=lambda a: np.mean([scores(tie(s, a), p)["rmse"]
-                                                    for s, p in zip(tune_stacks, tune, strict=True)]))
+        alpha = tuned_alpha(level, args.size)
         nat = [scores(tie(acquire(p, level, TEST_SEED + i), alpha), p) for i, p in enumerate(test)]
         cell_stack = acquire(cell, level, 7)
         cell_est = tie(cell_stack, alpha)

@@ -98,10 +98,7 @@ def tie_rows(items) -> list[dict]:
     """TIE on the raw two-shot intensities of the same phase maps, α tuned per level."""
     rows = []
     for level in LEVELS:
-        tune = Q.maps(8, 128, Q.TUNE_SEED)
-        stacks = [Q.acquire(p, level, Q.TUNE_SEED + i) for i, p in enumerate(tune)]
-        alpha = min(Q.ALPHAS, key=lambda a: np.mean([Q.scores(Q.tie(s, a), p)["rmse"]
-                                                      for s, p in zip(stacks, tune, strict=True)]))
+        alpha = Q.tuned_alpha(level)
         for i, (group, lv, phi, _) in enumerate(items):
             if lv == level:
                 est = Q.tie(Q.acquire(phi, level, Q.TEST_SEED + i), alpha)
