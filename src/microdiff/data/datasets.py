@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from ..errors import ShapeError, UserError
 from .io import IMAGE_SUFFIXES, Image, read_biosr_cell, read_image
-from .normalize import PercentileNormalizer
 from .synthetic import SimulatorConfig, simulate_pair, upsample
 from .tasks import Task
 
@@ -57,20 +56,17 @@ def make_pair(name: str, low: np.ndarray, target: np.ndarray, task: Task | None 
     (see :mod:`microdiff.data.tasks`; default: super-resolution)."""
     if low.ndim != 3 or target.ndim != 3:
         raise ShapeError(f"{name}: expected [C, H, W] arrays, got {low.shape} and {target.shape}")
-    if task is not None and task.is_phase:
-        task.check_channels(low.shape[0])
-        if low.shape[-2:] != target.shape[-2:]:
-            raise ShapeError(f"{name}: intensities {low.shape[-2:]} and phase {target.shape[-2:]} "
-                             "must have the same size")
-        x = torch.from_numpy(task.fit_input(low).normalize(low, channel_axis=0))
-        return Pair(name, x, x.clone(), torch.from_numpy(task.normalize_target(target)), 1)
+    task = task or Task()
+    task.check_channels(low.shape[0])
     h, w = low.shape[-2:]
     H, W = target.shape[-2:]
+    if task.is_phase and (H, W) != (h, w):
+        raise ShapeError(f"{name}: intensities {h}x{w} and phase {H}x{W} must have the same size")
     if H % h or W % w or H // h != W // w:
         raise ShapeError(f"{name}: target {H}x{W} is not an integer multiple of input {h}x{w}")
     scale = H // h
-    low_n = PercentileNormalizer().fit(low, channel_axis=0).normalize(low, channel_axis=0)
-    y_n = PercentileNormalizer().fit(target, channel_axis=0).normalize(target, channel_axis=0)
+    low_n = task.fit_input(low).normalize(low, channel_axis=0)
+    y_n = task.normalize_target(target)
     low_t = torch.from_numpy(low_n)
     x = upsample(low_t[None], scale)[0] if scale > 1 else low_t.clone()
     return Pair(name, low_t, x, torch.from_numpy(y_n), scale)
