@@ -104,6 +104,15 @@ def main() -> None:
     print("\n".join(lines))
 
 
+def draw_panels(fig, axes, panels: list[tuple[np.ndarray, str, str, tuple[float, float] | None]]) -> None:
+    """One image per axis: (image, title, colour map, (vmin, vmax) or None), with colour bars."""
+    for ax, (img, title, cmap, lim) in zip(axes, panels, strict=True):
+        im = ax.imshow(img, cmap=cmap, vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+
+
 def _plot(path: Path, stack: np.ndarray, est: np.ndarray, truth: np.ndarray, level: float) -> None:
     import matplotlib.pyplot as plt
 
@@ -114,11 +123,7 @@ def _plot(path: Path, stack: np.ndarray, est: np.ndarray, truth: np.ndarray, lev
     panels = [(stack[0], "intensity at −1 µm", "gray", None), (stack[1], "intensity at +1 µm", "gray", None),
               (est - est.mean() + truth.mean(), "TIE [rad]", "viridis", (lo, hi)),
               (truth, "truth [rad]", "viridis", (lo, hi))]
-    for ax, (img, title, cmap, lim) in zip(axes, panels, strict=True):
-        im = ax.imshow(img, cmap=cmap, vmin=lim[0] if lim else None, vmax=lim[1] if lim else None)
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-        fig.colorbar(im, ax=ax, fraction=0.046)
+    draw_panels(fig, axes, panels)
     fig.suptitle(f"scikit-image `cell` as phase truth, noise ℓ = {level:g}", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)

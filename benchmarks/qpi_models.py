@@ -10,7 +10,8 @@ maps from scikit-image's natural images, noise ℓ ~ U(0, 0.2)), 64² patches, b
 intensities with its α tuned per noise level (benchmarks/qpi.py). Metrics: RMSE [rad],
 PSNR and SSIM over the 3.5 rad range after removing the mean phase; for CVDM also
 Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks/. Writes the
-``qpi_models`` section of docs/benchmarks.md. Usage::
+``qpi_models`` section of docs/benchmarks.md and, from the two-shot CVDM run (seed 0), the
+``cell`` figure docs/img/qpi_cell.png (intensities, TIE, CVDM mean and std, truth). Usage::
 
     .venv/bin/python benchmarks/qpi_models.py             # ~60 min on a 2-core CPU (one seed)
     .venv/bin/python benchmarks/qpi_models.py --quick     # ~20 min: a check, not a conclusion
@@ -47,6 +48,7 @@ SIZES = {  # at 100 steps the diffusion models still predicted ε ≈ 0 (RMSE 1.
 METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
            "regression": ["model.kind=regression"]}
 TASKS = ("qpi-2shot", "qpi-poly")
+ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.02, 0.1)
 
 
@@ -129,6 +131,47 @@ def main() -> None:
         if task == "qpi-2shot":
             table[(task, "tie")] = [tie_rows(items)]
     report(args, sizing, z, table)
+    if "qpi-2shot" in args.tasks:
+        cell_figure(z["steps"], z["seeds"][0], ROOT / "docs" / "img" / "qpi_cell.png")
+
+
+def cell_figure(steps: int, seed: int, path: Path, samples: int = 8) -> None:
+    """Rows: the noise levels; columns: the raw intensities at ∓Δz, TIE (α tuned), the CVDM
+    posterior mean and std (``samples`` × the preset's steps) and the truth, all in rad."""
+    import matplotlib.pyplot as plt
+
+    from microdiff.plots import save_figure
+
+    cfg = method_config("qpi-2shot", "cvdm", steps, seed)
+    model = load(P.run_dir(f"qpi-{steps}/qpi-2shot", "cvdm", seed) / "model").model
+    truth = cell_phase(Q.PHASE_RANGE, 256)
+    gen = torch.Generator().manual_seed(seed)
+    lo, hi = float(truth.min()), float(truth.max())
+    fig, axes = plt.subplots(len(LEVELS), 6, figsize=(17, 3.1 * len(LEVELS)), dpi=100)
+    for row, level in zip(axes, LEVELS, strict=True):
+        raw = Q.acquire(truth, level, Q.TEST_SEED)  # the same noisy intensities for both;
+        # make_pair min-max normalises them for CVDM as in training
+        tie = Q.tie(raw, Q.tuned_alpha(level))
+        pair = make_pair("cell", raw.numpy(), truth[None], Task("qpi-2shot", Q.PHASE_RANGE))
+        with torch.no_grad():
+            res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=samples, generator=gen,
+                               sampler=cfg.sample.sampler, clip=cfg.sample.clip)
+        mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
+        std = res.std[0, 0].numpy() * Q.PHASE_RANGE
+        shift = lambda est: est - est.mean() + truth.mean()  # noqa: E731  (mean phase is free)
+        m_tie = phase_metrics(tie, truth, Q.PHASE_RANGE)["rmse_rad"]
+        m_cvdm = phase_metrics(mean, truth, Q.PHASE_RANGE)["rmse_rad"]
+        panels = [(raw[0].numpy(), f"ℓ = {level:g}: intensity at −1 µm", "gray", None),
+                  (raw[1].numpy(), "intensity at +1 µm", "gray", None),
+                  (shift(tie), f"TIE [rad], RMSE {m_tie:.2f}", "viridis", (lo, hi)),
+                  (shift(mean), f"CVDM mean [rad], RMSE {m_cvdm:.2f}", "viridis", (lo, hi)),
+                  (std, "CVDM std [rad]", "magma", None),
+                  (truth, "truth [rad]", "viridis", (lo, hi))]
+        Q.draw_panels(fig, row, panels)
+    fig.suptitle(f"scikit-image `cell` as held-out phase truth: CVDM ({steps} training steps, "
+                 f"posterior of {samples} samples) against TIE", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
 
 
 def _cell(runs: list[list[dict]], group: str, level: float, key: str, digits: int) -> str:

@@ -127,6 +127,23 @@ def test_adamw_and_bf16_autocast_step() -> None:
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
 
 
+def _losses(steps: int = 3, **options) -> list[float]:
+    trainer = Trainer(tiny_model("learned", residual=True), TrainConfig(warmup=1, **options))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(4, 1, 16, 16, generator=gen), torch.rand(4, 1, 16, 16, generator=gen)
+    return [trainer.train_step(x, y, torch.Generator().manual_seed(s))["loss"] for s in range(steps)]
+
+
+def test_channels_last_trains_the_same_model() -> None:
+    """The CUDA default layout, checked on the CPU: same losses step by step."""
+    np.testing.assert_allclose(_losses(channels_last=True), _losses(channels_last=False), rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_denoiser_trains_the_same_model() -> None:
+    np.testing.assert_allclose(_losses(compile=True), _losses(compile=False), rtol=1e-4)
+
+
 def test_training_from_a_paired_folder_reads_the_pixel_size(tmp_path) -> None:
     write_simulated_pairs(tmp_path / "data", "ccp", 4, 32, level=7, seed=0, progress=False)
     cfg = tiny_config(steps=2)

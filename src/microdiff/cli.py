@@ -59,6 +59,8 @@ def train(
     cfg = apply_overrides(load_config(config), set_ or [])
     result = train_run(cfg, out, resume=resume, progress=not quiet)
     f = result.final
+    if not f:  # a torchrun rank other than 0: rank 0 reports
+        return
     print(f"validation ({len(result.data.val)} held-out, {cfg.sample.steps} steps x "
           f"{cfg.sample.samples} samples): PSNR {f['val_psnr']:.2f} dB (bicubic "
           f"{f['val_psnr_bicubic']:.2f}), SSIM {f['val_ssim']:.3f} (bicubic {f['val_ssim_bicubic']:.3f})")
@@ -104,14 +106,19 @@ def predict(
     save_samples: Annotated[bool, typer.Option(help="also write NAME_samples.tif (the K samples)")] = False,
     save_schedule: Annotated[bool, typer.Option(
         help="also write NAME_schedule.tif (the learned-schedule map γ(0.5, x))")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
 ) -> None:
     """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image."""
     from .predict_files import predict_files
 
     written = predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
                             overlap=overlap, overwrite=overwrite, save_samples=save_samples,
-                            save_schedule=save_schedule)
-    print(f"wrote {len(written)} files to {out}")
+                            save_schedule=save_schedule, device=device)
+    from .distributed import world_from_env
+
+    world = world_from_env()
+    rank = f"rank {world.rank}: " if world.distributed else ""
+    print(f"{rank}wrote {len(written)} files to {out}")
 
 
 @app.command()

@@ -172,6 +172,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (schedule math stays float32)")
+    channels_last: bool | None = Field(
+        None, description="channels-last memory layout (default: on CUDA only)")
+    compile: bool = Field(False, description="torch.compile the denoiser (the first steps compile)")
     log_every: int = Field(10, ge=1, description="steps between stats.jsonl lines")
     checkpoint_every: int = Field(100, ge=1, description="steps between full-state checkpoints")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")

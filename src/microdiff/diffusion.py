@@ -208,10 +208,23 @@ class CVDM(nn.Module):
         return out.to(working_dtype(y_t))
 
     # --- the loss ----------------------------------------------------------------------
+    def draw_noise(self, shape: torch.Size | tuple[int, ...], device: torch.device | str = "cpu",
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The loss's random draws for targets of ``shape`` ``[B, C, H, W]``: times ``t``
+        ``[B]`` in [0, 1) and standard normal ``eps`` ``[B, C, H, W]`` (float32)."""
+        t = torch.rand(shape[0], device=device, generator=generator)
+        eps = torch.randn(shape, device=device, generator=generator)
+        return t, eps
+
     def loss(
-        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+        self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+        noise: tuple[Tensor, Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Per-example loss terms of METHOD.md, each ``Tensor[B]`` (unweighted).
+
+        The random draws come from ``generator``, or are given as ``noise`` (``t``, ``eps``
+        from :meth:`draw_noise`): a multi-process run draws them for the global batch and
+        passes each rank its slice.
 
         ``eps``: ‖ε − ε̂‖²; ``beta``: ‖∂γ/∂t + βγ‖² + ‖γ(t₀) − 1‖² + ‖γ(t₁)‖²;
         ``prior``: KL(N(0,1) ‖ q(y_{t₁} | y0)); ``gamma``: α (∂²γ/∂t²)²; ``mean`` (ZMD):
@@ -224,8 +237,9 @@ class CVDM(nn.Module):
         x, y = x.to(working_dtype(x)), y.to(working_dtype(x))
         mu = self.predict_mean(x)
         y0 = self.to_diffused(x, y, mu)
-        t = torch.rand(b, device=x.device, generator=generator)
-        eps = torch.randn(y0.shape, device=x.device, generator=generator)
+        t, eps = noise if noise is not None else self.draw_noise(y0.shape, y0.device, generator)
+        if t.shape != (b,) or eps.shape != y0.shape:
+            raise ValueError(f"noise {tuple(t.shape)}, {tuple(eps.shape)} does not fit y {tuple(y.shape)}")
 
         lam = self.schedule.lam(x)  # once per batch, reused for every t below
         d = self.schedule.derivatives_at(t, lam)

@@ -13,9 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, read_image, write_image
+from .devices import resolve_device
+from .distributed import World
 from .errors import ShapeError, UserError
 from .predictor import load
 
@@ -50,9 +54,28 @@ def as_2d(img: Image) -> tuple[np.ndarray, str]:
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
                   steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
                   overwrite: bool = False, progress: bool = True, save_samples: bool = False,
-                  save_schedule: bool = False) -> list[Path]:
-    """Predict every input; returns the written paths."""
-    predictor = load(model)
+                  save_schedule: bool = False, device: str = "cpu") -> list[Path]:
+    """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``); returns the paths
+    written (by this process).
+
+    Under ``torchrun`` the files are dealt to the ranks in turn (each rank on its own GPU
+    with ``cuda``); each file's output depends only on the file and ``seed``, so it is
+    byte-identical to one process on the same kind of device."""
+    world, created = distributed.start("cpu")  # gloo: the ranks only meet at barriers
+    try:
+        dev = resolve_device(device)
+        return _predict_files(model, inputs, out, samples, steps, seed, tile, overlap, overwrite,
+                              progress and world.is_main, save_samples, save_schedule, world,
+                              distributed.local_device(dev, world))
+    finally:
+        distributed.stop(created)
+
+
+def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None, steps: int | None,
+                   seed: int, tile: int, overlap: int, overwrite: bool, progress: bool,
+                   save_samples: bool, save_schedule: bool, world: World,
+                   device: torch.device) -> list[Path]:
+    predictor = load(model, device)
     files = collect_inputs(inputs)
     targets = []
     for f in files:
@@ -63,9 +86,10 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
         if clash and not overwrite:
             raise ImageWriteError(f"{clash[0]} exists; use --overwrite to replace it")
         targets.append(paths)
+    world.barrier()  # every rank has checked for existing outputs before any is written
+    mine = list(zip(files, targets, strict=True))[world.rank::world.size]
     written: list[Path] = []
-    for f, paths in tqdm(list(zip(files, targets, strict=True)), desc="predicting",
-                         disable=not progress, dynamic_ncols=True):
+    for f, paths in tqdm(mine, desc="predicting", disable=not progress, dynamic_ncols=True):
         img = read_image(f)
         data, axes = as_2d(img)
         res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
@@ -78,4 +102,5 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
             data_k, axes_k = arrays[kind]
             write_image(path, Image(data_k, axes_k, res.pixel_size_um), overwrite=overwrite)
             written.append(path)
+    world.barrier()
     return written

@@ -21,6 +21,7 @@ from .data.normalize import PercentileNormalizer
 from .data.synthetic import upsample
 from .data.tasks import Task
 from .data.tiling import apply_tiled
+from .devices import resolve_device
 from .errors import ShapeError, UserError
 
 
@@ -93,10 +94,12 @@ class Predictor:
         x, norm = self.condition(image, axes)
         s = self.meta["sample"]
         samples, steps = samples or s["samples"], steps or s["steps"]
-        gen = torch.Generator().manual_seed(seed)
+        device = next(self.model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
         c = self.model.out_channels
 
         def run(tiles: torch.Tensor) -> torch.Tensor:
+            tiles = tiles.to(device)
             out = self.model.sample(tiles, steps=steps, samples=samples, generator=gen,
                                     sampler=s["sampler"], eta=s["eta"], grid=s["grid"], clip=s["clip"])
             parts = [out.mean, out.std]
@@ -104,9 +107,11 @@ class Predictor:
                 parts.append(out.samples.flatten(1, 2))
             if return_schedule:
                 parts.append(out.gamma_half.expand_as(out.mean))
-            return torch.cat(parts, dim=1)
+            return torch.cat(parts, dim=1).float().cpu()
 
-        every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()  # networks in
+            # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         mean, std = self.task.output_units(every[:c], every[c: 2 * c], norm)
         rest = every[2 * c:]
         k_samples = lam = None
@@ -128,6 +133,8 @@ class Predictor:
         return Prediction(mean, std, px, k_samples, lam)
 
 
-def load(folder: str | Path, device: str = "cpu") -> Predictor:
-    """Load an inference bundle (see :mod:`microdiff.checkpoint`) as a :class:`Predictor`."""
-    return Predictor(*load_bundle(folder, device))
+def load(folder: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Load an inference bundle (see :mod:`microdiff.checkpoint`) as a :class:`Predictor`
+    on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: CUDA when available). Equal
+    seeds give equal outputs on one device; CPU and GPU outputs differ by float rounding."""
+    return Predictor(*load_bundle(folder, str(resolve_device(device))))

@@ -42,9 +42,16 @@ class RegressionModel(nn.Module):
         out = self.scale * self.net(x)
         return out + x if self.residual else out
 
-    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def draw_noise(self, shape: torch.Size | tuple[int, ...], device: torch.device | str = "cpu",
+                   generator: torch.Generator | None = None) -> None:
+        """Regression draws nothing (the CVDM's interface)."""
+        return None
+
+    def loss(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+             noise: None = None) -> dict[str, Tensor]:
         """``{"mse"|"l1": Tensor[B]}``: the per-example mean over pixels, in units of the
-        target scale (so its size is comparable to the CVDM's ``eps`` term)."""
+        target scale (so its size is comparable to the CVDM's ``eps`` term); ``generator``
+        and ``noise`` are ignored (the CVDM's interface)."""
         if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
             raise ValueError(f"x {tuple(x.shape)} and y {tuple(y.shape)} must share B, H and W")
         diff = (self(x) - y) / self.scale

@@ -4,6 +4,9 @@
 and the step counter; one :meth:`Trainer.train_step` is LR warm-up → loss (bf16 autocast on
 CUDA; the schedule math stays float32) → backward → gradient clipping → update → EMA. A
 non-finite loss or gradient skips the update; ``MAX_BAD_STEPS`` in a row stop training.
+On CUDA the weights and batches are channels-last and Adam is fused; ``train.compile``
+compiles the denoiser with ``torch.compile``. Under ``torchrun`` the loss is wrapped in
+DistributedDataParallel (:mod:`microdiff.distributed`).
 
 :func:`train_run` is ``microdiff train``: it builds the data of ``cfg.data``, trains for
 ``cfg.train.steps`` steps and keeps the run folder up to date::
@@ -33,12 +36,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import latest_checkpoint, load_training_state, save_bundle, save_training_state
 from .config import Config, TrainConfig, config_to_yaml
 from .data.io import atomic_write_bytes
 from .data.sources import TrainingData, load_training_data, step_seed, task_of
+from .devices import resolve_device
 from .diffusion import CVDM
+from .distributed import World
 from .errors import ConfigError, UserError
 from .regression import build_model
 
@@ -48,15 +53,6 @@ NOISE, GLOBAL = 3, 2  # step_seed purposes (1 is the batch)
 
 class TrainingDiverged(UserError):
     """The loss or gradient stayed non-finite for too many consecutive steps."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
-    return torch.device(name)
 
 
 @torch.no_grad()
@@ -81,16 +77,46 @@ def parameter_groups(model: torch.nn.Module) -> list[dict]:
             {"params": list(schedule.parameters()), "lr_scale": scale}]
 
 
+class _Objective(torch.nn.Module):
+    """The model's loss as ``forward``, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, noise: tuple | None) -> dict[str, torch.Tensor]:
+        return self.model.loss(x, y, noise=noise)
+
+
 class Trainer:
-    """Model, EMA, optimiser and step; :meth:`state_dict` is everything a resume needs."""
+    """Model, EMA, optimiser and step; :meth:`state_dict` is everything a resume needs.
+
+    In a multi-process ``world`` (:mod:`microdiff.distributed`) the model is wrapped in
+    DistributedDataParallel and :meth:`train_step` trains on this rank's slice of the
+    global batch; model, EMA and optimiser stay identical on every rank."""
 
     def __init__(self, model: CVDM, cfg: TrainConfig, device: torch.device | str = "cpu",
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, world: World | None = None) -> None:
         self.cfg, self.device = cfg, torch.device(device)
-        self.model = model.to(self.device).train()
+        self.world = world or World()
+        cuda = self.device.type == "cuda"
+        last = cuda if cfg.channels_last is None else cfg.channels_last
+        self.memory_format = torch.channels_last if last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).train()
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.objective: torch.nn.Module = _Objective(self.model)
+        if self.world.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if cuda else None
+            self.objective = DistributedDataParallel(self.objective, device_ids=ids)
+        if cfg.compile:  # the U-Net that runs every step; the schedule's autograd-in-the-loss
+            # derivatives need double backward, which compiled graphs do not support
+            net = getattr(self.model, "denoiser", None) or self.model.net
+            net.compile()  # in place: the state dict keeps its keys
         kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-        self.opt = kind(parameter_groups(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = kind(parameter_groups(self.model), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                        fused=True if cuda else None)  # one kernel for the update on a GPU
         if autocast_dtype is None and self.device.type == "cuda" and cfg.bf16:
             autocast_dtype = torch.bfloat16
         self.autocast_dtype = autocast_dtype
@@ -103,20 +129,28 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
                    ) -> dict[str, float]:
-        """One update on the batch ``x, y`` ``[B, C, H, W]``; returns the loss terms (batch
-        means), ``loss``, ``lr``, ``grad_norm`` and ``skipped`` (1.0 when not applied)."""
+        """One update on the global batch ``x, y`` ``[B, C, H, W]`` (any device; a rank uses
+        its slice); returns the loss terms (batch means over all ranks), ``loss``, ``lr``,
+        ``grad_norm`` and ``skipped`` (1.0 when not applied)."""
         lr = self.lr_at(self.step)
         for group in self.opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         self.step += 1
+        noise = self.model.draw_noise(y.shape, self.device, generator)  # for the global batch
+        part = self.world.shard(x.shape[0])
+        x, y = (t[part].to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                for t in (x, y))
+        if noise is not None:
+            noise = (noise[0][part], noise[1][part])
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            terms = self.model.loss(x, y, generator=generator)
+            terms = self.objective(x, y, noise)
             loss = self.model.total_loss(terms)
-        record = {"loss": loss.item()} | {k: v.detach().mean().item() for k, v in terms.items()} | {"lr": lr}
+        record = {"loss": loss.item()} | {k: v.detach().mean().item() for k, v in terms.items()}
+        record = self.world.mean_dict(record) | {"lr": lr}
         self.opt.zero_grad(set_to_none=True)
         grad_norm = float("nan")
-        if math.isfinite(record["loss"]):
+        if math.isfinite(record["loss"]):  # the mean over ranks: all ranks agree
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
         record["grad_norm"] = grad_norm
@@ -284,27 +318,45 @@ def _prepare_folder(out: Path, cfg: Config, resume: bool, device: torch.device) 
 
 
 def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool = True) -> RunResult:
-    """Train ``cfg`` into the run folder ``out`` (new, or continued with ``resume``)."""
-    out = Path(out)
+    """Train ``cfg`` into the run folder ``out`` (new, or continued with ``resume``).
+
+    Under ``torchrun`` every process calls this; rank 0 alone writes the folder, logs and
+    validates (see :mod:`microdiff.distributed`)."""
+    world, created = distributed.start(cfg.train.device)
+    try:
+        return _train_run(cfg, Path(out), resume, progress, world)
+    finally:
+        distributed.stop(created)
+
+
+def _train_run(cfg: Config, out: Path, resume: bool, progress: bool, world: World) -> RunResult:
     tc = cfg.train
-    device = resolve_device(tc.device)
+    device = distributed.local_device(resolve_device(tc.device), world)
+    world.shard(tc.batch_size)  # a clear error when the batch does not split over the ranks
     state = _prepare_folder(out, cfg, resume, device)
+    world.barrier()  # every rank has checked the folder before rank 0 writes to it
+    main = world.is_main
+    progress = progress and main
     data = load_training_data(cfg.data, tc.seed, progress=progress)
     torch.manual_seed(tc.seed)
-    trainer = Trainer(build_model(cfg.model), tc, device)
+    trainer = Trainer(build_model(cfg.model), tc, device, world=world)
     if state is not None:
         trainer.load_state_dict(state)
     start = trainer.step
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
-    stats = _Stats(out / "stats.jsonl", start if resume else None)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "config.yaml", config_to_yaml(cfg).encode(), overwrite=True)
+    stats = _Stats(out / "stats.jsonl", start if resume else None) if main else None
     val_x, val_y = data.validation(cfg.data.size, cfg.data.n_val)
     n_params = sum(p.numel() for p in trainer.model.parameters())
     if progress:
+        ranks = f" x {world.size} processes" if world.distributed else ""
         print(f"train: {data.source}; {len(data.val)} held out; {n_params / 1e6:.2f} M parameters; "
-              f"{_describe(cfg)}; steps {start} → {tc.steps} on {device}")
+              f"{_describe(cfg)}; steps {start} → {tc.steps} on {device}{ranks}")
 
-    def checkpoint() -> Path:
+    def checkpoint() -> Path | None:
+        if not main:
+            return None
         payload = trainer.state_dict() | {"config": cfg.model_dump(mode="json")}
         path = save_training_state(out / "checkpoints", payload, trainer.step, tc.keep_checkpoints)
         save_bundle(out / "model", trainer.ema, cfg.model, cfg.sample, scale=data.scale,
@@ -312,6 +364,8 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
         return path
 
     def run_validation(final: bool = False) -> dict[str, float]:
+        if not main:
+            return {}
         montage = out / "montages" / f"step_{trainer.step:08d}.png"
         steps, samples = (cfg.sample.steps, cfg.sample.samples) if final else (tc.val_steps, tc.val_samples)
         res = validate(trainer.ema, val_x, val_y, cfg, steps, samples, tc.seed, montage)
@@ -326,10 +380,10 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
             s = trainer.step
             torch.manual_seed(step_seed(tc.seed, s, GLOBAL))
             gen = torch.Generator(device=device).manual_seed(step_seed(tc.seed, s, NOISE))
-            x, y = data.batch(s, cfg.data, tc.batch_size, tc.seed)
-            record = trainer.train_step(x.to(device, non_blocking=True), y.to(device, non_blocking=True), gen)
+            x, y = data.batch(s, cfg.data, tc.batch_size, tc.seed)  # global: ranks take slices
+            record = trainer.train_step(x, y, gen)
             bar.update(1)
-            if trainer.step % tc.log_every == 0 or trainer.step == tc.steps:
+            if main and (trainer.step % tc.log_every == 0 or trainer.step == tc.steps):
                 stats.write({"step": trainer.step, "kind": "train",
                              "seconds": round(time.perf_counter() - t0, 3)} | record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
@@ -338,7 +392,7 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
                 last_saved = trainer.step
             if tc.val_every and trainer.step % tc.val_every == 0 and trainer.step < tc.steps:
                 res = run_validation()
-                if progress:
+                if progress and res:
                     bar.write(f"step {trainer.step}: validation PSNR {res['val_psnr']:.2f} dB "
                               f"(bicubic {res['val_psnr_bicubic']:.2f}), SSIM {res['val_ssim']:.3f}")
     except TrainingDiverged as err:
@@ -352,5 +406,6 @@ def train_run(cfg: Config, out: str | Path, resume: bool = False, progress: bool
     if last_saved != trainer.step or start == trainer.step:
         checkpoint()
     final = run_validation(final=True)
+    world.barrier()  # the other ranks return once rank 0 has written the final model
     trainer.model.eval()
     return RunResult(out, trainer, data, final)

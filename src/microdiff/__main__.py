@@ -1,0 +1,5 @@
+"""``python -m microdiff``: the command line (what ``torchrun ... -m microdiff`` runs)."""
+
+from .cli import main
+
+main()
