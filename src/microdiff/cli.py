@@ -107,13 +107,15 @@ def predict(
     save_schedule: Annotated[bool, typer.Option(
         help="also write NAME_schedule.tif (the learned-schedule map γ(0.5, x))")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
+    tile_batch: Annotated[int, typer.Option(
+        help="tiles sampled together (faster on a GPU, more memory; changes the random draws)")] = 1,
 ) -> None:
     """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image."""
     from .predict_files import predict_files
 
     written = predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
                             overlap=overlap, overwrite=overwrite, save_samples=save_samples,
-                            save_schedule=save_schedule, device=device)
+                            save_schedule=save_schedule, device=device, tile_batch=tile_batch)
     from .distributed import world_from_env
 
     world = world_from_env()

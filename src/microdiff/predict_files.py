@@ -54,7 +54,7 @@ def as_2d(img: Image) -> tuple[np.ndarray, str]:
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
                   steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
                   overwrite: bool = False, progress: bool = True, save_samples: bool = False,
-                  save_schedule: bool = False, device: str = "cpu") -> list[Path]:
+                  save_schedule: bool = False, device: str = "cpu", tile_batch: int = 1) -> list[Path]:
     """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``); returns the paths
     written (by this process).
 
@@ -66,7 +66,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
         dev = resolve_device(device)
         return _predict_files(model, inputs, out, samples, steps, seed, tile, overlap, overwrite,
                               progress and world.is_main, save_samples, save_schedule, world,
-                              distributed.local_device(dev, world))
+                              distributed.local_device(dev, world), tile_batch)
     finally:
         distributed.stop(created)
 
@@ -74,7 +74,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
 def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None, steps: int | None,
                    seed: int, tile: int, overlap: int, overwrite: bool, progress: bool,
                    save_samples: bool, save_schedule: bool, world: World,
-                   device: torch.device) -> list[Path]:
+                   device: torch.device, tile_batch: int) -> list[Path]:
     predictor = load(model, device)
     files = collect_inputs(inputs)
     targets = []
@@ -94,7 +94,8 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
         data, axes = as_2d(img)
         res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
                                 tile=tile, overlap=overlap, pixel_size_um=img.pixel_size,
-                                return_samples=save_samples, return_schedule=save_schedule)
+                                return_samples=save_samples, return_schedule=save_schedule,
+                                tile_batch=tile_batch)
         arrays = {"mean": (res.mean, axes), "std": (res.std, axes),
                   "samples": (res.samples, ("Z" if axes == "YX" else "ZC") + axes[-2:]),
                   "schedule": (res.schedule, axes)}

@@ -82,13 +82,18 @@ class Predictor:
         pixel_size_um: float | None = None,
         return_samples: bool = False,
         return_schedule: bool = False,
+        tile_batch: int = 1,
     ) -> Prediction:
         """Posterior mean and std of ``image`` (``axes`` ``"YX"`` or ``"CYX"``).
 
         ``samples``/``steps`` default to the bundle's sampling config; ``tile`` and
         ``overlap`` are on the output (target) grid; equal ``seed`` ⇒ equal output.
         ``return_samples`` adds the K samples, ``return_schedule`` the γ(0.5, x) map.
+        ``tile_batch`` tiles (× K samples) go through the network together: faster on a
+        GPU, more memory; the output depends on it (the random draws are shared differently).
         """
+        if tile_batch < 1:
+            raise UserError(f"tile_batch must be at least 1, got {tile_batch}")
         if return_schedule and not self.model.has_uncertainty:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
@@ -110,7 +115,7 @@ class Predictor:
             return torch.cat(parts, dim=1).float().cpu()
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=1).numpy()  # networks in
+            every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch).numpy()  # networks in
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         mean, std = self.task.output_units(every[:c], every[c: 2 * c], norm)
         rest = every[2 * c:]
