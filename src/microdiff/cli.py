@@ -14,9 +14,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Conditional Variational Diffusion Models for microscopy inverse problems.")
 
 
+_DEBUG = False
+
+
 @app.callback()
-def _root() -> None:
+def _root(debug: Annotated[bool, typer.Option(
+        "--debug", help="show the full traceback of an error (before the command)")] = False) -> None:
     """microdiff command line."""
+    global _DEBUG
+    _DEBUG = debug
 
 
 @app.command()
@@ -143,10 +149,13 @@ def evaluate(
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2 (``--debug``:
+    with the traceback)."""
     try:
         app()
     except UserError as err:
+        if _DEBUG:
+            raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 

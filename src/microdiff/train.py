@@ -27,6 +27,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -261,6 +263,44 @@ def validate(model: CVDM, x: torch.Tensor, y: torch.Tensor, cfg: Config, steps: 
     return {k: float(np.mean(v)) for k, v in res.items()}
 
 
+class Interrupted(UserError):
+    """SIGINT (Ctrl-C) or SIGTERM stopped training after saving a checkpoint."""
+
+
+class _StopSignals:
+    """While active, SIGINT and SIGTERM only set :attr:`received`: the training loop saves a
+    checkpoint after the step in progress and stops. A second signal acts at once (the
+    previous handlers are back). Does nothing outside the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def any_rank(self, world: World) -> bool:
+        """Whether any rank received a signal (a collective in a multi-process run)."""
+        here = self.received is not None
+        return world.mean_dict({"stop": float(here)})["stop"] > 0 if world.distributed else here
+
+
 @dataclass
 class RunResult:
     """What :func:`train_run` leaves behind: the folder, the trainer and the data it used."""
@@ -375,30 +415,40 @@ def _train_run(cfg: Config, out: Path, resume: bool, progress: bool, world: Worl
 
     t0, last_saved = time.perf_counter(), start
     bar = tqdm(total=tc.steps, initial=start, desc="training", disable=not progress, dynamic_ncols=True)
+    stop = _StopSignals()
     try:
-        while trainer.step < tc.steps:
-            s = trainer.step
-            torch.manual_seed(step_seed(tc.seed, s, GLOBAL))
-            gen = torch.Generator(device=device).manual_seed(step_seed(tc.seed, s, NOISE))
-            x, y = data.batch(s, cfg.data, tc.batch_size, tc.seed)  # global: ranks take slices
-            record = trainer.train_step(x, y, gen)
-            bar.update(1)
-            if main and (trainer.step % tc.log_every == 0 or trainer.step == tc.steps):
-                stats.write({"step": trainer.step, "kind": "train",
-                             "seconds": round(time.perf_counter() - t0, 3)} | record)
-                bar.set_postfix(loss=f"{record['loss']:.4f}")
-            if trainer.step % tc.checkpoint_every == 0 and trainer.bad == 0:  # never mid-streak
-                checkpoint()
-                last_saved = trainer.step
-            if tc.val_every and trainer.step % tc.val_every == 0 and trainer.step < tc.steps:
-                res = run_validation()
-                if progress and res:
-                    bar.write(f"step {trainer.step}: validation PSNR {res['val_psnr']:.2f} dB "
-                              f"(bicubic {res['val_psnr_bicubic']:.2f}), SSIM {res['val_ssim']:.3f}")
+        with stop:
+            while trainer.step < tc.steps:
+                s = trainer.step
+                torch.manual_seed(step_seed(tc.seed, s, GLOBAL))
+                gen = torch.Generator(device=device).manual_seed(step_seed(tc.seed, s, NOISE))
+                x, y = data.batch(s, cfg.data, tc.batch_size, tc.seed)  # global: ranks take slices
+                record = trainer.train_step(x, y, gen)
+                bar.update(1)
+                if main and (trainer.step % tc.log_every == 0 or trainer.step == tc.steps):
+                    stats.write({"step": trainer.step, "kind": "train",
+                                 "seconds": round(time.perf_counter() - t0, 3)} | record)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if trainer.step % tc.checkpoint_every == 0 and trainer.bad == 0:  # never mid-streak
+                    checkpoint()
+                    last_saved = trainer.step
+                if tc.val_every and trainer.step % tc.val_every == 0 and trainer.step < tc.steps:
+                    res = run_validation()
+                    if progress and res:
+                        bar.write(f"step {trainer.step}: validation PSNR {res['val_psnr']:.2f} dB "
+                                  f"(bicubic {res['val_psnr_bicubic']:.2f}), SSIM {res['val_ssim']:.3f}")
+                if stop.any_rank(world):  # SIGINT/SIGTERM: save this step, then stop
+                    if trainer.bad == 0 and last_saved != trainer.step:
+                        checkpoint()
+                        last_saved = trainer.step
+                    why = signal.Signals(stop.received).name if stop.received else "a signal to another rank"
+                    raise Interrupted(f"stopped by {why} at step {trainer.step}; the checkpoint of step "
+                                      f"{last_saved} is saved: continue with microdiff train --out {out} "
+                                      "--resume")
     except TrainingDiverged as err:
         raise TrainingDiverged(f"{err}. The last good checkpoint (step {last_saved}) is in "
                                f"{out / 'checkpoints'}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once
         raise UserError(f"interrupted at step {trainer.step}; resume from the last checkpoint "
                         f"(step {last_saved}) with: microdiff train --out {out} --resume") from None
     finally:
