@@ -91,11 +91,14 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
     written: list[Path] = []
     for f, paths in tqdm(mine, desc="predicting", disable=not progress, dynamic_ncols=True):
         img = read_image(f)
-        data, axes = as_2d(img)
-        res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
-                                tile=tile, overlap=overlap, pixel_size_um=img.pixel_size,
-                                return_samples=save_samples, return_schedule=save_schedule,
-                                tile_batch=tile_batch)
+        try:
+            data, axes = as_2d(img)
+            res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
+                                    tile=tile, overlap=overlap, pixel_size_um=img.pixel_size,
+                                    return_samples=save_samples, return_schedule=save_schedule,
+                                    tile_batch=tile_batch)
+        except UserError as err:  # say which file
+            raise type(err)(f"{f}: {err}") from None
         arrays = {"mean": (res.mean, axes), "std": (res.std, axes),
                   "samples": (res.samples, ("Z" if axes == "YX" else "ZC") + axes[-2:]),
                   "schedule": (res.schedule, axes)}

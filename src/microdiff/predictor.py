@@ -22,7 +22,7 @@ from .data.synthetic import upsample
 from .data.tasks import Task
 from .data.tiling import apply_tiled
 from .devices import resolve_device
-from .errors import ShapeError, UserError
+from .errors import ShapeError, UserError, check_finite
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Predictor:
         if chw.shape[0] != self.in_channels:
             raise ShapeError(f"the model expects {self.in_channels} input channel(s), "
                              f"the image has {chw.shape[0]}")
+        check_finite(chw)
         return chw
 
     def condition(self, image: np.ndarray, axes: str = "YX") -> tuple[torch.Tensor, PercentileNormalizer]:
@@ -92,8 +93,12 @@ class Predictor:
         ``tile_batch`` tiles (× K samples) go through the network together: faster on a
         GPU, more memory; the output depends on it (the random draws are shared differently).
         """
-        if tile_batch < 1:
-            raise UserError(f"tile_batch must be at least 1, got {tile_batch}")
+        for name, value in (("samples", samples), ("steps", steps), ("tile_batch", tile_batch)):
+            if value is not None and value < 1:
+                raise UserError(f"{name} must be at least 1, got {value}")
+        if tile < 8 or not 0 <= overlap < tile:
+            raise UserError(f"tile must be at least 8 and overlap in [0, tile): got tile {tile}, "
+                            f"overlap {overlap}")
         if return_schedule and not self.model.has_uncertainty:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)

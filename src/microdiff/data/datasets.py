@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import ShapeError, UserError
+from ..errors import ShapeError, UserError, check_finite
 from .io import IMAGE_SUFFIXES, Image, read_biosr_cell, read_image
 from .synthetic import SimulatorConfig, simulate_pair, upsample
 from .tasks import Task
@@ -58,6 +58,8 @@ def make_pair(name: str, low: np.ndarray, target: np.ndarray, task: Task | None 
         raise ShapeError(f"{name}: expected [C, H, W] arrays, got {low.shape} and {target.shape}")
     task = task or Task()
     task.check_channels(low.shape[0])
+    check_finite(low, f"{name} (input)")
+    check_finite(target, f"{name} (target)")
     h, w = low.shape[-2:]
     H, W = target.shape[-2:]
     if task.is_phase and (H, W) != (h, w):
