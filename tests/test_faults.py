@@ -75,10 +75,14 @@ def test_sigkill_at_a_random_step_resumes_to_the_same_weights(setup, repetition)
     assert proc.returncode == -signal.SIGKILL
     saved = load_training_state(latest_checkpoint(out / "checkpoints"), "cpu")["step"]
     assert 0 < saved <= reached + 4 and saved < STEPS  # killed mid-run, after a checkpoint
+    with open(out / "stats.jsonl", "a") as fh:  # as if killed in the middle of a log line
+        fh.write('{"step": 99, "kind": "tr')
     train_run(cfg, out, resume=True, progress=False)
     resumed = final_weights(out)
     for name, value in reference.items():
         assert torch.equal(resumed[name], value), name
+    logged = [json.loads(ln)["step"] for ln in (out / "stats.jsonl").read_text().splitlines()]
+    assert logged == sorted(logged) and logged[-1] == STEPS  # the torn line is gone
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -30,7 +30,8 @@ from .diffusion import CVDM
 from .errors import UserError
 from .regression import build_model
 
-FORMAT = 1
+FORMAT = 1  # of the inference bundle
+CHECKPOINT_FORMAT = 1  # of the training state
 
 
 class BundleError(UserError):
@@ -55,6 +56,19 @@ def save_bundle(
     if folder.exists() and not overwrite:
         raise BundleError(f"{folder} exists; refusing to overwrite it")
     tmp = folder.with_name(f".{folder.name}.tmp")
+    try:
+        _write_bundle(tmp, folder, model, model_cfg, sample_cfg, scale, pixel_size_um, percentiles,
+                      ema, task)
+    except OSError as err:  # a full disk: no partial folder; an existing bundle stays as it was
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"{folder}: could not be written ({err.strerror or err}); "
+                          "nothing was changed there") from None
+    return folder
+
+
+def _write_bundle(tmp: Path, folder: Path, model: CVDM, model_cfg: ModelConfig,
+                  sample_cfg: SampleConfig, scale: int, pixel_size_um: float | None,
+                  percentiles: tuple[float, float], ema: bool, task: dict | None) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -71,10 +85,15 @@ def save_bundle(
         "task": task or {"kind": "sr"},
     }
     (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
-        shutil.rmtree(folder)
+        os.replace(folder, old)  # the previous bundle stays whole until the new one is in place
     os.replace(tmp, folder)
-    return folder
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
@@ -95,6 +114,9 @@ def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
         missing, unexpected = model.load_state_dict(load_file(str(weights), device=device), strict=False)
     except RuntimeError:  # tensors of the wrong shape
         raise BundleError(f"{folder}: weights do not match the config (tensor shapes differ)") from None
+    except Exception as err:  # a truncated or foreign weights file
+        raise BundleError(f"{weights}: not readable ({err.__class__.__name__}); "
+                          "copy the model folder again") from None
     if missing or unexpected:
         raise BundleError(f"{folder}: weights do not match the config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
@@ -106,13 +128,14 @@ class CheckpointError(UserError):
 
 
 def save_training_state(folder: str | Path, state: dict, step: int, keep: int = 2) -> Path:
-    """Write ``state`` as ``folder/step_NNNNNNNN.pt`` atomically, point ``latest`` at it and
-    delete all but the newest ``keep`` checkpoints."""
+    """Write ``state`` (stamped with the checkpoint format and version) as
+    ``folder/step_NNNNNNNN.pt`` atomically, point ``latest`` at it and delete all but the
+    newest ``keep`` checkpoints."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step_{step:08d}.pt"
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save(state | {"checkpoint_format": CHECKPOINT_FORMAT, "microdiff_version": __version__}, buf)
     atomic_write_bytes(path, buf.getvalue(), overwrite=True)
     atomic_write_bytes(folder / "latest", f"{path.name}\n".encode(), overwrite=True)
     for old in sorted(folder.glob("step_*.pt"))[:-keep]:
@@ -133,9 +156,18 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def load_training_state(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The dict :func:`save_training_state` wrote."""
+    """The dict :func:`save_training_state` wrote; refuses another checkpoint format."""
     try:
-        return torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=False)
     except Exception as err:  # a truncated or foreign file
         raise CheckpointError(f"{path}: not a readable microdiff checkpoint ({err.__class__.__name__})"
                               ) from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointError(f"{path}: not a microdiff training checkpoint")
+    found = state.get("checkpoint_format", CHECKPOINT_FORMAT)  # unstamped: the first format
+    if found != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {found} (microdiff {state.get('microdiff_version', '?')}); "
+            f"this microdiff {__version__} reads format {CHECKPOINT_FORMAT}: resume with that "
+            "version, or start a new run")
+    return state

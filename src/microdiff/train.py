@@ -311,14 +311,22 @@ class RunResult:
     final: dict[str, float]
 
 
+def _parse(line: str) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # the last line of a killed run can be torn
+        return None
+
+
 class _Stats:
-    """Append-only ``stats.jsonl``; on resume, lines after the resumed step are dropped."""
+    """Append-only ``stats.jsonl``; on resume, lines after the resumed step (and a torn last
+    line of a killed run) are dropped."""
 
     def __init__(self, path: Path, keep_until: int | None) -> None:
         self.path = path
         if keep_until is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= keep_until]
+            kept = [ln for ln in path.read_text(errors="replace").splitlines()
+                    if (rec := _parse(ln)) is not None and rec.get("step", 0) <= keep_until]
             atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode(), overwrite=True)
 
     def write(self, record: dict) -> None:
@@ -332,7 +340,12 @@ def _describe(cfg: Config) -> str:
 
 
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
-    old = Config.model_validate(saved)
+    try:
+        old = Config.model_validate(saved)
+    except ValueError as err:  # pydantic's ValidationError: keys of another version
+        raise ConfigError(f"{path}: its config does not fit this microdiff version "
+                          f"({str(err).splitlines()[1] if len(str(err).splitlines()) > 1 else err}); "
+                          "resume with the version that wrote it, or start a new run") from None
     for section in ("model", "data"):
         if getattr(old, section) != getattr(cfg, section):
             raise ConfigError(f"the {section} section differs from the one {path} was trained with; "

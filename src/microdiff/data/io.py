@@ -61,13 +61,18 @@ def atomic_write_bytes(path: Path, payload: bytes, overwrite: bool = False) -> N
     refuses to replace an existing file unless ``overwrite``."""
     if path.exists() and not overwrite:
         raise ImageWriteError(f"{path} exists; refusing to overwrite it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only folder: leave no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise ImageWriteError(f"{path}: could not be written ({err.strerror or err}); "
+                              "nothing was changed there") from None
 
 
 def _suffix(path: Path) -> str:
@@ -168,12 +173,17 @@ def write_mrc(path: str | Path, image: Image, overwrite: bool = False) -> None:
     if data.dtype == np.float64:
         data = data.astype(np.float32)
     tmp = path.with_name(f".{path.name}.tmp")
-    with mrcfile.new(tmp, overwrite=True) as mrc:
-        mrc.set_data(data)
-        if image.pixel_size:
-            a = image.pixel_size * ANGSTROM_PER_UM
-            mrc.voxel_size = (a, a, a)
-    os.replace(tmp, path)
+    try:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(data)
+            if image.pixel_size:
+                a = image.pixel_size * ANGSTROM_PER_UM
+                mrc.voxel_size = (a, a, a)
+        os.replace(tmp, path)
+    except OSError as err:  # as atomic_write_bytes: no partial file
+        tmp.unlink(missing_ok=True)
+        raise ImageWriteError(f"{path}: could not be written ({err.strerror or err}); "
+                              "nothing was changed there") from None
 
 
 # --- PNG / JPEG -------------------------------------------------------------------------
