@@ -88,7 +88,9 @@ CASES = {  # name: (arguments, words the one-line message must contain)
     "corrupt MRC": (PREDICT + ["{root}/badmrc", "--out", "{out}"], ["a.mrc", "not a readable MRC"]),
     "empty folder": (PREDICT + ["{root}/empty", "--out", "{out}"], ["empty", "no images"]),
     "NaN/Inf pixels": (PREDICT + ["{root}/nan", "--out", "{out}"], ["a.tif", "2 of 256", "NaN"]),
-    "3-D stack": (PREDICT + ["{root}/stack", "--out", "{out}"], ["a.tif", "2-D image", "ZYX"]),
+    "3-D stack": (PREDICT + ["{root}/stack", "--out", "{out}"], ["a.tif", "ZYX", "--stack slices"]),
+    "unknown --stack": (PREDICT + ["{root}/stack", "--out", "{out}", "--stack", "max"],
+                        ["--stack", "slices"]),
     "RGB for a 1-channel model": (PREDICT + ["{root}/rgb", "--out", "{out}"], ["a.tif", "YXC"]),
     "not a model folder": (["predict", "{root}/good", "{root}/good", "--out", "{out}"],
                            ["good", "not a microdiff model folder"]),
@@ -146,3 +148,21 @@ def test_a_constant_image_gives_finite_outputs(files, tmp_path, monkeypatch, cap
     assert stop.value.code == 0
     for kind in ("mean", "std"):
         assert np.isfinite(tifffile.imread(tmp_path / "out" / f"flat_{kind}.tif")).all()
+
+
+def test_z_stacks_are_predicted_per_slice_or_as_their_mean(files, tmp_path, monkeypatch, capsys) -> None:
+    stack = tifffile.imread(files / "stack" / "a.tif")
+    for mode in ("slices", "mean"):
+        out = tmp_path / mode
+        code, err = run_cli(["predict", str(files / "model"), str(files / "stack"), "--out", str(out),
+                             "--stack", mode, "--seed", "2"], monkeypatch, capsys)
+        assert code == 0, err
+    slices = tifffile.imread(tmp_path / "slices" / "a_mean.tif")
+    assert slices.shape == (5, 32, 32) and np.isfinite(slices).all()
+    # plane 3 of the stack, alone, gives plane 3 of the per-slice output (same seed)
+    tifffile.imwrite(tmp_path / "plane.tif", stack[3])
+    code, _ = run_cli(["predict", str(files / "model"), str(tmp_path / "plane.tif"), "--out",
+                       str(tmp_path / "one"), "--seed", "2"], monkeypatch, capsys)
+    assert code == 0
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "one" / "plane_mean.tif"), slices[3])
+    assert tifffile.imread(tmp_path / "mean" / "a_mean.tif").shape == (32, 32)

@@ -115,13 +115,16 @@ def predict(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto (CUDA when available)")] = "auto",
     tile_batch: Annotated[int, typer.Option(
         help="tiles sampled together (faster on a GPU, more memory; changes the random draws)")] = 1,
+    stack: Annotated[str | None, typer.Option(
+        help="Z-stacks: slices (each plane) or mean (their mean, e.g. raw SIM frames)")] = None,
 ) -> None:
     """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image."""
     from .predict_files import predict_files
 
     written = predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
                             overlap=overlap, overwrite=overwrite, save_samples=save_samples,
-                            save_schedule=save_schedule, device=device, tile_batch=tile_batch)
+                            save_schedule=save_schedule, device=device, tile_batch=tile_batch,
+                            stack=stack)
     from .distributed import world_from_env
 
     world = world_from_env()

@@ -21,7 +21,7 @@ from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, read_image, write_i
 from .devices import resolve_device
 from .distributed import World
 from .errors import ShapeError, UserError
-from .predictor import load
+from .predictor import Prediction, load
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -40,21 +40,34 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def as_2d(img: Image) -> tuple[np.ndarray, str]:
-    """The image as ``YX`` or ``CYX`` data (a single-plane ``ZYX`` stack is squeezed)."""
+STACK_MODES = ("slices", "mean")
+
+
+def as_2d(img: Image, stack: str | None = None) -> tuple[np.ndarray, str]:
+    """The image as ``YX`` or ``CYX`` data, or ``ZYX`` planes to predict one by one.
+
+    A single-plane ``ZYX`` stack is squeezed. A deeper one needs ``stack``: ``"slices"``
+    keeps the planes (``ZYX``: each predicted on its own), ``"mean"`` averages them (raw
+    SIM frames → a widefield image)."""
     data, axes = img.data, img.axes
     if axes == "ZYX" and data.shape[0] == 1:
         return data[0], "YX"
     if axes in ("YX", "CYX"):
         return data, axes
-    raise ShapeError(f"expected a 2-D image (YX or CYX), got axes {axes!r} with shape {data.shape}; "
-                     "for raw SIM stacks, predict on their mean")
+    if axes == "ZYX" and stack == "slices":
+        return data, "ZYX"
+    if axes == "ZYX" and stack == "mean":
+        return data.astype(np.float32).mean(axis=0), "YX"
+    hint = ("use --stack slices to predict each plane, or --stack mean to predict their mean "
+            "(raw SIM frames)" if axes == "ZYX" else "save it as one channel (YX) or channels first (CYX)")
+    raise ShapeError(f"expected a 2-D image (YX or CYX), got axes {axes!r} with shape {data.shape}; {hint}")
 
 
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
                   steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
                   overwrite: bool = False, progress: bool = True, save_samples: bool = False,
-                  save_schedule: bool = False, device: str = "cpu", tile_batch: int = 1) -> list[Path]:
+                  save_schedule: bool = False, device: str = "cpu", tile_batch: int = 1,
+                  stack: str | None = None) -> list[Path]:
     """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``); returns the paths
     written (by this process).
 
@@ -66,7 +79,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
         dev = resolve_device(device)
         return _predict_files(model, inputs, out, samples, steps, seed, tile, overlap, overwrite,
                               progress and world.is_main, save_samples, save_schedule, world,
-                              distributed.local_device(dev, world), tile_batch)
+                              distributed.local_device(dev, world), tile_batch, stack)
     finally:
         distributed.stop(created)
 
@@ -74,7 +87,9 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
 def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None, steps: int | None,
                    seed: int, tile: int, overlap: int, overwrite: bool, progress: bool,
                    save_samples: bool, save_schedule: bool, world: World,
-                   device: torch.device, tile_batch: int) -> list[Path]:
+                   device: torch.device, tile_batch: int, stack: str | None) -> list[Path]:
+    if stack is not None and stack not in STACK_MODES:
+        raise UserError(f"--stack {stack!r}: use one of {', '.join(STACK_MODES)}")
     predictor = load(model, device)
     files = collect_inputs(inputs)
     targets = []
@@ -92,11 +107,19 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
     for f, paths in tqdm(mine, desc="predicting", disable=not progress, dynamic_ncols=True):
         img = read_image(f)
         try:
-            data, axes = as_2d(img)
-            res = predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed,
-                                    tile=tile, overlap=overlap, pixel_size_um=img.pixel_size,
-                                    return_samples=save_samples, return_schedule=save_schedule,
-                                    tile_batch=tile_batch)
+            data, axes = as_2d(img, stack)
+            kwargs = dict(samples=samples, steps=steps, seed=seed, tile=tile, overlap=overlap,
+                          pixel_size_um=img.pixel_size, return_samples=save_samples,
+                          return_schedule=save_schedule, tile_batch=tile_batch)
+            if axes == "ZYX":  # plane by plane, each with the same seed
+                if save_samples or save_schedule:
+                    raise UserError("--stack slices writes mean and std stacks only; "
+                                    "drop --save-samples and --save-schedule")
+                planes = [predictor.predict(plane, axes="YX", **kwargs) for plane in data]
+                res = Prediction(np.stack([r.mean for r in planes]), np.stack([r.std for r in planes]),
+                                 planes[0].pixel_size_um)
+            else:
+                res = predictor.predict(data, axes=axes, **kwargs)
         except UserError as err:  # say which file
             raise type(err)(f"{f}: {err}") from None
         arrays = {"mean": (res.mean, axes), "std": (res.std, axes),
