@@ -63,6 +63,10 @@ def files(tmp_path_factory):
     pairs("mismatch", {"a": ((32, 32), (50, 64)), "b": ((32, 32), (64, 64))})
     pairs("small", {k: ((8, 8), (16, 16)) for k in "abc"})
     pairs("single", {"a": ((32, 32), (64, 64))})
+    pairs("multich", {k: (None, (64, 64)) for k in "abc"})
+    for k in "abc":
+        tifffile.imwrite(root / "multich" / "input" / f"{k}.tif", rng.random((2, 32, 32)).astype(np.float32),
+                         imagej=True, metadata={"axes": "CYX"})
     run = root / "badckpt"
     train_run(tiny_config(steps=2), run, progress=False)
     ckpt = latest_checkpoint(run / "checkpoints")
@@ -116,6 +120,9 @@ CASES = {  # name: (arguments, words the one-line message must contain)
                                     ["small", "smaller than the patch size"]),
     "one image only": (["train", "--out", "{out}", "--set", "data.path={root}/single"],
                        ["single", "at least 2 images"]),
+    "2-channel inputs for a 1-channel model": (
+        ["train", "--out", "{out}", "--set", "data.path={root}/multich", "--set", "data.size=32"],
+        ["multich", "2 channel(s)", "model.in_channels is 1"]),
     "no data folder": (["train", "--out", "{out}", "--set", "data.path={root}/nofolder"],
                        ["nofolder", "not a folder"]),
     "corrupt checkpoint": (["train", "--out", "{root}/badckpt", "--resume"],

@@ -339,6 +339,19 @@ def _describe(cfg: Config) -> str:
     return f"regression ({m.regression_loss})" if m.kind == "regression" else f"schedule {m.schedule.kind}"
 
 
+def _check_channels(data: TrainingData, cfg: Config) -> None:
+    """The data's channels against the model's, before a network sees them."""
+    pair = data.train[0]
+    where = cfg.data.path or "the simulated data"
+    for side, have, key in (("inputs", pair.x.shape[0], "in_channels"),
+                            ("targets", pair.y.shape[0], "out_channels")):
+        want = getattr(cfg.model, key)
+        if have != want:
+            raise ConfigError(f"{where}: the {side} have {have} channel(s) but model.{key} is {want}; "
+                              f"set --set model.{key}={have} (a residual target also needs "
+                              "in_channels = out_channels) or give images with that many channels")
+
+
 def _check_resumable(saved: dict, cfg: Config, path: Path) -> None:
     try:
         old = Config.model_validate(saved)
@@ -391,6 +404,7 @@ def _train_run(cfg: Config, out: Path, resume: bool, progress: bool, world: Worl
     main = world.is_main
     progress = progress and main
     data = load_training_data(cfg.data, tc.seed, progress=progress)
+    _check_channels(data, cfg)
     torch.manual_seed(tc.seed)
     trainer = Trainer(build_model(cfg.model), tc, device, world=world)
     if state is not None:
