@@ -145,9 +145,11 @@ def test_bad_input_is_one_sentence_exit_2_and_writes_nothing(case, files, tmp_pa
     assert (files / "exists" / "a_mean.tif").read_bytes() == b"keep me"
 
 
-def test_a_constant_image_gives_finite_outputs(files, tmp_path, monkeypatch, capsys) -> None:
+def test_a_constant_image_and_one_smaller_than_a_tile_give_finite_outputs(files, tmp_path, monkeypatch,
+                                                                          capsys) -> None:
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "flat.tif", np.full((16, 16), 7, np.uint16))
+    tifffile.imwrite(tmp_path / "in" / "tiny.tif", np.random.default_rng(1).random((3, 5), np.float32))
     monkeypatch.setattr(sys, "argv", ["microdiff", "predict", str(files / "model"), str(tmp_path / "in"),
                                       "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as stop:
@@ -155,6 +157,8 @@ def test_a_constant_image_gives_finite_outputs(files, tmp_path, monkeypatch, cap
     assert stop.value.code == 0
     for kind in ("mean", "std"):
         assert np.isfinite(tifffile.imread(tmp_path / "out" / f"flat_{kind}.tif")).all()
+        tiny = tifffile.imread(tmp_path / "out" / f"tiny_{kind}.tif")
+        assert tiny.shape == (6, 10) and np.isfinite(tiny).all()  # 3x5 input, scale 2, tile 256
 
 
 def test_z_stacks_are_predicted_per_slice_or_as_their_mean(files, tmp_path, monkeypatch, capsys) -> None:
