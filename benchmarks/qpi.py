@@ -89,8 +89,8 @@ def main() -> None:
         f"natural-image phase maps ({args.size}², range {PHASE_RANGE} rad) and of scikit-image's "
         "real quantitative phase image `cell` (centre 256²), noise N(ℓ, ℓ²) on intensities of mean "
         "1. TIE (FFT, Tikhonov α chosen per noise level on 8 other maps). Metrics after removing "
-        f"the mean phase: RMSE [rad], PSNR over {PHASE_RANGE} rad, SSIM. CVDM, the regression "
-        "U-Net and the fixed-schedule DDPM join this table once QPI training lands.", "",
+        f"the mean phase: RMSE [rad], PSNR over {PHASE_RANGE} rad, SSIM. The trained models "
+        "on the same kind of data: the next section (benchmarks/qpi_models.py).", "",
         "| noise ℓ | α | RMSE natural [rad] | PSNR natural [dB] | SSIM natural | RMSE cell [rad] "
         "| PSNR cell [dB] | SSIM cell |", "|---|---|---|---|---|---|---|---|"]
     for level, alpha, nat, c in rows:
