@@ -90,6 +90,9 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
                    device: torch.device, tile_batch: int, stack: str | None) -> list[Path]:
     if stack is not None and stack not in STACK_MODES:
         raise UserError(f"--stack {stack!r}: use one of {', '.join(STACK_MODES)}")
+    if stack == "slices" and (save_samples or save_schedule):  # before any file is written
+        raise UserError("--stack slices writes mean and std stacks only; "
+                        "drop --save-samples and --save-schedule")
     predictor = load(model, device)
     files = collect_inputs(inputs)
     targets = []
@@ -112,9 +115,6 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
                           pixel_size_um=img.pixel_size, return_samples=save_samples,
                           return_schedule=save_schedule, tile_batch=tile_batch)
             if axes == "ZYX":  # plane by plane, each with the same seed
-                if save_samples or save_schedule:
-                    raise UserError("--stack slices writes mean and std stacks only; "
-                                    "drop --save-samples and --save-schedule")
                 planes = [predictor.predict(plane, axes="YX", **kwargs) for plane in data]
                 res = Prediction(np.stack([r.mean for r in planes]), np.stack([r.std for r in planes]),
                                  planes[0].pixel_size_um)
