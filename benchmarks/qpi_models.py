@@ -114,11 +114,13 @@ def main() -> None:
     size.add_argument("--quick", action="store_true")
     size.add_argument("--full", action="store_true")
     ap.add_argument("--steps", type=int, help="training steps (overrides the sizing)")
+    ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (override the sizing)")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     args = ap.parse_args()
     sizing = "quick" if args.quick else "full" if args.full else "default"
     z = dict(SIZES[sizing])
     z["steps"] = args.steps or z["steps"]
+    z["seeds"] = args.seeds or z["seeds"]
     table = {}
     for task in args.tasks:
         items = test_items(task, z["n"])
@@ -183,6 +185,7 @@ def _cell(runs: list[list[dict]], group: str, level: float, key: str, digits: in
 def report(args, sizing: str, z: dict, table: dict) -> None:
     flags = {"quick": " --quick", "full": " --full", "default": ""}[sizing]
     flags += f" --steps {args.steps}" if args.steps else ""
+    flags += f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""
     flags += f" --tasks {' '.join(args.tasks)}" if list(args.tasks) != list(TASKS) else ""
     lines = [f"## QPI on equal budgets ({sizing} sizing)", "",
              f"Command: `.venv/bin/python benchmarks/qpi_models.py{flags}`  ", f"Machine: {machine()}  ",

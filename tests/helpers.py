@@ -40,3 +40,13 @@ def tiny_config(steps: int = 3) -> Config:
     cfg.train.val_steps, cfg.train.val_samples = 2, 2
     cfg.sample.steps, cfg.sample.samples = 3, 2
     return cfg
+
+
+def tiny_qpi_config(task: str = "qpi-2shot", steps: int = 3) -> Config:
+    """:func:`tiny_config` for a QPI task: 2 (or 3) intensity channels in, phase out."""
+    cfg = tiny_config(steps)
+    cfg.model.residual = False  # before in_channels: the config is validated on assignment
+    cfg.model.in_channels = 2 if task == "qpi-2shot" else 3
+    cfg.model.target_scale = 0.25
+    cfg.data = DataConfig(task=task, scale=1, image_size=32, size=16, n_train=4, n_val=2)
+    return cfg

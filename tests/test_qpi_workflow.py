@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_config
+from helpers import tiny_qpi_config
 
-from microdiff.config import Config, ConfigError, DataConfig, apply_overrides, load_config
+from microdiff.config import Config, ConfigError, apply_overrides, load_config
 from microdiff.data.phase_truth import QPIConfig, phase_map, simulate_qpi
 from microdiff.data.sources import load_training_data
 from microdiff.data.tasks import Task
@@ -18,12 +18,7 @@ from microdiff.train import train_run
 
 
 def _qpi_config(task: str = "qpi-2shot", steps: int = 3) -> Config:
-    cfg = tiny_config(steps)
-    channels = 2 if task == "qpi-2shot" else 3
-    cfg.model.residual = False  # before in_channels: the config is validated on assignment
-    cfg.model.in_channels, cfg.model.target_scale = channels, 0.25
-    cfg.data = DataConfig(task=task, scale=1, image_size=32, size=16, n_train=4, n_val=2)
-    return cfg
+    return tiny_qpi_config(task, steps)
 
 
 def test_presets_and_task_rules() -> None:

@@ -1,4 +1,5 @@
-"""Command line: ``microdiff demo``, ``train``, ``simulate``, ``predict`` and ``evaluate``."""
+"""Command line: ``microdiff demo``, ``train``, ``simulate``, ``predict``, ``evaluate`` and
+``export``."""
 
 from __future__ import annotations
 
@@ -149,6 +150,33 @@ def evaluate(
     evaluate_folder(model, data, out, samples=samples, steps=steps, seed=seed,
                     baselines=tuple(baseline or ["bicubic"]))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.md'}")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="model folder (inference bundle)")],
+    out: Annotated[Path, typer.Option(help="the package to write (.zip)")],
+    format_: Annotated[str, typer.Option("--format", help="bioimageio (BioImage Model Zoo, spec 0.5)")]
+    = "bioimageio",
+    samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed of the packaged prediction")] = 0,
+    test_image: Annotated[Path | None, typer.Option(
+        help="test input (default: simulated for the model's task)")] = None,
+    name: Annotated[str | None, typer.Option(help="model name in the Zoo")] = None,
+    author: Annotated[list[str] | None, typer.Option(help="author name (repeat for several)")] = None,
+    cite_url: Annotated[str | None, typer.Option(
+        help="where to cite this model (your paper or repository)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing package")] = False,
+) -> None:
+    """Package a model for the BioImage Model Zoo (deterministic posterior mean and std)."""
+    from .export_bioimageio import FORMATS, export_bioimageio
+
+    if format_ not in FORMATS:
+        raise UserError(f"--format {format_!r}: use one of {', '.join(FORMATS)}")
+    path = export_bioimageio(model, out, samples=samples, steps=steps, seed=seed, test_image=test_image,
+                             name=name, authors=author, cite_url=cite_url, overwrite=overwrite)
+    print(f"wrote {path}; check it with: bioimageio test {path}")
 
 
 def main() -> None:

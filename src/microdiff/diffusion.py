@@ -7,6 +7,7 @@ diffused quantity ``y0`` (``y``, ``y − x`` with the residual target, or
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -289,9 +290,10 @@ class CVDM(nn.Module):
         grid: str = "gamma",
         clip: float | None = None,
         progress: bool = False,
+        on_step: Callable[[], None] | None = None,
     ) -> SampleOutput:
         """K posterior samples per input, their mean and std (see :func:`sampling.sample`)."""
         from .sampling import sample
 
         return sample(self, x, steps, samples, generator, sampler=sampler, eta=eta, grid=grid,
-                      clip=clip, progress=progress)
+                      clip=clip, progress=progress, on_step=on_step)

@@ -63,6 +63,22 @@ def as_2d(img: Image, stack: str | None = None) -> tuple[np.ndarray, str]:
     raise ShapeError(f"expected a 2-D image (YX or CYX), got axes {axes!r} with shape {data.shape}; {hint}")
 
 
+def output_image(res: Prediction, kind: str, axes: str, z_spacing: float | None = None) -> Image:
+    """One output of ``res`` (``kind``: mean, std, samples, schedule) as an :class:`Image`
+    for ImageJ: ``YX``/``CYX`` (a phase map from a ``CYX`` stack is ``YX``), planes
+    predicted one by one stay ``ZYX`` with the input's Z spacing, samples are a ``Z``
+    stack labelled ``sample k``."""
+    mean_axes = axes[-res.mean.ndim:]
+    if kind == "samples":
+        k = res.samples.shape[0]
+        channels = res.samples.shape[1] if mean_axes == "CYX" else 1
+        labels = [f"sample {i + 1}" for i in range(k) for _ in range(channels)]
+        return Image(res.samples, ("Z" if mean_axes == "YX" else "ZC") + "YX", res.pixel_size_um,
+                     labels=labels)
+    data = {"mean": res.mean, "std": res.std, "schedule": res.schedule}[kind]
+    return Image(data, mean_axes, res.pixel_size_um, z_spacing if mean_axes == "ZYX" else None)
+
+
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
                   steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
                   overwrite: bool = False, progress: bool = True, save_samples: bool = False,
@@ -122,12 +138,8 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
                 res = predictor.predict(data, axes=axes, **kwargs)
         except UserError as err:  # say which file
             raise type(err)(f"{f}: {err}") from None
-        arrays = {"mean": (res.mean, axes), "std": (res.std, axes),
-                  "samples": (res.samples, ("Z" if axes == "YX" else "ZC") + axes[-2:]),
-                  "schedule": (res.schedule, axes)}
         for kind, path in paths.items():
-            data_k, axes_k = arrays[kind]
-            write_image(path, Image(data_k, axes_k, res.pixel_size_um), overwrite=overwrite)
+            write_image(path, output_image(res, kind, axes, img.z_spacing), overwrite=overwrite)
             written.append(path)
     world.barrier()
     return written

@@ -10,6 +10,7 @@ in radians (QPI).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from .checkpoint import load_bundle
 from .data.normalize import PercentileNormalizer
 from .data.synthetic import upsample
 from .data.tasks import Task
-from .data.tiling import apply_tiled
+from .data.tiling import apply_tiled, tile_starts
 from .devices import resolve_device
 from .errors import ShapeError, UserError, check_finite
 
@@ -84,6 +85,7 @@ class Predictor:
         return_samples: bool = False,
         return_schedule: bool = False,
         tile_batch: int = 1,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Prediction:
         """Posterior mean and std of ``image`` (``axes`` ``"YX"`` or ``"CYX"``).
 
@@ -92,6 +94,8 @@ class Predictor:
         ``return_samples`` adds the K samples, ``return_schedule`` the γ(0.5, x) map.
         ``tile_batch`` tiles (× K samples) go through the network together: faster on a
         GPU, more memory; the output depends on it (the random draws are shared differently).
+        ``progress(done, total)`` is called after each network step (sampling steps × tile
+        batches), e.g. to drive a progress bar.
         """
         for name, value in (("samples", samples), ("steps", steps), ("tile_batch", tile_batch)):
             if value is not None and value < 1:
@@ -107,11 +111,19 @@ class Predictor:
         device = next(self.model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
         c = self.model.out_channels
+        n_tiles = len(tile_starts(x.shape[-2], tile, overlap)) * len(tile_starts(x.shape[-1], tile, overlap))
+        total = -(-n_tiles // tile_batch) * (steps if self.model.has_uncertainty else 1)
+        done = [0]
+
+        def on_step() -> None:
+            done[0] += 1
+            progress(done[0], total)
 
         def run(tiles: torch.Tensor) -> torch.Tensor:
             tiles = tiles.to(device)
             out = self.model.sample(tiles, steps=steps, samples=samples, generator=gen,
-                                    sampler=s["sampler"], eta=s["eta"], grid=s["grid"], clip=s["clip"])
+                                    sampler=s["sampler"], eta=s["eta"], grid=s["grid"], clip=s["clip"],
+                                    on_step=on_step if progress is not None else None)
             parts = [out.mean, out.std]
             if return_samples:
                 parts.append(out.samples.flatten(1, 2))

@@ -11,6 +11,8 @@ interface (``loss`` → named per-example terms, ``total_loss``, ``sample``), so
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -64,11 +66,13 @@ class RegressionModel(nn.Module):
     @torch.no_grad()
     def sample(self, x: Tensor, steps: int = 1, samples: int = 1, generator: torch.Generator | None = None,
                sampler: str = "ancestral", eta: float = 1.0, grid: str = "gamma", clip: float | None = None,
-               progress: bool = False) -> SampleOutput:
+               progress: bool = False, on_step: Callable[[], None] | None = None) -> SampleOutput:
         """The CVDM's sampling interface: the prediction as mean and as each of the
         ``samples`` identical samples, std zero, one network call (``steps``, ``clip`` and
         the sampler options do not apply)."""
         mean = self(x)
+        if on_step is not None:
+            on_step()
         return SampleOutput(mean, torch.zeros_like(mean), mean[:, None].expand(-1, samples, -1, -1, -1),
                             torch.ones_like(mean), network_calls=1)
 

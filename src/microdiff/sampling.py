@@ -114,6 +114,7 @@ def sample(
     clip: float | None = None,
     eps_fn: Callable[[Tensor, Tensor, int], Tensor] | None = None,
     progress: bool = False,
+    on_step: Callable[[], None] | None = None,
 ) -> SampleOutput:
     """Draw K posterior samples of y for each condition x ``[B, C_in, H, W]``.
 
@@ -124,7 +125,8 @@ def sample(
     ``target_scale``), as SR3/DDPM's
     ``clip_denoised``; ε̂ is recomputed from the clipped ŷ0. Keeps early high-noise
     steps (1/sqrt(γ) up to 1000) from throwing the sample out of the data range.
-    progress: show a progress bar over the steps.
+    progress: show a progress bar over the steps; on_step: called after each step (for
+    progress bars of front ends, e.g. the napari widget).
     eps_fn: optional replacement for the denoiser, ``eps_fn(y_t, gamma_t, step) -> ε̂``
     in diffused units (used by the oracle test). Same generator state ⇒ same output.
     """
@@ -163,6 +165,8 @@ def sample(
         if i > 1:
             z = _randn(y.shape, generator, x) if eta > 0 else 0.0
             y = co["sqrt_g_s"] * y0_hat + co["c_eps"] * eps_hat + co["sigma"] * z
+        if on_step is not None:
+            on_step()
 
     out = model.from_diffused(x_k, y0_hat, mu_k).view(b, k, c, h, w)
     std = out.std(dim=1, correction=1) if k > 1 else torch.zeros_like(out[:, 0])

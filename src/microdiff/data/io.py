@@ -45,11 +45,16 @@ class Image:
 
     data: the array, axes in ``axes`` order (e.g. ``"YX"``, ``"CYX"``, ``"ZYX"``).
     pixel_size: µm per pixel along Y and X (square pixels), or None.
+    z_spacing: µm between Z planes (a Z axis that is a focal series), or None.
+    labels: one name per plane of the first non-YX axis (e.g. ``"sample 1"``), or None;
+    ImageJ shows them as slice labels.
     """
 
     data: np.ndarray
     axes: str
     pixel_size: float | None = None
+    z_spacing: float | None = None
+    labels: list[str] | None = None
 
     def __post_init__(self) -> None:
         if len(self.axes) != self.data.ndim:
@@ -92,7 +97,7 @@ def read_tiff(path: str | Path) -> Image:
             series = tif.series[0]
             data, axes = series.asarray(), series.axes
             page = tif.pages[0]
-            pixel = None
+            pixel = z_spacing = None
             if tif.ome_metadata:
                 m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
                 unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
@@ -103,10 +108,13 @@ def read_tiff(path: str | Path) -> Image:
                 unit = (tif.imagej_metadata or {}).get("unit", "")
                 if num and den and unit:
                     pixel = den / num * _unit_to_um(unit)
+                spacing = (tif.imagej_metadata or {}).get("spacing")
+                if spacing and unit and "Z" in axes:
+                    z_spacing = float(spacing) * _unit_to_um(unit)
     except (OSError, tifffile.TiffFileError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable TIFF ({err})") from None
     axes = axes.replace("S", "C").replace("I", "Z").replace("Q", "Z")
-    return Image(data, axes, pixel)
+    return Image(data, axes, pixel, z_spacing if "Z" in axes else None)
 
 
 def _unit_to_um(unit: str) -> float:
@@ -120,7 +128,8 @@ def _unit_to_um(unit: str) -> float:
 
 def write_tiff(path: str | Path, image: Image, overwrite: bool = False) -> None:
     """float32/uint16/uint8 TIFF: OME-TIFF for ``.ome.tif``, else an ImageJ hyperstack
-    with calibration in µm (Fiji shows the scale bar)."""
+    with calibration in µm (Fiji shows the scale bar; ``z_spacing`` becomes the voxel
+    depth, ``labels`` the slice labels)."""
     path = Path(path)
     buf = io.BytesIO()
     data = image.data
@@ -138,6 +147,13 @@ def write_tiff(path: str | Path, image: Image, overwrite: bool = False) -> None:
         if image.pixel_size:
             meta["unit"] = "um"
             kwargs["resolution"] = (1.0 / image.pixel_size, 1.0 / image.pixel_size)
+            if image.z_spacing and "Z" in image.axes:
+                meta["spacing"] = image.z_spacing
+        if image.labels:
+            planes = int(np.prod(data.shape[:-2]))
+            if len(image.labels) != planes:
+                raise ValueError(f"{len(image.labels)} labels for {planes} planes")
+            meta["Labels"] = list(image.labels)
         tifffile.imwrite(buf, data, imagej=True, metadata=meta, **kwargs)
     atomic_write_bytes(path, buf.getvalue(), overwrite)
 
@@ -155,11 +171,12 @@ def read_mrc(path: str | Path) -> Image:
                 if mrc.data is None:
                     raise ValueError("no data block")
                 data = np.array(mrc.data)
-                vx = float(mrc.voxel_size.x)
+                vx, vz = float(mrc.voxel_size.x), float(mrc.voxel_size.z)
     except (OSError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable MRC file ({err})") from None
     pixel = None if vx <= 0 else (vx if vx < 1.0 else vx / ANGSTROM_PER_UM)
-    return Image(data, "ZYX" if data.ndim == 3 else "YX", pixel)
+    z = None if vz <= 0 or data.ndim != 3 else (vz if vz < 1.0 else vz / ANGSTROM_PER_UM)
+    return Image(data, "ZYX" if data.ndim == 3 else "YX", pixel, z)
 
 
 def write_mrc(path: str | Path, image: Image, overwrite: bool = False) -> None:
@@ -178,7 +195,8 @@ def write_mrc(path: str | Path, image: Image, overwrite: bool = False) -> None:
             mrc.set_data(data)
             if image.pixel_size:
                 a = image.pixel_size * ANGSTROM_PER_UM
-                mrc.voxel_size = (a, a, a)
+                z = (image.z_spacing or image.pixel_size) * ANGSTROM_PER_UM
+                mrc.voxel_size = (a, a, z)
         os.replace(tmp, path)
     except OSError as err:  # as atomic_write_bytes: no partial file
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,103 @@
+"""BioImage Model Zoo export (issue 9): the package passes ``bioimageio test`` and its
+packaged prediction is exactly what ``microdiff predict`` gives for the same seed, K, N."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from helpers import tiny_model_config, tiny_qpi_config
+
+from microdiff.checkpoint import save_bundle
+from microdiff.cli import main
+from microdiff.config import SampleConfig
+from microdiff.diffusion import CVDM
+from microdiff.predictor import load
+from microdiff.train import train_run
+
+pytest.importorskip("bioimageio.core", reason="the optional extra microdiff[bmz] is not installed "
+                    "(pip install 'microdiff[bmz]'; make test installs it)")
+
+
+@pytest.fixture(scope="module")
+def sr_model(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sr") / "run" / "model"
+    cfg = tiny_model_config("learned", residual=True, target_scale=0.2)
+    save_bundle(folder, CVDM.from_config(cfg), cfg, SampleConfig(steps=3, samples=2), scale=2,
+                pixel_size_um=0.0626)
+    return folder
+
+
+def _cli(*args: str) -> int:
+    try:
+        sys.argv = ["microdiff", *args]
+        main()
+    except SystemExit as stop:
+        return int(stop.code or 0)
+    return 0
+
+
+def test_exported_package_passes_bioimageio_test(sr_model, tmp_path) -> None:
+    out = tmp_path / "model.zip"
+    assert _cli("export", str(sr_model), "--out", str(out), "--samples", "2", "--steps", "3",
+                "--author", "Ada Lovelace") == 0
+    cli = Path(sys.executable).with_name("bioimageio")
+    done = subprocess.run([str(cli), "test", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with zipfile.ZipFile(out) as z:
+        names = set(z.namelist())
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+    assert {"rdf.yaml", "weights.pt", "README.md", "cover.png", "environment.yaml"} <= names
+    assert rdf["format_version"].startswith("0.5") and rdf["authors"][0]["name"] == "Ada Lovelace"
+    assert any(c.get("doi") == "10.48550/arXiv.2312.02246" for c in rdf["cite"])
+    x_axes, y_axes = rdf["inputs"][0]["axes"], rdf["outputs"][0]["axes"]
+    assert x_axes[-1]["scale"] == pytest.approx(0.0626) and x_axes[-1]["unit"] == "micrometer"
+    assert y_axes[-1]["scale"] == pytest.approx(0.0313)  # output pixels: input / scale factor
+    assert [t["id"] for t in rdf["outputs"]] == ["mean", "std"]
+
+
+def test_packaged_prediction_is_microdiff_predict(sr_model, tmp_path) -> None:
+    from microdiff.export_bioimageio import export_bioimageio
+
+    out = export_bioimageio(sr_model, tmp_path / "m.zip", samples=2, steps=3, seed=5)
+    with zipfile.ZipFile(out) as z:
+        z.extractall(tmp_path / "pkg")
+    x = np.load(tmp_path / "pkg" / "test_input.npy")
+    mean, std = np.load(tmp_path / "pkg" / "test_mean.npy"), np.load(tmp_path / "pkg" / "test_std.npy")
+    res = load(sr_model).predict(x[0, 0], axes="YX", samples=2, steps=3, seed=5)
+    assert mean.shape == (1, 1, 2 * x.shape[2], 2 * x.shape[3])
+    np.testing.assert_array_equal(mean[0, 0], res.mean)
+    np.testing.assert_array_equal(std[0, 0], res.std)
+    assert float(std.min()) >= 0.0 and float(std.max()) > 0.0  # K = 2 samples differ
+
+
+def test_a_qpi_model_exports_with_its_channels(tmp_path) -> None:
+    from bioimageio.core import test_model
+
+    from microdiff.export_bioimageio import export_bioimageio
+
+    train_run(tiny_qpi_config(steps=2), tmp_path / "run", progress=False)
+    out = export_bioimageio(tmp_path / "run" / "model", tmp_path / "qpi.zip", samples=2, steps=2)
+    summary = test_model(out)
+    assert summary.status == "passed", summary.format()
+    with zipfile.ZipFile(out) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+    assert rdf["inputs"][0]["axes"][1]["channel_names"] == ["defocus_minus", "defocus_plus"]
+    assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["phase"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "onnx"], "--format 'onnx': use one of bioimageio"),
+    (["--name", "a/b"], "the Zoo allows letters"),
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--test-image", "missing.tif"], "no such file"),
+])
+def test_bad_export_requests_get_one_sentence(sr_model, tmp_path, capsys, args, message) -> None:
+    assert _cli("export", str(sr_model), "--out", str(tmp_path / "x.zip"), *args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "x.zip").exists()
