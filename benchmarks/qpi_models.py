@@ -36,6 +36,7 @@ from _report import machine, today, write_section  # noqa: E402
 from microdiff.config import Config, apply_overrides, load_config  # noqa: E402
 from microdiff.data.datasets import make_pair  # noqa: E402
 from microdiff.data.phase_truth import QPIConfig, cell_phase, simulate_qpi  # noqa: E402
+from microdiff.data.sources import task_of  # noqa: E402
 from microdiff.data.tasks import Task  # noqa: E402
 from microdiff.metrics import phase_metrics  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
@@ -46,7 +47,10 @@ SIZES = {  # at 100 steps the diffusion models still predicted ε ≈ 0 (RMSE 1.
     "full": {"steps": 5000, "seeds": [0, 1, 2], "n": 32, "samples": 8},
 }
 METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
-           "regression": ["model.kind=regression"]}
+           "regression": ["model.kind=regression"],
+           # not in the default set: the input stack divided by its mean instead of min-max
+           "cvdm-mean": ["data.qpi_input_norm=mean"]}
+DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = (0.02, 0.1)
@@ -58,15 +62,18 @@ def method_config(task: str, method: str, steps: int, seed: int) -> Config:
 
 
 def test_items(task: str, n: int) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
-    """(group, ℓ, phase truth, acquisition ``[C, H, W]``) for every test image and level."""
+    """(group, ℓ, phase truth, acquisition ``[C, H, W]`` min-max normalised, the same raw)
+    for every test image and level."""
     truths = [("natural", phi) for phi in Q.maps(n, 128, Q.TEST_SEED)]
     truths.append(("cell", cell_phase(Q.PHASE_RANGE, 256)))
     items = []
     for level in LEVELS:
         acq = QPIConfig(task=task, noise=(level, level))
         for i, (group, phi) in enumerate(truths):
-            stack, _ = simulate_qpi(phi, acq, np.random.default_rng([Q.TEST_SEED, i, int(level * 1000)]))
-            items.append((group, level, phi, stack))
+            seed = [Q.TEST_SEED, i, int(level * 1000)]
+            stack, _ = simulate_qpi(phi, acq, np.random.default_rng(seed))
+            raw, _ = simulate_qpi(phi, acq, np.random.default_rng(seed), normalize=False)
+            items.append((group, level, phi, stack, raw))
     return items
 
 
@@ -79,11 +86,11 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int)
     if cache.exists() and json.loads(cache.read_text())["key"] == key:
         return json.loads(cache.read_text())["rows"]
     model = load(out / "model").model
-    t = Task(task, Q.PHASE_RANGE)
+    t = task_of(cfg.data)
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for group, level, phi, stack in items:
-        pair = make_pair("test", stack, phi[None], t)
+    for group, level, phi, stack, raw in items:
+        pair = make_pair("test", raw if t.input_norm == "mean" else stack, phi[None], t)
         k = samples if model.has_uncertainty else 1
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=k, generator=gen,
@@ -101,7 +108,7 @@ def tie_rows(items) -> list[dict]:
     rows = []
     for level in LEVELS:
         alpha = Q.tuned_alpha(level)
-        for i, (group, lv, phi, _) in enumerate(items):
+        for i, (group, lv, phi, *_) in enumerate(items):
             if lv == level:
                 est = Q.tie(Q.acquire(phi, level, Q.TEST_SEED + i), alpha)
                 rows.append({"group": group, "level": level, **phase_metrics(est, phi, Q.PHASE_RANGE)})
@@ -116,6 +123,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="training steps (overrides the sizing)")
     ap.add_argument("--seeds", type=int, nargs="+", help="training seeds (override the sizing)")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
+                    help="a set other than the default writes its own section")
     args = ap.parse_args()
     sizing = "quick" if args.quick else "full" if args.full else "default"
     z = dict(SIZES[sizing])
@@ -124,7 +133,7 @@ def main() -> None:
     table = {}
     for task in args.tasks:
         items = test_items(task, z["n"])
-        for method in METHODS:
+        for method in args.methods:
             runs = []
             for seed in z["seeds"]:
                 print(f"{task} {method} seed {seed}", flush=True)
@@ -133,7 +142,7 @@ def main() -> None:
         if task == "qpi-2shot":
             table[(task, "tie")] = [tie_rows(items)]
     report(args, sizing, z, table)
-    if "qpi-2shot" in args.tasks:
+    if "qpi-2shot" in args.tasks and "cvdm" in args.methods:
         cell_figure(z["steps"], z["seeds"][0], ROOT / "docs" / "img" / "qpi_cell.png")
 
 
@@ -187,6 +196,8 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
     flags += f" --steps {args.steps}" if args.steps else ""
     flags += f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds else ""
     flags += f" --tasks {' '.join(args.tasks)}" if list(args.tasks) != list(TASKS) else ""
+    custom = list(args.methods) != list(DEFAULT_METHODS)
+    flags += f" --methods {' '.join(args.methods)}" if custom else ""
     lines = [f"## QPI on equal budgets ({sizing} sizing)", "",
              f"Command: `.venv/bin/python benchmarks/qpi_models.py{flags}`  ", f"Machine: {machine()}  ",
              f"Date: {today()}", "",
@@ -205,12 +216,13 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
                 return _cell(rs, group, lv, key, digits)
 
             unc = ["–", "–"]
-            if method in ("cvdm", "fixed-cosine"):
+            if method != "regression":
                 unc = [cell("natural", "spearman_std_error", 2), cell("natural", "coverage_1sigma", 2)]
             lines.append(f"| {task} | {method} | {level:g} | {cell('natural', 'rmse_rad', 3)} | "
                          f"{cell('natural', 'psnr', 2)} | {cell('natural', 'ssim', 3)} | "
                          f"{cell('cell', 'rmse_rad', 3)} | {cell('cell', 'ssim', 3)} | {unc[0]} | {unc[1]} |")
-    write_section(f"qpi_models_{sizing}", "\n".join(lines))
+    name = f"qpi_models_{sizing}" + ("_" + "_".join(args.methods).replace("-", "_") if custom else "")
+    write_section(name, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -92,3 +92,44 @@ def test_evaluate_a_qpi_model_on_a_simulated_folder(tmp_path) -> None:
     assert "radians" in text and (tmp_path / "eval" / "montage.png").is_file()
     with open(tmp_path / "eval" / "metrics.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 4
+
+
+def test_mean_normalisation_keeps_the_contrast_that_min_max_loses() -> None:
+    phi, _ = phase_map("natural", 48, np.random.default_rng(3))
+    raw, _ = simulate_qpi(phi, QPIConfig(noise=(0.0, 0.0)), np.random.default_rng(4), normalize=False)
+    scaled = 7.0 * raw  # a brighter lamp or another camera gain: the same phase
+    mean_task, minmax_task = Task("qpi-2shot", input_norm="mean"), Task("qpi-2shot")
+    x = mean_task.fit_input(scaled).normalize(scaled, channel_axis=0)
+    np.testing.assert_allclose(x, raw / raw.mean(), rtol=1e-5)
+    contrast = (raw[1] - raw[0]) / raw.mean()  # (I₊ − I₋) / I₀: what the TIE turns into phase
+    np.testing.assert_allclose(x[1] - x[0], contrast, rtol=1e-4, atol=1e-6)
+    # min-max scales the contrast by I₀ / (max − min): a factor that differs from image to image
+    x_mm = minmax_task.fit_input(raw).normalize(raw, channel_axis=0)
+    factor = np.median((x_mm[1] - x_mm[0])[contrast != 0] / contrast[contrast != 0])
+    assert factor == pytest.approx(raw.mean() / (raw.max() - raw.min()), rel=1e-3)
+    phi2, _ = phase_map("natural", 48, np.random.default_rng(8))
+    other, _ = simulate_qpi(phi2, QPIConfig(noise=(0.0, 0.0)), np.random.default_rng(4), normalize=False)
+    other_factor = other.mean() / (other.max() - other.min())
+    assert abs(other_factor / factor - 1) > 0.1
+    # the same draws: min-max of the raw stack is the normalised stack
+    normed, _ = simulate_qpi(phi, QPIConfig(noise=(0.0, 0.0)), np.random.default_rng(4))
+    np.testing.assert_allclose(x_mm, normed, atol=1e-6)
+    with pytest.raises(ValueError, match="input_norm"):
+        Task("qpi-2shot", input_norm="zscore")
+    with pytest.raises(ShapeError, match="positive mean"):
+        mean_task.fit_input(np.zeros((2, 4, 4)))
+
+
+def test_a_mean_normalised_model_keeps_its_normalisation_in_the_bundle(tmp_path) -> None:
+    cfg = apply_overrides(_qpi_config(steps=2), ["data.qpi_input_norm=mean"])
+    data = load_training_data(cfg.data, seed=0, progress=False)
+    assert abs(float(data.train[0].x.mean()) - 1.0) < 1e-4  # divided by the mean, not stretched
+    train_run(cfg, tmp_path / "run", progress=False)
+    pred = load(tmp_path / "run" / "model")
+    assert pred.task.input_norm == "mean"
+    phi, _ = phase_map("natural", 32, np.random.default_rng(5))
+    raw, _ = simulate_qpi(phi, QPIConfig(), np.random.default_rng(5), normalize=False)
+    a = pred.predict(raw, axes="CYX", samples=2, steps=2, seed=0, tile=32, overlap=8)
+    b = pred.predict(3.0 * raw, axes="CYX", samples=2, steps=2, seed=0, tile=32, overlap=8)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-4, atol=1e-4)  # gain-invariant
+    assert Task.from_dict({"kind": "qpi-2shot", "phase_range": 3.5}).input_norm == "minmax"  # old bundles

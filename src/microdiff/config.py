@@ -137,6 +137,9 @@ class DataConfig(_Strict):
         "the simulator's structures (data.structure)")
     phase_range: float = Field(3.5, gt=0, description="qpi: phase range in rad (targets are φ / range)")
     noise: tuple[float, float] = Field((0.0, 0.2), description="qpi simulation: noise level ℓ ~ U(lo, hi)")
+    qpi_input_norm: Literal["minmax", "mean"] = Field(
+        "minmax", description="qpi: the input stack min-max normalised (the paper) or divided by its "
+        "mean (keeps the contrast that sets the phase's scale; needs raw intensities, no camera offset)")
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:

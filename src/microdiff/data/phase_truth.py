@@ -142,9 +142,12 @@ class QPIConfig:
         return asdict(self)
 
 
-def simulate_qpi(phi: np.ndarray, cfg: QPIConfig, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """The noisy, min-max normalised acquisition ``[C, H, W]`` float32 of the phase map
-    ``phi`` ``[H, W]`` (rad), and the values drawn for it."""
+def simulate_qpi(phi: np.ndarray, cfg: QPIConfig, rng: np.random.Generator, normalize: bool = True
+                 ) -> tuple[np.ndarray, dict]:
+    """The noisy acquisition ``[C, H, W]`` float32 of the phase map ``phi`` ``[H, W]``
+    (rad), min-max normalised (the paper's convention) or, ``normalize=False``, raw
+    intensities (unit illumination, noise included); and the values drawn for it. Equal
+    ``rng`` states give the same draws either way."""
     p = torch.from_numpy(np.ascontiguousarray(phi, dtype=np.float64))
     level = float(rng.uniform(*cfg.noise))
     if cfg.task == "qpi-2shot":
@@ -159,4 +162,5 @@ def simulate_qpi(phi: np.ndarray, cfg: QPIConfig, rng: np.random.Generator) -> t
         info = {"noise": level, "widths_um": widths, "defocus_um": defocus}
     noise_gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     noisy = phase.add_noise(clean[None], level, generator=noise_gen)
-    return phase.minmax(noisy)[0].numpy().astype(np.float32), info
+    out = phase.minmax(noisy) if normalize else noisy
+    return out[0].numpy().astype(np.float32), info

@@ -92,7 +92,7 @@ def _filament_pairs(cfg: DataConfig, n: int, seed: int, prefix: str) -> list[Pai
 
 def task_of(cfg: DataConfig) -> Task:
     """The :class:`~microdiff.data.tasks.Task` of a data config."""
-    return Task(cfg.task, cfg.phase_range)
+    return Task(cfg.task, cfg.phase_range, cfg.qpi_input_norm)
 
 
 def qpi_pairs(cfg: DataConfig, n: int, seed: int, stream: int, progress: bool = False) -> list[Pair]:
@@ -104,7 +104,7 @@ def qpi_pairs(cfg: DataConfig, n: int, seed: int, stream: int, progress: bool = 
         rng = np.random.default_rng([seed, i, stream, STREAM_TAG])
         phi, _ = phase_map(cfg.phase_source, cfg.image_size, rng, cfg.phase_range, cfg.structure,
                            acq.pixel_um)
-        stack, _ = simulate_qpi(phi, acq, rng)
+        stack, _ = simulate_qpi(phi, acq, rng, normalize=task.input_norm == "minmax")
         out.append(make_pair(f"{cfg.task}_{i:05d}", stack, phi[None], task))
     return out
 

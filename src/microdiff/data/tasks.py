@@ -8,7 +8,9 @@ and the metrics. The diffusion code never sees any of it.
   affine intensity matching.
 - ``qpi-2shot`` / ``qpi-poly`` (quantitative phase): the input is a stack of intensities
   (2 defocused shots / 3 colour channels) on the target's grid, min-max normalised as a
-  whole (the CVDM paper's convention); the target is phase in radians, mapped to [0, 1] by
+  whole (the CVDM paper's convention; ``input_norm="mean"``: divided by the stack's mean,
+  which keeps the contrast (I₊ − I₋)/I₀ that sets the phase's scale, lost by min-max);
+  the target is phase in radians, mapped to [0, 1] by
   the fixed ``phase_range``, so the output returns in radians whatever the input's scale;
   baseline: TIE (two-shot only); metrics in radians after removing the mean phase (no
   method can know it from intensities).
@@ -25,19 +27,25 @@ from ..errors import ShapeError
 from .normalize import PercentileNormalizer
 
 TASKS = ("sr", "qpi-2shot", "qpi-poly")
+INPUT_NORMS = ("minmax", "mean")  # of QPI stacks
 QPI_CHANNELS = {"qpi-2shot": 2, "qpi-poly": 3}
 
 
 @dataclass(frozen=True)
 class Task:
-    """``kind`` ∈ :data:`TASKS`; ``phase_range``: the target's range in rad (QPI)."""
+    """``kind`` ∈ :data:`TASKS`; ``phase_range``: the target's range in rad (QPI);
+    ``input_norm`` ∈ :data:`INPUT_NORMS`: how a QPI stack is normalised."""
 
     kind: str = "sr"
     phase_range: float = 3.5
+    input_norm: str = "minmax"
 
     def __post_init__(self) -> None:
         if self.kind not in TASKS:
             raise ValueError(f"unknown task {self.kind!r}; choose one of {', '.join(TASKS)}")
+        if self.input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {self.input_norm!r}; "
+                             f"choose one of {', '.join(INPUT_NORMS)}")
 
     @property
     def is_phase(self) -> bool:
@@ -48,7 +56,7 @@ class Task:
         return {"sr": "bicubic", "qpi-2shot": "tie"}.get(self.kind)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "phase_range": self.phase_range}
+        return {"kind": self.kind, "phase_range": self.phase_range, "input_norm": self.input_norm}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Task:
@@ -58,7 +66,13 @@ class Task:
     def fit_input(self, image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)
                   ) -> PercentileNormalizer:
         """The normaliser of an input ``[C, h, w]``: per-channel percentiles (sr), or the
-        whole stack's min and max (qpi: one span for all channels keeps their ratios)."""
+        whole stack's min and max (qpi: one span for all channels keeps their ratios), or
+        the stack's mean (qpi, ``input_norm="mean"``: the ratios to I₀ too)."""
+        if self.is_phase and self.input_norm == "mean":
+            m, c = float(np.mean(image)), np.shape(image)[0]
+            if not m > 0:
+                raise ShapeError(f"a {self.kind} stack needs a positive mean intensity, got {m:g}")
+            return PercentileNormalizer(0.0, 100.0, eps=0.0, p_lo=[0.0] * c, p_hi=[m] * c)
         if self.is_phase:
             lo, hi, c = float(np.min(image)), float(np.max(image)), np.shape(image)[0]
             return PercentileNormalizer(0.0, 100.0, eps=1e-12, p_lo=[lo] * c, p_hi=[hi] * c)
