@@ -160,3 +160,27 @@ def test_napari_offers_the_reader_for_model_folders_and_mrc_only(model, tmp_path
     (tmp_path / "a.mrc").write_bytes(b"")
     assert ours(model) and ours(tmp_path / "a.mrc")
     assert not ours(tmp_path / "cell.tif")  # no "which reader?" question for ordinary files
+
+
+@pytest.mark.parametrize("shape, rgb, channels, axes", [
+    ((16, 16), False, 1, "YX"), ((2, 16, 16), False, 2, "CYX"), ((5, 16, 16), False, 1, "ZYX"),
+    ((16, 16, 3), True, 3, "CYX")])
+def test_layers_map_to_model_inputs(shape, rgb, channels, axes) -> None:
+    from types import SimpleNamespace
+
+    from microdiff.napari.widget import layer_as_model_input
+
+    data, got = layer_as_model_input(np.zeros(shape), rgb, SimpleNamespace(in_channels=channels))
+    assert got == axes and data.shape[-2:] == (16, 16)
+
+
+def test_a_layer_with_the_wrong_channels_is_refused() -> None:
+    from types import SimpleNamespace
+
+    from microdiff.errors import UserError
+    from microdiff.napari.widget import layer_as_model_input
+
+    with pytest.raises(UserError, match="expects 2 input channel"):
+        layer_as_model_input(np.zeros((16, 16)), False, SimpleNamespace(in_channels=2))
+    with pytest.raises(UserError, match="an RGB layer has 3"):
+        layer_as_model_input(np.zeros((16, 16, 3)), True, SimpleNamespace(in_channels=2))
