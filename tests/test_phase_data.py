@@ -77,5 +77,12 @@ def test_simulate_qpi_command(tmp_path) -> None:
     assert float(tgt.data.max()) == pytest.approx(2.5, rel=1e-6)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["task"] == "qpi-2shot" and len(manifest["pairs"]) == 2
+    assert manifest["input"] == "minmax"
+    from microdiff.data.simulate_files import write_qpi_pairs
+
+    write_qpi_pairs(tmp_path / "raw", "qpi-2shot", 2, 32, seed=5, phase_range=2.5, raw=True, progress=False)
+    raw = read_image(tmp_path / "raw" / "input" / "qpi-2shot_00001.tif").data
+    assert raw.min() > 0 and abs(float(raw.mean()) - 1.0) < 0.5  # intensities at unit illumination
+    np.testing.assert_allclose((raw - raw.min()) / (raw.max() - raw.min()), inp.data, atol=1e-5)
     bad = subprocess.run([*cmd[:5], "qpi-3shot", *cmd[6:]], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--task" in bad.stderr

@@ -86,6 +86,9 @@ def simulate(
     source: Annotated[str, typer.Option(
         help="qpi: phase maps from natural (scikit-image's sample images) or structures")] = "natural",
     phase_range: Annotated[float, typer.Option(help="qpi: phase range in rad (the paper: 3.5)")] = 3.5,
+    raw: Annotated[bool, typer.Option(
+        help="qpi: raw intensities (unit illumination) instead of min-max normalised stacks "
+             "(for models with data.qpi_input_norm=mean)")] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     overwrite: Annotated[bool, typer.Option(help="replace existing files")] = False,
 ) -> None:
@@ -96,7 +99,8 @@ def simulate(
     if task == "sr":
         write_simulated_pairs(out, structure, n, size, level, seed, overwrite=overwrite)
     else:
-        write_qpi_pairs(out, task, n, size, source, structure, seed, phase_range, overwrite=overwrite)
+        write_qpi_pairs(out, task, n, size, source, structure, seed, phase_range, overwrite=overwrite,
+                        raw=raw)
 
 
 @app.command()

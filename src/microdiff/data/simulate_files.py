@@ -73,9 +73,11 @@ def write_qpi_pairs(
     cfg: QPIConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    raw: bool = False,
 ) -> Path:
     """Simulate ``n`` QPI pairs into ``out``: ``input/NAME.tif`` the acquisition (``CYX``
-    float32, 2 channels for qpi-2shot, 3 for qpi-poly, min-max normalised) and
+    float32, 2 channels for qpi-2shot, 3 for qpi-poly, min-max normalised, or ``raw``
+    intensities at unit illumination) and
     ``target/NAME.tif`` the phase (``YX`` float32, rad), both at ``cfg.pixel_um``; pair ``i``
     uses ``numpy.random.default_rng([seed, i])``. Returns the manifest path."""
     if task not in QPI_TASKS:
@@ -98,13 +100,14 @@ def write_qpi_pairs(
     for i in tqdm(range(n), desc=f"simulating {task}", disable=not progress, dynamic_ncols=True):
         rng = np.random.default_rng([seed, i])
         phi, info = phase_map(source, size, rng, phase_range, structure, cfg.pixel_um)
-        stack, drawn = simulate_qpi(phi, cfg, rng)
+        stack, drawn = simulate_qpi(phi, cfg, rng, normalize=not raw)
         name = f"{task}_{i:05d}.tif"
         write_image(out / "input" / name, Image(stack, "CYX", cfg.pixel_um), overwrite)
         write_image(out / "target" / name, Image(phi.astype(np.float32), "YX", cfg.pixel_um), overwrite)
         pairs.append({"name": name, **info, **drawn})
     manifest = {"microdiff_version": __version__, "task": task, "n": n, "size": size, "source": source,
                 "structure": structure if source == "structures" else None, "seed": seed,
-                "phase_range_rad": phase_range, "acquisition": cfg.to_dict(), "pairs": pairs}
+                "phase_range_rad": phase_range, "acquisition": cfg.to_dict(),
+                "input": "raw" if raw else "minmax", "pairs": pairs}
     atomic_write_bytes(manifest_path, json.dumps(manifest, indent=2).encode(), overwrite=True)
     return manifest_path
