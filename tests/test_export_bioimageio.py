@@ -17,6 +17,7 @@ from microdiff.checkpoint import save_bundle
 from microdiff.cli import main
 from microdiff.config import SampleConfig
 from microdiff.diffusion import CVDM
+from microdiff.errors import UserError
 from microdiff.predictor import load
 from microdiff.train import train_run
 
@@ -89,6 +90,25 @@ def test_a_qpi_model_exports_with_its_channels(tmp_path) -> None:
         rdf = yaml.safe_load(z.read("rdf.yaml"))
     assert rdf["inputs"][0]["axes"][1]["channel_names"] == ["defocus_minus", "defocus_plus"]
     assert rdf["outputs"][0]["axes"][1]["channel_names"] == ["phase"]
+
+
+def test_a_test_image_of_any_size_is_cropped_to_a_declared_size(sr_model, tmp_path) -> None:
+    from microdiff.data.io import Image, write_image
+    from microdiff.export_bioimageio import export_bioimageio, valid_size
+
+    assert [valid_size(n) for n in (16, 23, 24, 100, 1000)] == [16, 16, 24, 96, 128]
+    image = np.random.default_rng(0).uniform(0, 100, (37, 150)).astype(np.float32)
+    write_image(tmp_path / "mine.tif", Image(image, "YX", 0.0626))
+    out = export_bioimageio(sr_model, tmp_path / "m.zip", samples=2, steps=2,
+                            test_image=tmp_path / "mine.tif")
+    with zipfile.ZipFile(out) as z:
+        z.extractall(tmp_path / "pkg")
+    x = np.load(tmp_path / "pkg" / "test_input.npy")
+    assert x.shape == (1, 1, 32, 128)
+    np.testing.assert_array_equal(x[0, 0], image[2:34, 11:139])
+    write_image(tmp_path / "tiny.tif", Image(image[:8, :8], "YX", 0.0626))
+    with pytest.raises(UserError, match="at least 16"):
+        export_bioimageio(sr_model, tmp_path / "t.zip", test_image=tmp_path / "tiny.tif")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -30,6 +30,7 @@ CVDM_DOI = "10.48550/arXiv.2312.02246"
 CVDM_CITATION = ("G. della Maggiora, L. A. Croquevielle, N. Deshpande, H. Horsley, T. Heinis, "
                  "A. Yakimovich: Conditional Variational Diffusion Models. ICLR 2024.")
 TEST_SIZE = {"sr": 32, "qpi": 64}  # test input side in pixels (small: consumers run it on a CPU)
+MIN_SIZE, SIZE_STEP, MAX_TEST_SIZE = 16, 8, 128  # input sizes declared: 16 + 8k; test images cropped
 FORMATS = ("bioimageio",)
 NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()"
 
@@ -71,7 +72,16 @@ def default_test_input(meta: dict, seed: int = 0) -> np.ndarray:
     return np.asarray(stack, np.float32)
 
 
+def valid_size(n: int, cap: int = MAX_TEST_SIZE) -> int:
+    """The largest input size the package declares (``MIN_SIZE + k·SIZE_STEP``) ≤ min(n, cap)."""
+    n = min(n, cap)
+    if n < MIN_SIZE:
+        raise UserError(f"a test image needs at least {MIN_SIZE} × {MIN_SIZE} pixels, got {n} along one axis")
+    return MIN_SIZE + (n - MIN_SIZE) // SIZE_STEP * SIZE_STEP
+
+
 def _test_input_from_file(path: Path, meta: dict) -> np.ndarray:
+    """``[C, Y, X]`` float32 from ``path``, centre-cropped to a size the package declares."""
     from .predict_files import as_2d
 
     data, axes = as_2d(read_image(path))
@@ -79,7 +89,9 @@ def _test_input_from_file(path: Path, meta: dict) -> np.ndarray:
     if chw.shape[0] != int(meta["model"]["in_channels"]):
         raise UserError(f"{path}: the model expects {meta['model']['in_channels']} channel(s), "
                         f"the image has {chw.shape[0]}")
-    return chw
+    h, w = valid_size(chw.shape[1]), valid_size(chw.shape[2])
+    top, left = (chw.shape[1] - h) // 2, (chw.shape[2] - w) // 2
+    return np.ascontiguousarray(chw[:, top: top + h, left: left + w])
 
 
 def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, task: str) -> None:
@@ -200,7 +212,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
         _cover(tmp / "cover.png", x, mean[0], std[0], task)
 
         def space_in(axis: str) -> object:
-            return v.SpaceInputAxis(id=v.AxisId(axis), size=v.ParameterizedSize(min=16, step=8),
+            return v.SpaceInputAxis(id=v.AxisId(axis), size=v.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP),
                                     scale=in_scale, **unit)
 
         def space_out(axis: str) -> object:
