@@ -18,7 +18,6 @@ from microdiff.cli import main
 from microdiff.config import SampleConfig
 from microdiff.diffusion import CVDM
 from microdiff.errors import UserError
-from microdiff.predictor import load
 from microdiff.train import train_run
 
 pytest.importorskip("bioimageio.core", reason="the optional extra microdiff[bmz] is not installed "
@@ -46,7 +45,7 @@ def _cli(*args: str) -> int:
 def test_exported_package_passes_bioimageio_test(sr_model, tmp_path) -> None:
     out = tmp_path / "model.zip"
     assert _cli("export", str(sr_model), "--out", str(out), "--samples", "2", "--steps", "3",
-                "--author", "Ada Lovelace") == 0
+                "--author", "Ada Lovelace", "--cite-url", "https://example.org/our-paper") == 0
     cli = Path(sys.executable).with_name("bioimageio")
     done = subprocess.run([str(cli), "test", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -56,6 +55,7 @@ def test_exported_package_passes_bioimageio_test(sr_model, tmp_path) -> None:
     assert {"rdf.yaml", "weights.pt", "README.md", "cover.png", "environment.yaml"} <= names
     assert rdf["format_version"].startswith("0.5") and rdf["authors"][0]["name"] == "Ada Lovelace"
     assert any(c.get("doi") == "10.48550/arXiv.2312.02246" for c in rdf["cite"])
+    assert any(c.get("url") == "https://example.org/our-paper" for c in rdf["cite"])
     x_axes, y_axes = rdf["inputs"][0]["axes"], rdf["outputs"][0]["axes"]
     assert x_axes[-1]["scale"] == pytest.approx(0.0626) and x_axes[-1]["unit"] == "micrometer"
     assert y_axes[-1]["scale"] == pytest.approx(0.0313)  # output pixels: input / scale factor
@@ -63,17 +63,36 @@ def test_exported_package_passes_bioimageio_test(sr_model, tmp_path) -> None:
 
 
 def test_packaged_prediction_is_microdiff_predict(sr_model, tmp_path) -> None:
+    """The package's own files (architecture source, rdf kwargs, weights.pt) rebuilt as a
+    consumer would, against the TIFFs ``microdiff predict`` writes for the test input."""
+    import importlib.util
+
+    import torch
+
+    from microdiff.data.io import Image, read_image, write_image
     from microdiff.export_bioimageio import export_bioimageio
 
     out = export_bioimageio(sr_model, tmp_path / "m.zip", samples=2, steps=3, seed=5)
     with zipfile.ZipFile(out) as z:
         z.extractall(tmp_path / "pkg")
-    x = np.load(tmp_path / "pkg" / "test_input.npy")
-    mean, std = np.load(tmp_path / "pkg" / "test_mean.npy"), np.load(tmp_path / "pkg" / "test_std.npy")
-    res = load(sr_model).predict(x[0, 0], axes="YX", samples=2, steps=3, seed=5)
+    pkg = tmp_path / "pkg"
+    rdf = yaml.safe_load((pkg / "rdf.yaml").read_text())
+    arch = rdf["weights"]["pytorch_state_dict"]["architecture"]
+    spec = importlib.util.spec_from_file_location("packaged_arch", pkg / arch["source"])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = getattr(module, arch["callable"])(**arch["kwargs"])
+    net.load_state_dict(torch.load(pkg / "weights.pt", weights_only=True))
+    x = np.load(pkg / "test_input.npy")
+    with torch.no_grad():
+        mean, std = (t.numpy() for t in net.eval()(torch.from_numpy(x)))
+    np.testing.assert_array_equal(mean, np.load(pkg / "test_mean.npy"))
+    write_image(tmp_path / "in" / "t.tif", Image(x[0, 0], "YX", 0.0626))
+    assert _cli("predict", str(sr_model), str(tmp_path / "in"), "--out", str(tmp_path / "pred"),
+                "--samples", "2", "--steps", "3", "--seed", "5", "--device", "cpu") == 0
     assert mean.shape == (1, 1, 2 * x.shape[2], 2 * x.shape[3])
-    np.testing.assert_array_equal(mean[0, 0], res.mean)
-    np.testing.assert_array_equal(std[0, 0], res.std)
+    np.testing.assert_array_equal(mean[0, 0], read_image(tmp_path / "pred" / "t_mean.tif").data)
+    np.testing.assert_array_equal(std[0, 0], read_image(tmp_path / "pred" / "t_std.tif").data)
     assert float(std.min()) >= 0.0 and float(std.max()) > 0.0  # K = 2 samples differ
 
 
@@ -115,6 +134,8 @@ def test_a_test_image_of_any_size_is_cropped_to_a_declared_size(sr_model, tmp_pa
     (["--format", "onnx"], "--format 'onnx': use one of bioimageio"),
     (["--name", "a/b"], "the Zoo allows letters"),
     (["--samples", "0"], "--samples must be at least 1"),
+    (["--author", "a/b"], "not a valid author name"),
+    (["--cite-url", "notaurl"], "not an http(s) URL"),
     (["--test-image", "missing.tif"], "no such file"),
 ])
 def test_bad_export_requests_get_one_sentence(sr_model, tmp_path, capsys, args, message) -> None:

@@ -87,7 +87,30 @@ def test_a_z_stack_is_predicted_plane_by_plane_and_keeps_its_z_scale(model, qtbo
     mean = viewer.layers["z mean"]
     assert mean.data.shape == (3, 32, 32)
     np.testing.assert_allclose(mean.scale, (0.3, 0.05, 0.05))
+    np.testing.assert_allclose(mean.translate, (0.0, -0.025, -0.025))  # Z untouched
     assert widget.progress.value == widget.progress.max == 9  # 3 planes × 3 steps
+
+
+def test_an_rgb_layer_feeds_a_polychromatic_qpi_model(qtbot, tmp_path) -> None:
+    from helpers import tiny_qpi_config
+
+    from microdiff.train import train_run
+
+    train_run(tiny_qpi_config("qpi-poly", steps=2), tmp_path / "poly", progress=False)
+    viewer = ViewerModel()
+    rgb = np.random.default_rng(3).uniform(0.5, 1.5, (24, 24, 3)).astype(np.float32)
+    viewer.add_image(rgb, name="rgb", rgb=True, scale=(0.21, 0.21), translate=(1.0, 2.0))
+    widget = PredictWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.image.value, widget.model_folder.value = viewer.layers["rgb"], tmp_path / "poly" / "model"
+    widget.device.value = "cpu"
+    _run(widget, qtbot)
+    phase = viewer.layers["rgb mean"]
+    assert phase.data.shape == (24, 24) and widget.run_button.enabled
+    np.testing.assert_allclose(phase.scale, (0.21, 0.21))  # scale factor 1: the same grid
+    np.testing.assert_allclose(phase.translate, (1.0, 2.0))
+    res = load(tmp_path / "poly" / "model").predict(np.moveaxis(rgb, -1, 0), axes="CYX", samples=2, steps=3)
+    np.testing.assert_array_equal(phase.data, res.mean)
 
 
 def test_a_layer_that_does_not_fit_the_model_gets_one_sentence(model, qtbot, monkeypatch) -> None:

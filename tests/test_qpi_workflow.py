@@ -132,4 +132,6 @@ def test_a_mean_normalised_model_keeps_its_normalisation_in_the_bundle(tmp_path)
     a = pred.predict(raw, axes="CYX", samples=2, steps=2, seed=0, tile=32, overlap=8)
     b = pred.predict(3.0 * raw, axes="CYX", samples=2, steps=2, seed=0, tile=32, overlap=8)
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-4, atol=1e-4)  # gain-invariant
+    x, _ = pred.condition(raw, axes="CYX")
+    assert float(x.mean()) == pytest.approx(1.0, abs=1e-5)  # divided by the mean, not min-max
     assert Task.from_dict({"kind": "qpi-2shot", "phase_range": 3.5}).input_norm == "minmax"  # old bundles

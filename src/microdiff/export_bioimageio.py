@@ -32,6 +32,7 @@ CVDM_CITATION = ("G. della Maggiora, L. A. Croquevielle, N. Deshpande, H. Horsle
 TEST_SIZE = {"sr": 32, "qpi": 64}  # test input side in pixels (small: consumers run it on a CPU)
 MIN_SIZE, SIZE_STEP, MAX_TEST_SIZE = 16, 8, 128  # input sizes declared: 16 + 8k; test images cropped
 FORMATS = ("bioimageio",)
+DEFAULT_AUTHOR = "microdiff user"
 NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()"
 
 
@@ -56,7 +57,8 @@ def channel_names(meta: dict) -> list[str]:
 
 def default_test_input(meta: dict, seed: int = 0) -> np.ndarray:
     """A simulated raw input ``[C, Y, X]`` float32 for the task the model was trained on."""
-    kind = meta.get("task", {}).get("kind", "sr")
+    task = meta.get("task", {})
+    kind = task.get("kind", "sr")
     rng = np.random.default_rng(seed)
     if kind == "sr":
         from .data.synthetic import simulate_pair
@@ -68,7 +70,8 @@ def default_test_input(meta: dict, seed: int = 0) -> np.ndarray:
     from .data.phase_truth import QPIConfig, phase_map, simulate_qpi
 
     phi, _ = phase_map("natural", TEST_SIZE["qpi"], rng)
-    stack, _ = simulate_qpi(phi, QPIConfig(task=kind), rng)
+    raw = task.get("input_norm", "minmax") == "mean"  # a mean-normalised model needs raw intensities
+    stack, _ = simulate_qpi(phi, QPIConfig(task=kind), rng, normalize=not raw)
     return np.asarray(stack, np.float32)
 
 
@@ -94,6 +97,25 @@ def _test_input_from_file(path: Path, meta: dict) -> np.ndarray:
     return np.ascontiguousarray(chw[:, top: top + h, left: left + w])
 
 
+def _checked_metadata(v, authors: list[str] | None, cite_url: str | None) -> list:
+    """The extra citation entries; authors and the URL checked against the spec (one
+    sentence on failure, before any slow work)."""
+    from pydantic import ValidationError
+
+    for name in authors or [DEFAULT_AUTHOR]:
+        try:
+            v.Author(name=name)
+        except ValidationError:
+            raise UserError(f"--author {name!r}: not a valid author name for the Zoo "
+                            "(no '/' or '\\')") from None
+    if not cite_url:
+        return []
+    try:
+        return [v.CiteEntry(text=f"trained with microdiff {__version__}", url=cite_url)]
+    except ValidationError:
+        raise UserError(f"--cite-url {cite_url!r}: not an http(s) URL") from None
+
+
 def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, task: str) -> None:
     """input | posterior mean | std, 2:1 (the Zoo's cover ratio)."""
     import matplotlib
@@ -116,6 +138,10 @@ def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, task: s
 
 def _readme(meta: dict, options: dict, name: str) -> str:
     task = meta.get("task", {}).get("kind", "sr")
+    norm = {"sr": f"by its {meta['normalization']['lo']}th and {meta['normalization']['hi']}th percentiles",
+            "minmax": "by its minimum and maximum (the whole stack)",
+            "mean": "by its mean intensity (the whole stack; give raw intensities, camera offset removed)"
+            }["sr" if task == "sr" else meta["task"].get("input_norm", "minmax")]
     what = ("super-resolution: a widefield image in, a SIM-like image at "
             f"{meta['scale']}× the sampling out" if task == "sr" else
             "quantitative phase imaging: defocused intensities in, the phase map (rad) out")
@@ -126,8 +152,7 @@ schedule is learned) trained with microdiff {meta.get('microdiff_version', __ver
 
 ## Inputs and outputs
 - `input`: the raw image `[batch, channel, y, x]` in its own units (no normalisation needed;
-  the model normalises each image by its {meta['normalization']['lo']}th and
-  {meta['normalization']['hi']}th percentiles{' (QPI: min and max)' if task != 'sr' else ''} inside).
+  the model normalises each image {norm} inside).
 - `mean`: the posterior mean of {options['samples']} samples ({options['steps']} sampling steps,
   seed {options['seed']}): deterministic, in the input's intensity units{' (rad)' if task != 'sr' else ''}.
 - `std`: the per-pixel standard deviation over those samples (the model's uncertainty), same units.
@@ -178,6 +203,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
         raise UserError(f"--name {name!r}: the Zoo allows letters, digits, spaces and _+-() only")
     if test_image is not None and not Path(test_image).is_file():
         raise UserError(f"--test-image {test_image}: no such file")
+    cite_extra = _checked_metadata(v, authors, cite_url)  # before any slow work
     model, meta = load_bundle(model_dir)
     task = meta.get("task", {}).get("kind", "sr")
     folder_name = "".join(ch for ch in model_dir.resolve().parent.name if ch in NAME_CHARACTERS)
@@ -232,14 +258,12 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
                 test_tensor=v.FileDescr(source=tmp / f"test_{tensor}.npy"),
                 sample_tensor=v.FileDescr(source=tmp / f"sample_{tensor}.tif"))
 
-        cite = [v.CiteEntry(text=CVDM_CITATION, doi=v.Doi(CVDM_DOI))]
-        if cite_url:
-            cite.append(v.CiteEntry(text=f"{title} (trained with microdiff {__version__})", url=cite_url))
+        cite = [v.CiteEntry(text=CVDM_CITATION, doi=v.Doi(CVDM_DOI)), *cite_extra]
         descr = v.ModelDescr(
             name=title,
             description=(f"CVDM (learned per-pixel noise schedule) for {task}: posterior mean and std "
                          f"of {options['samples']} samples, {options['steps']} steps, seed {seed}."),
-            authors=[v.Author(name=a) for a in (authors or ["microdiff user"])],
+            authors=[v.Author(name=a) for a in (authors or [DEFAULT_AUTHOR])],
             cite=cite,
             license=v.LicenseId("MIT"),
             documentation=v.FileDescr(source=tmp / "README.md"),
@@ -271,6 +295,9 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
             save_bioimageio_package(descr, output_path=part)
             part.replace(out)
         except OSError as err:
-            part.unlink(missing_ok=True)
             raise ImageWriteError(f"{out}: could not be written ({err.strerror or err})") from None
+        except ValueError as err:  # the package failed the spec's validation
+            raise UserError(f"{out}: the package did not validate ({str(err).splitlines()[0]})") from None
+        finally:
+            part.unlink(missing_ok=True)
     return out

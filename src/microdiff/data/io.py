@@ -109,7 +109,7 @@ def read_tiff(path: str | Path) -> Image:
                 if num and den and unit:
                     pixel = den / num * _unit_to_um(unit)
                 spacing = (tif.imagej_metadata or {}).get("spacing")
-                if spacing and unit and "Z" in axes:
+                if spacing and unit:
                     z_spacing = float(spacing) * _unit_to_um(unit)
     except (OSError, tifffile.TiffFileError, ValueError) as err:
         raise ImageReadError(f"{path}: not a readable TIFF ({err})") from None

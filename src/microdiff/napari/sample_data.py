@@ -25,11 +25,13 @@ def simulated_pair(size: int = 256, seed: int = 0) -> list[tuple]:
 
 
 def simulated_qpi(size: int = 256, seed: int = 0) -> list[tuple]:
-    """Defocused intensities at ±Δz (two channels, ``CYX``) and the phase map (rad)."""
+    """Defocused intensities at ±Δz (two channels, ``CYX``, raw: unit illumination) and the
+    phase map (rad). Raw intensities suit both input normalisations (min-max models
+    normalise them themselves)."""
     cfg = QPIConfig()
     rng = np.random.default_rng(seed)
     phi, _ = phase_map("natural", size, rng)
-    stack, _ = simulate_qpi(phi, cfg, rng)
+    stack, _ = simulate_qpi(phi, cfg, rng, normalize=False)
     px = cfg.pixel_um
     return [
         (stack.astype(np.float32), {"name": "defocus pair (simulated)", "scale": (1.0, px, px),

@@ -11,6 +11,7 @@ an RGB layer is three channels (``qpi-poly``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import napari.viewer
@@ -110,16 +111,18 @@ class PredictWidget(Container):
         return self.worker is not None
 
     def _model_chosen(self, *_) -> None:
-        """Take K and N from the model's sampling config when a model folder is chosen."""
+        """Take K and N from the model's sampling config (bundle.json only: no weights are
+        loaded in the GUI thread) when a model folder is chosen."""
         folder = Path(self.model_folder.value)
         try:
-            predictor = load(folder)
-        except UserError as err:
-            self.status.value = str(err)
+            meta = json.loads((folder / "bundle.json").read_text())
+            samples, steps = int(meta["sample"]["samples"]), int(meta["sample"]["steps"])
+            kind, scale = meta.get("task", {}).get("kind", "sr"), int(meta["scale"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.status.value = f"{folder}: not a microdiff model folder (needs bundle.json)"
             return
-        self.samples.value = int(predictor.meta["sample"]["samples"])
-        self.steps.value = int(predictor.meta["sample"]["steps"])
-        self.status.value = f"model: {folder.name} (×{predictor.scale}, {predictor.task.kind})"
+        self.samples.value, self.steps.value = samples, steps
+        self.status.value = f"model: {folder.name} (×{scale}, {kind})"
 
     def run(self, *_) -> None:
         """Start the prediction of the chosen layer in a worker thread."""
@@ -148,9 +151,15 @@ class PredictWidget(Container):
         self.progress.value = done
 
     def _done(self, layer: Image, result) -> None:
-        res, factor, axes = result
-        spatial_in = layer.scale[-3:-1] if layer.rgb else layer.scale[-2:]
-        translate_in = layer.translate[-3:-1] if layer.rgb else layer.translate[-2:]
+        try:
+            self._add_outputs(layer, *result)
+        except Exception as err:  # never leave the widget disabled
+            self._fail(f"the prediction finished but its layers could not be added: {err}")
+        finally:
+            self._finish()
+
+    def _add_outputs(self, layer: Image, res: Prediction, factor: int, axes: str) -> None:
+        spatial_in, translate_in = layer.scale[-2:], layer.translate[-2:]  # an RGB axis has no scale
         if res.mean.ndim == 3 and axes == "ZYX":  # planes keep their Z scale
             spatial_in = (layer.scale[0], *spatial_in)
             translate_in = (layer.translate[0], *translate_in)
@@ -164,7 +173,6 @@ class PredictWidget(Container):
                                **common)
         self.progress.value = self.progress.max
         self.status.value = f"{layer.name}: mean and std added (output pixel = input / {factor})"
-        self._finish()
 
     def _errored(self, err: Exception) -> None:
         self._fail(str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}")
