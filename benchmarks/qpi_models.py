@@ -13,7 +13,9 @@ Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks
 ``qpi_models`` section of docs/benchmarks.md and, from the two-shot CVDM run (seed 0), the
 ``cell`` figure docs/img/qpi_cell.png (intensities, TIE, CVDM mean and std, truth). Usage::
 
-    .venv/bin/python benchmarks/qpi_models.py             # ~60 min on a 2-core CPU (one seed)
+    .venv/bin/python benchmarks/qpi_models.py             # ~3 h on a 2-core CPU (three seeds)
+    .venv/bin/python benchmarks/qpi_models.py --seeds 1   # one seed; runs are cached, so seeds
+                                                          # can run side by side, then pooled
     .venv/bin/python benchmarks/qpi_models.py --quick     # ~20 min: a check, not a conclusion
     .venv/bin/python benchmarks/qpi_models.py --full      # GPU-sized
 """
@@ -43,7 +45,7 @@ from microdiff.predictor import load  # noqa: E402
 
 SIZES = {  # at 100 steps the diffusion models still predicted ε ≈ 0 (RMSE 1.6 rad): size up
     "quick": {"steps": 250, "seeds": [0], "n": 4, "samples": 2},
-    "default": {"steps": 800, "seeds": [0], "n": 6, "samples": 4},
+    "default": {"steps": 800, "seeds": [0, 1, 2], "n": 6, "samples": 4},
     "full": {"steps": 5000, "seeds": [0, 1, 2], "n": 32, "samples": 8},
 }
 METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
