@@ -96,8 +96,8 @@ def _write_bundle(tmp: Path, folder: Path, model: CVDM, model_cfg: ModelConfig,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
-    """(model in eval mode, metadata) from a bundle folder."""
+def read_bundle_meta(folder: str | Path) -> dict:
+    """A bundle's metadata (``bundle.json``, format checked) without loading its weights."""
     folder = Path(folder)
     meta_path, weights = folder / "bundle.json", folder / "weights.safetensors"
     if not meta_path.is_file() or not weights.is_file():
@@ -109,6 +109,13 @@ def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
         raise BundleError(f"{meta_path}: not valid JSON") from None
     if meta.get("format") != FORMAT:
         raise BundleError(f"{folder}: bundle format {meta.get('format')!r}; this microdiff reads {FORMAT}")
+    return meta
+
+
+def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
+    """(model in eval mode, metadata) from a bundle folder."""
+    folder = Path(folder)
+    meta, weights = read_bundle_meta(folder), folder / "weights.safetensors"
     model = build_model(ModelConfig.model_validate(meta["model"]))
     try:
         missing, unexpected = model.load_state_dict(load_file(str(weights), device=device), strict=False)

@@ -11,7 +11,6 @@ an RGB layer is three channels (``qpi-poly``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import napari.viewer
@@ -22,6 +21,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
+from ..checkpoint import read_bundle_meta
 from ..errors import UserError
 from ..predictor import Prediction, Predictor, load
 from .geometry import output_geometry
@@ -115,12 +115,12 @@ class PredictWidget(Container):
         loaded in the GUI thread) when a model folder is chosen."""
         folder = Path(self.model_folder.value)
         try:
-            meta = json.loads((folder / "bundle.json").read_text())
-            samples, steps = int(meta["sample"]["samples"]), int(meta["sample"]["steps"])
-            kind, scale = meta.get("task", {}).get("kind", "sr"), int(meta["scale"])
-        except (OSError, ValueError, KeyError, TypeError):
-            self.status.value = f"{folder}: not a microdiff model folder (needs bundle.json)"
+            meta = read_bundle_meta(folder)
+        except UserError as err:
+            self.status.value = str(err)
             return
+        samples, steps = int(meta["sample"]["samples"]), int(meta["sample"]["steps"])
+        kind, scale = meta.get("task", {}).get("kind", "sr"), int(meta["scale"])
         self.samples.value, self.steps.value = samples, steps
         self.status.value = f"model: {folder.name} (×{scale}, {kind})"
 
