@@ -21,7 +21,7 @@ from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, read_image, write_i
 from .devices import resolve_device
 from .distributed import World
 from .errors import ShapeError, UserError
-from .predictor import Prediction, load
+from .predictor import Prediction, load, predict_planes
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
@@ -131,9 +131,7 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
                           pixel_size_um=img.pixel_size, return_samples=save_samples,
                           return_schedule=save_schedule, tile_batch=tile_batch)
             if axes == "ZYX":  # plane by plane, each with the same seed
-                planes = [predictor.predict(plane, axes="YX", **kwargs) for plane in data]
-                res = Prediction(np.stack([r.mean for r in planes]), np.stack([r.std for r in planes]),
-                                 planes[0].pixel_size_um)
+                res = predict_planes(predictor, data, **kwargs)
             else:
                 res = predictor.predict(data, axes=axes, **kwargs)
         except UserError as err:  # say which file

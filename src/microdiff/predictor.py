@@ -155,6 +155,22 @@ class Predictor:
         return Prediction(mean, std, px, k_samples, lam)
 
 
+def predict_planes(predictor: Predictor, planes: np.ndarray,
+                   progress: Callable[[int, int], None] | None = None, **kwargs) -> Prediction:
+    """A Z stack ``[Z, H, W]`` predicted plane by plane, each with the same seed (``kwargs``
+    as :meth:`Predictor.predict`); mean and std ``[Z, H·s, W·s]``; ``progress(done, total)``
+    over all planes."""
+    results, n = [], len(planes)
+    for i, plane in enumerate(planes):
+        def plane_progress(done: int, total: int, i: int = i) -> None:
+            if progress is not None:
+                progress(i * total + done, n * total)
+
+        results.append(predictor.predict(plane, axes="YX", progress=plane_progress, **kwargs))
+    return Prediction(np.stack([r.mean for r in results]), np.stack([r.std for r in results]),
+                      results[0].pixel_size_um)
+
+
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Predictor:
     """Load an inference bundle (see :mod:`microdiff.checkpoint`) as a :class:`Predictor`
     on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: CUDA when available). Equal

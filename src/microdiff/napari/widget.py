@@ -23,7 +23,7 @@ from qtpy.QtCore import QObject, Signal
 
 from ..checkpoint import read_bundle_meta
 from ..errors import UserError
-from ..predictor import Prediction, Predictor, load
+from ..predictor import Prediction, Predictor, load, predict_planes
 from .geometry import output_geometry
 from .readers import LAST_MODEL
 
@@ -61,15 +61,7 @@ def predict_layer(predictor: Predictor, data: np.ndarray, axes: str, samples: in
     ``progress(done, total)`` over all planes."""
     if axes != "ZYX":
         return predictor.predict(data, axes=axes, samples=samples, steps=steps, seed=seed, progress=progress)
-    planes, n = [], len(data)
-    for i, plane in enumerate(data):
-        def plane_progress(done: int, total: int, i: int = i) -> None:
-            if progress is not None:
-                progress(i * total + done, n * total)
-
-        planes.append(predictor.predict(plane, axes="YX", samples=samples, steps=steps, seed=seed,
-                                        progress=plane_progress))
-    return Prediction(np.stack([p.mean for p in planes]), np.stack([p.std for p in planes]), None)
+    return predict_planes(predictor, data, progress, samples=samples, steps=steps, seed=seed)
 
 
 class PredictWidget(Container):
