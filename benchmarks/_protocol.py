@@ -51,6 +51,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "learned/no-eps-grad": ("demo", [LEARNED, "model.schedule.eps_grad=none"]),
     "learned/lr0.1": ("demo", [LEARNED, "model.schedule.lr_scale=0.1"]),
     "learned/bounded": ("demo", [LEARNED, "model.schedule.lambda_range=[0.35,1.4]"]),
+    # Zero-Mean Diffusion with a mean network the size of the denoiser (issue 17)
+    "zmd": ("demo", ["model.zmd.enabled=true",
+                     "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
 BUDGET = ["data.n_val=2", "train.val_every=0", "train.checkpoint_every=100", "train.log_every=10"]
