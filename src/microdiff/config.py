@@ -190,7 +190,8 @@ class SampleConfig(_Strict):
     steps: int = Field(50, ge=1)
     samples: int = Field(8, ge=1)
     sampler: Literal["ancestral", "ddim"] = "ancestral"
-    eta: float = Field(1.0, ge=0)
+    eta: float = Field(1.0, ge=0, le=1, description="stochasticity of the ddim sampler: 0 deterministic, "
+                       "1 ancestral")
     grid: Literal["gamma", "beta-cumprod"] = "gamma"
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")

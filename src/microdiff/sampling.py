@@ -80,6 +80,12 @@ def log_gamma_grid(schedule: Schedule, lam: Tensor, steps: int, grid: str = "gam
     return torch.flip(torch.cummax(torch.flip(log_g, [0]), dim=0).values, [0])
 
 
+def _check_eta(eta: float) -> None:
+    """η ∈ [0, 1]: above 1 the step's variance exceeds 1 − γ_s and the marginals break."""
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1] (0: deterministic DDIM, 1: ancestral), got {eta}")
+
+
 def step_coefficients(log_g_t: Tensor, log_g_s: Tensor, eta: float) -> dict[str, Tensor]:
     """Coefficients of one step from t to s < t (DDIM with η; η = 1 is ancestral DDPM).
 
@@ -87,6 +93,7 @@ def step_coefficients(log_g_t: Tensor, log_g_s: Tensor, eta: float) -> dict[str,
     y_s = sqrt(γ_s) · y0_hat + c_eps · ε̂ + sigma · z, with
     sigma² = η² (1 − γ_s)/(1 − γ_t) · (1 − γ_t/γ_s) and c_eps = sqrt(1 − γ_s − sigma²).
     """
+    _check_eta(eta)
     g_t, g_s = log_g_t.exp(), log_g_s.exp()
     ratio = torch.exp((log_g_t - log_g_s).clamp(max=0.0))  # γ_t/γ_s ≤ 1
     one_m_t = -torch.expm1(log_g_t)
@@ -137,6 +144,7 @@ def sample(
     if clip is not None and clip <= 0:
         raise ValueError("clip must be positive (or None)")
     eta = 1.0 if sampler == "ancestral" else float(eta)
+    _check_eta(eta)
     x = x.to(working_dtype(x))
     b, k = x.shape[0], samples
     c, h, w = model.schedule.out_channels, x.shape[-2], x.shape[-1]
