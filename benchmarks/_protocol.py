@@ -27,7 +27,8 @@ from microdiff.data.io import read_image, widefield_from_raw_sim
 from microdiff.data.sources import TEST_STREAM
 from microdiff.data.synthetic import SimulatorConfig
 from microdiff.evaluate_files import image_metrics
-from microdiff.train import TrainingDiverged, train_run
+from microdiff.runs import train_run
+from microdiff.train import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "runs" / "benchmarks"
@@ -158,7 +159,7 @@ def evaluate_model(model, cfg: Config, images: list[TestImage], samples: int, st
         t0 = time.perf_counter()
         with torch.no_grad():
             res = model.sample(im.pair.x[None], steps=steps, samples=samples, generator=gen,
-                               sampler=s.sampler, eta=s.eta, grid=s.grid, clip=s.clip)
+                               eta=s.eta, grid=s.grid, clip=s.clip)
         rows.append(_row(im, res.mean[0, 0].numpy(), time.perf_counter() - t0))
     return rows
 

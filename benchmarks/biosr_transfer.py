@@ -30,7 +30,7 @@ from microdiff.data.synthetic import upsample  # noqa: E402
 from microdiff.evaluate_files import image_metrics, montage_row  # noqa: E402
 from microdiff.plots import montage  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
-from microdiff.train import train_run  # noqa: E402
+from microdiff.runs import train_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT.parent / "shared" / "data" / "biosr-mt-cell001"

@@ -44,8 +44,7 @@ from microdiff.config import apply_overrides  # noqa: E402
 from microdiff.data.datasets import simulated  # noqa: E402
 from microdiff.data.sources import TEST_STREAM  # noqa: E402
 from microdiff.data.synthetic import SimulatorConfig  # noqa: E402
-from microdiff.regression import build_model  # noqa: E402
-from microdiff.sampling import sample  # noqa: E402
+from microdiff.models import build_model  # noqa: E402
 
 CURVE_SEED = 2000  # the curve set: not quality.py's TEST_SEED, not a training stream
 KS = (1, 2, 4, 8, 16)
@@ -92,8 +91,7 @@ def evaluate_diffusion(model, cfg, images, samples: int, seed: int) -> dict:
                 rb[i] = model.from_diffused(x_k, y0, mu_k).mean(0)
             return eps
 
-        out = sample(model, x, steps, samples, gen, sampler=s.sampler, eta=s.eta, grid=s.grid,
-                     clip=s.clip, eps_fn=eps_fn)
+        out = model.sample(x, steps, samples, gen, eta=s.eta, grid=s.grid, clip=s.clip, eps_fn=eps_fn)
         k_samples = out.samples[0, :, 0]  # [K, H, W]
         row = {f"k{k}": _scores(k_samples[:k].mean(0), y) for k in KS if k <= samples}
         row |= {f"rb{i}": _scores(v[0], y) for i, v in rb.items()}

@@ -93,12 +93,12 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int)
     rows = []
     for group, level, phi, stack, raw in items:
         pair = make_pair("test", raw if t.input_norm == "mean" else stack, phi[None], t)
-        k = samples if model.has_uncertainty else 1
+        k = samples if model.generative else 1
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=k, generator=gen,
-                               sampler=cfg.sample.sampler, clip=cfg.sample.clip)
+                               eta=cfg.sample.eta, clip=cfg.sample.clip)
         mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
-        std = res.std[0, 0].numpy() * Q.PHASE_RANGE if model.has_uncertainty else None
+        std = res.std[0, 0].numpy() * Q.PHASE_RANGE if model.generative else None
         rows.append({"group": group, "level": level, "train_s": info["seconds"],
                      **phase_metrics(mean, phi, Q.PHASE_RANGE, std)})
     P._write_json(cache, {"key": key, "rows": rows, "train": info})
@@ -168,7 +168,7 @@ def cell_figure(steps: int, seed: int, path: Path, samples: int = 8) -> None:
         pair = make_pair("cell", raw.numpy(), truth[None], Task("qpi-2shot", Q.PHASE_RANGE))
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=samples, generator=gen,
-                               sampler=cfg.sample.sampler, clip=cfg.sample.clip)
+                               eta=cfg.sample.eta, clip=cfg.sample.clip)
         mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
         std = res.std[0, 0].numpy() * Q.PHASE_RANGE
         shift = lambda est: est - est.mean() + truth.mean()  # noqa: E731  (mean phase is free)

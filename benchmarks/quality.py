@@ -35,8 +35,8 @@ import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
 from microdiff.data.datasets import Pair  # noqa: E402
+from microdiff.models import build_model  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
-from microdiff.regression import build_model  # noqa: E402
 
 SIZES = {  # sizing: steps, seeds, simulated images per (structure, level), curve images
     "quick": {"steps": 120, "seeds": [0], "per_cell": 1, "curve_images": 4, "samples": 4, "real_crop": 128},
@@ -71,11 +71,11 @@ def evaluate_run(method: str, seed: int, tag: str, steps: int, images, samples: 
             return saved
     print(f"  evaluating {method} seed {seed}", flush=True)
     model = load(out / "model").model
-    sample_steps = cfg.sample.steps if model.has_uncertainty else 1
-    k = samples if model.has_uncertainty else 1
+    sample_steps = cfg.sample.steps if model.generative else 1
+    k = samples if model.generative else 1
     rows = P.evaluate_model(model, cfg, images, k, sample_steps, seed=seed)
     curve_rows = {}
-    if curve and model.has_uncertainty:
+    if curve and model.generative:
         for n in CURVE_STEPS:
             r = P.evaluate_model(model, cfg, curve, 2, n, seed=seed)
             curve_rows[n] = float(np.mean([x["psnr"] for x in r]))

@@ -39,7 +39,7 @@ def mean_scores(model, pairs, cfg) -> dict[str, float]:
     for p in pairs:
         with torch.no_grad():
             out = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen,
-                               sampler=s.sampler, eta=s.eta, grid=s.grid, clip=s.clip)
+                               eta=s.eta, grid=s.grid, clip=s.clip)
         y = p.y[0].numpy()
         for name, img in (("mean", out.mean[0, 0].numpy()), ("bicubic", p.x[0].numpy())):
             rows[f"psnr_{name}"].append(metrics.psnr(img, y))
@@ -60,7 +60,7 @@ def main() -> None:
             run_demo(Path(tmp), cfg, progress=False)
             model = load(Path(tmp) / "model").model
         for sampler, eta, steps, clip in OPTIONS:
-            cfg.sample.sampler, cfg.sample.eta, cfg.sample.steps, cfg.sample.clip = sampler, eta, steps, clip
+            cfg.sample.eta, cfg.sample.steps, cfg.sample.clip = eta, steps, clip  # ancestral: η = 1
             s = mean_scores(model, test, cfg)
             rows.append((kind, sampler, eta, steps, clip, s))
             print(rows[-1], flush=True)

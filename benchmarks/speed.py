@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, today, write_section  # noqa: E402
 
 from microdiff import load_config  # noqa: E402
-from microdiff.regression import build_model  # noqa: E402
+from microdiff.models import build_model  # noqa: E402
 from microdiff.train import Trainer  # noqa: E402
 
 MEMORY_LIMIT_GB = 16  # address-space cap of each CPU measurement process
@@ -82,7 +82,7 @@ def forward_flops(model: torch.nn.Module, cfg, batch: int, schedule_batch: int, 
     x = torch.randn(batch, cfg.model.in_channels, size, size, device=device)
     y = torch.randn(batch, cfg.model.out_channels, size, size, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        if getattr(model, "has_uncertainty", False):
+        if model.generative:
             model.schedule.lam(x[:schedule_batch])
             mu = model.predict_mean(x)
             model.eps_hat(y, x, torch.full_like(y, 0.5), mu)
@@ -123,7 +123,7 @@ def measure(preset: str, size: int, phase: str, device_name: str, measured_steps
     else:
         model = model.to(device).eval()
         s = cfg.sample
-        has_unc = getattr(model, "has_uncertainty", False)
+        has_unc = model.generative
         steps, k = steps_k or (s.steps, s.samples)
         steps, k = (steps, k) if has_unc else (1, 1)
         run_steps = min(steps, measured_steps)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from microdiff.config import Config, DataConfig, ModelConfig
+from microdiff.config import Config, DataConfig, ModelConfig, TrainConfig
+from microdiff.data.datasets import rotate_flip
 from microdiff.diffusion import CVDM
 from microdiff.nets.unet import UNetSpec
+from microdiff.train import Trainer
 
 KINDS = ["learned", "learned-exact", "fixed-linear", "fixed-cosine"]
 TINY = UNetSpec(base_channels=8, channel_mults=[1, 2], num_res_blocks=1)
@@ -50,3 +52,22 @@ def tiny_qpi_config(task: str = "qpi-2shot", steps: int = 3) -> Config:
     cfg.model.target_scale = 0.25
     cfg.data = DataConfig(task=task, scale=1, image_size=32, size=16, n_train=4, n_val=2)
     return cfg
+
+
+def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> tuple[Trainer, list[dict]]:
+    """Train ``model`` on the in-memory pairs ``x, y`` ``[N, C, H, W]`` with the real
+    :class:`~microdiff.train.Trainer`: ``cfg.steps`` batches of ``cfg.batch_size`` drawn at
+    random (with the training data's rotations and flips) from a generator seeded with
+    ``cfg.seed``. Returns the trainer and the records of the applied steps."""
+    torch.manual_seed(cfg.seed)
+    trainer = Trainer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    history = []
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, x.shape[0], (cfg.batch_size,), generator=gen)
+        xb, yb = rotate_flip(x[idx], y[idx], gen)
+        record = trainer.train_step(xb, yb, gen)
+        if not record["skipped"]:
+            history.append(record)
+    trainer.model.eval()
+    return trainer, history

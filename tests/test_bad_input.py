@@ -15,7 +15,7 @@ from microdiff import cli
 from microdiff.checkpoint import latest_checkpoint, save_bundle
 from microdiff.config import SampleConfig
 from microdiff.diffusion import CVDM
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 
 @pytest.fixture(scope="module")

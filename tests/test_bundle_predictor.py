@@ -10,11 +10,11 @@ import torch
 from helpers import tiny_model_config
 
 import microdiff
-from microdiff.checkpoint import BundleError, load_bundle, save_bundle
+from microdiff.checkpoint import BundleError, load_bundle, read_bundle, save_bundle
 from microdiff.config import SampleConfig
 from microdiff.diffusion import CVDM
 from microdiff.errors import ShapeError, UserError
-from microdiff.regression import build_model
+from microdiff.models import build_model
 
 
 @pytest.fixture
@@ -31,7 +31,8 @@ def bundle(tmp_path):
 def test_round_trip_gives_identical_samples(bundle) -> None:
     folder, model = bundle
     loaded, meta = load_bundle(folder)
-    assert meta["scale"] == 2 and meta["microdiff_version"] == microdiff.__version__
+    assert meta.scale == 2 and meta.microdiff_version == microdiff.__version__
+    assert meta.sample == SampleConfig(steps=4, samples=3, clip=1.0) and meta.percentiles == (1.0, 99.8)
     x = torch.randn(1, 1, 16, 16)
     a = model.eval().sample(x, steps=4, samples=2, generator=torch.Generator().manual_seed(1))
     b = loaded.sample(x, steps=4, samples=2, generator=torch.Generator().manual_seed(1))
@@ -49,6 +50,26 @@ def test_bundle_errors(bundle, tmp_path) -> None:
     (folder / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="do not match"):
         load_bundle(folder)
+    del meta["scale"]
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="not a valid model description"):
+        load_bundle(folder)
+
+
+def test_bundles_of_earlier_versions_still_load(bundle) -> None:
+    """A ``sampler`` key (η was then two knobs) and the unread ``normalization.kind`` of
+    earlier bundles: ancestral means η = 1 whatever ``eta`` said; ddim keeps ``eta``."""
+    folder, _ = bundle
+    meta = json.loads((folder / "bundle.json").read_text())
+    meta["normalization"]["kind"] = "percentile"
+    for sampler, eta, want in (("ancestral", 0.3, 1.0), ("ddim", 0.3, 0.3)):
+        meta["sample"] |= {"sampler": sampler, "eta": eta}
+        (folder / "bundle.json").write_text(json.dumps(meta))
+        assert read_bundle(folder).sample.eta == want
+    meta["sample"]["sampler"] = "euler"
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="euler"):
+        read_bundle(folder)
 
 
 def test_predict_any_size_with_pixel_size_and_determinism(bundle) -> None:

@@ -11,8 +11,8 @@ from microdiff.data.datasets import (
     make_pair,
     paired_folder,
     random_patches,
+    rotate_flip,
     simulated,
-    simulator_batches,
     split_by_name,
 )
 from microdiff.data.io import Image, write_image, write_mrc
@@ -98,12 +98,18 @@ def test_biosr_cells(tmp_path) -> None:
         biosr_cells(tmp_path / "Cell_001" / "nothing", level=2)
 
 
-def test_simulator_on_the_fly_is_fresh_and_reproducible() -> None:
-    a = simulator_batches("mt", 32, batch=2, seed=3, level=5)
-    b = simulator_batches("mt", 32, batch=2, seed=3, level=5)
-    x1, y1 = next(a)
-    x2, y2 = next(a)
-    assert x1.shape == y1.shape == (2, 1, 32, 32)
-    assert not torch.equal(y1, y2)  # new pairs every batch
-    bx, by = next(b)
-    assert torch.equal(bx, x1) and torch.equal(by, y1)
+def test_rotate_flip_moves_input_and_target_together() -> None:
+    """The augmentation applies one dihedral transform to x and y: y stays aligned with x,
+    all eight transforms occur, and a seeded generator repeats them."""
+    x = torch.arange(2 * 16.0).view(2, 1, 4, 4)
+    y = 10 * x + 1
+    seen = set()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(64):
+        xa, ya = rotate_flip(x, y, gen)
+        torch.testing.assert_close(ya, 10 * xa + 1)
+        seen.add(tuple(xa[0, 0].flatten().int().tolist()))
+    assert len(seen) == 8
+    a = rotate_flip(x, y, torch.Generator().manual_seed(5))
+    b = rotate_flip(x, y, torch.Generator().manual_seed(5))
+    assert torch.equal(a[0], b[0])

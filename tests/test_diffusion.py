@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import KINDS, tiny_model, tiny_model_config
+from helpers import KINDS, fit, tiny_model, tiny_model_config
 
 from microdiff.config import TrainConfig
 from microdiff.diffusion import CVDM, gaussian_kl_std_normal_to
 from microdiff.nets.unet import UNetSpec
-from microdiff.train import random_batches, train
 
 TERMS = {"eps", "beta", "prior", "gamma"}
 
@@ -105,7 +104,6 @@ def test_tiny_model_overfits_four_pairs() -> None:
     y = torch.tanh(2 * x) + 0.5 * torch.roll(x, 1, dims=-1)
     before = _eval_eps(model, x, y)
     cfg = TrainConfig(steps=300, batch_size=4, lr=3e-3, warmup=10, ema=0.0, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    result = train(model, random_batches(x, y, 4, gen), cfg, progress=False)
-    after = _eval_eps(result.model, x, y)
+    trainer, _ = fit(model, x, y, cfg)
+    after = _eval_eps(trainer.model, x, y)
     assert after < before / 5, (before, after)

@@ -17,9 +17,9 @@ from microdiff.checkpoint import latest_checkpoint, load_training_state
 from microdiff.config import config_to_yaml
 from microdiff.distributed import World, world_from_env
 from microdiff.errors import ConfigError
+from microdiff.models import build_model
 from microdiff.predict_files import predict_files
-from microdiff.regression import build_model
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 
 def torchrun(args: list[str], nproc: int = 2, cwd: Path | None = None) -> subprocess.CompletedProcess:

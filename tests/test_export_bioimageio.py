@@ -18,7 +18,7 @@ from microdiff.cli import main
 from microdiff.config import SampleConfig
 from microdiff.diffusion import CVDM
 from microdiff.errors import UserError
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 pytest.importorskip("bioimageio.core", reason="the optional extra microdiff[bmz] is not installed "
                     "(pip install 'microdiff[bmz]'; make test installs it)")

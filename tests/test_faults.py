@@ -18,7 +18,7 @@ from helpers import tiny_config
 
 from microdiff.checkpoint import latest_checkpoint, load_training_state
 from microdiff.config import config_to_yaml
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 STEPS = 60
 

@@ -13,7 +13,7 @@ from microdiff.config import SampleConfig
 from microdiff.data.io import Image, read_image, write_image
 from microdiff.diffusion import CVDM
 from microdiff.predict_files import predict_files
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 
 @pytest.fixture

@@ -195,7 +195,7 @@ def test_eta_above_one_is_refused() -> None:
     model = tiny_model("fixed-linear")
     x = torch.randn(1, 1, 8, 8)
     with pytest.raises(ValueError, match="eta"):
-        model.sample(x, steps=3, sampler="ddim", eta=1.5)
+        model.sample(x, steps=3, eta=1.5)
     with pytest.raises(ValueError, match="eta"):
         step_coefficients(torch.tensor([-1.0]), torch.tensor([-0.5]), eta=1.01)
 

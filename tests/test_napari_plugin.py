@@ -94,7 +94,7 @@ def test_a_z_stack_is_predicted_plane_by_plane_and_keeps_its_z_scale(model, qtbo
 def test_an_rgb_layer_feeds_a_polychromatic_qpi_model(qtbot, tmp_path) -> None:
     from helpers import tiny_qpi_config
 
-    from microdiff.train import train_run
+    from microdiff.runs import train_run
 
     train_run(tiny_qpi_config("qpi-poly", steps=2), tmp_path / "poly", progress=False)
     viewer = ViewerModel()

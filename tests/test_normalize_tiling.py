@@ -7,32 +7,51 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from microdiff.data.normalize import PercentileNormalizer
+from microdiff.data.normalize import Normalizer
 from microdiff.data.tiling import apply_tiled, tile_starts
 
 
 def test_normalisation_maps_percentiles_and_inverts_exactly() -> None:
     rng = np.random.default_rng(0)
     img = rng.gamma(2.0, 300.0, size=(2, 64, 64)) + np.array([100.0, 5000.0])[:, None, None]
-    norm = PercentileNormalizer(1, 99.8).fit(img, channel_axis=0)
+    norm = Normalizer.percentiles(img, 1, 99.8, channel_axis=0)
     z = norm.normalize(img, channel_axis=0)
     for c in range(2):
         assert np.percentile(z[c], 1) == pytest.approx(0, abs=1e-5)
         assert np.percentile(z[c], 99.8) == pytest.approx(1, abs=1e-5)
     back = norm.denormalize(z, channel_axis=0)
     np.testing.assert_allclose(back, img, rtol=1e-6)
-    again = PercentileNormalizer.from_dict(norm.to_dict())
+    again = Normalizer.from_dict(norm.to_dict())
     np.testing.assert_array_equal(again.normalize(img, channel_axis=0), z)
 
 
 def test_normaliser_errors() -> None:
     with pytest.raises(ValueError, match="lo < hi"):
-        PercentileNormalizer(50, 10)
-    with pytest.raises(ValueError, match="not fitted"):
-        PercentileNormalizer().normalize(np.zeros((4, 4)))
-    norm = PercentileNormalizer().fit(np.zeros((2, 4, 4)), channel_axis=0)
+        Normalizer.percentiles(np.zeros((4, 4)), 50, 10)
+    with pytest.raises(ValueError, match="channel_axis"):
+        Normalizer.percentiles(np.zeros((2, 4, 4)), channel_axis=0).normalize(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="positive mean"):
+        Normalizer.mean_scale(np.zeros((2, 4, 4)))
+    norm = Normalizer.percentiles(np.zeros((2, 4, 4)), channel_axis=0)
     with pytest.raises(ValueError, match="channels"):
         norm.normalize(np.zeros((3, 4, 4)), channel_axis=0)
+
+
+def test_min_max_and_mean_scale_map_the_stack_as_named() -> None:
+    """min_max: the stack's min → 0 and max → 1 with one span for all channels (ratios kept);
+    mean_scale: the stack divided by its mean (no offset); both invert exactly."""
+    stack = np.stack([np.linspace(10, 30, 16).reshape(4, 4), np.linspace(20, 50, 16).reshape(4, 4)])
+    mm = Normalizer.min_max(stack)
+    z = mm.normalize(stack, channel_axis=0)
+    assert z.min() == pytest.approx(0) and z.max() == pytest.approx(1, abs=1e-6)
+    np.testing.assert_allclose(z, (stack - 10) / 40, rtol=1e-6)
+    ms = Normalizer.mean_scale(stack)
+    np.testing.assert_allclose(ms.normalize(stack, channel_axis=0), stack / stack.mean(), rtol=1e-6)
+    for norm in (mm, ms):
+        back = norm.denormalize(norm.normalize(stack, channel_axis=0), channel_axis=0)
+        np.testing.assert_allclose(back, stack, rtol=1e-6)
+    np.testing.assert_allclose(ms.denormalize_spread(np.ones((2, 1, 1)), channel_axis=0), stack.mean(),
+                               rtol=1e-6)
 
 
 def test_tile_starts_cover_the_image() -> None:

@@ -14,7 +14,7 @@ from microdiff.data.sources import load_training_data
 from microdiff.data.tasks import Task
 from microdiff.errors import ShapeError
 from microdiff.predictor import load
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 
 def _qpi_config(task: str = "qpi-2shot", steps: int = 3) -> Config:
@@ -56,7 +56,7 @@ def test_task_units_round_trip_and_channel_check() -> None:
 
 def test_qpi_train_then_predict_in_radians(tmp_path) -> None:
     run = train_run(_qpi_config(steps=3), tmp_path / "run", progress=False)
-    assert np.isfinite(run.final["val_psnr"]) and np.isfinite(run.final["val_psnr_bicubic"])  # TIE baseline
+    assert np.isfinite(run.final["val_psnr"]) and np.isfinite(run.final["val_psnr_baseline"])  # TIE baseline
     pred = load(tmp_path / "run" / "model")
     assert pred.task.kind == "qpi-2shot" and pred.in_channels == 2
     phi, _ = phase_map("natural", 40, np.random.default_rng(9))

@@ -7,15 +7,16 @@ import csv
 import numpy as np
 import pytest
 import torch
-from helpers import TINY, tiny_config
+from helpers import TINY, fit, tiny_config
 
 import microdiff
 from microdiff.config import ModelConfig, TrainConfig, load_config
 from microdiff.data.simulate_files import write_simulated_pairs
 from microdiff.errors import UserError
 from microdiff.evaluate_files import evaluate_folder
-from microdiff.regression import RegressionModel, build_model
-from microdiff.train import random_batches, train, train_run
+from microdiff.models import build_model
+from microdiff.regression import RegressionModel
+from microdiff.runs import train_run
 
 
 def _regression_config(steps: int):
@@ -35,10 +36,9 @@ def test_regression_fits_a_fixed_mapping() -> None:
     x = torch.rand(4, 1, 16, 16)
     y = torch.nn.functional.avg_pool2d(x, 3, 1, 1)  # a smoothing the net can learn
     first = model.total_loss(model.loss(x, y)).item()
-    result = train(model, random_batches(x, y, 4, torch.Generator().manual_seed(0)),
-                   TrainConfig(steps=150, lr=3e-3, warmup=0, ema=0.0), progress=False)
-    assert result.history[-1]["mse"] < 0.2 * first
-    out = result.model.sample(x, samples=3)
+    trainer, history = fit(model, x, y, TrainConfig(steps=150, batch_size=4, lr=3e-3, warmup=0, ema=0.0))
+    assert history[-1]["mse"] < 0.2 * first
+    out = trainer.model.sample(x, samples=3)
     assert out.samples.shape == (4, 3, 1, 16, 16) and torch.all(out.std == 0) and out.network_calls == 1
 
 

@@ -25,7 +25,7 @@ from microdiff.config import SampleConfig
 from microdiff.data.io import Image, ImageWriteError, read_image, write_image
 from microdiff.diffusion import CVDM
 from microdiff.errors import ConfigError
-from microdiff.train import train_run
+from microdiff.runs import train_run
 
 
 def disk_full(*args, **kwargs):

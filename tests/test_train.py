@@ -16,7 +16,8 @@ from microdiff.config import Config, TrainConfig
 from microdiff.data.simulate_files import write_simulated_pairs
 from microdiff.data.sources import TrainingData, load_training_data
 from microdiff.errors import ConfigError, UserError
-from microdiff.train import MAX_BAD_STEPS, Trainer, TrainingDiverged, train_run
+from microdiff.runs import train_run
+from microdiff.train import MAX_BAD_STEPS, Trainer, TrainingDiverged
 
 
 def _weights(run) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 Public API (see DESIGN.md)::
 
     cfg = microdiff.load_config("demo")            # a preset name or a YAML path
-    model = microdiff.CVDM.from_config(cfg.model)
+    model = microdiff.build_model(cfg.model)           # a CVDM (or the regression baseline)
     terms = model.loss(x, y)                        # dict[str, Tensor[B]]
     out = model.sample(x, steps=50, samples=8, generator=torch.Generator().manual_seed(0))
     pred = microdiff.load("demo-run/model")         # an inference bundle → Predictor
@@ -14,6 +14,7 @@ from ._version import __version__
 from .config import Config, load_config
 from .diffusion import CVDM
 from .errors import UserError
+from .models import ImageModel, build_model
 from .predictor import Prediction, Predictor, load
 from .sampling import SampleOutput
 from .schedule import FixedSchedule, LearnedSchedule, Schedule
@@ -22,11 +23,13 @@ __all__ = [
     "CVDM",
     "Config",
     "FixedSchedule",
+    "ImageModel",
     "LearnedSchedule",
     "SampleOutput",
     "Schedule",
     "UserError",
     "__version__",
+    "build_model",
     "load",
     "load_config",
     "Prediction",

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from microdiff.config import ModelConfig
+from microdiff.checkpoint import Bundle
+from microdiff.models import build_model
 from microdiff.predictor import Predictor
-from microdiff.regression import build_model
 
 
 class PosteriorMean(nn.Module):
@@ -32,8 +32,8 @@ class PosteriorMean(nn.Module):
     def __init__(self, bundle: dict, samples: int = 8, steps: int = 20, seed: int = 0, tile: int = 256,
                  overlap: int = 32) -> None:
         super().__init__()
-        self.model = build_model(ModelConfig.model_validate(bundle["model"]))
-        self.bundle = bundle
+        self.bundle = Bundle.from_dict(bundle)
+        self.model = build_model(self.bundle.model)
         self.options = {"samples": samples, "steps": steps, "seed": seed, "tile": tile, "overlap": overlap}
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,10 @@ naming the newest one; only the newest ``keep`` are kept.
 The inference bundle: a folder a trained model travels in.
 
 ``MODEL/weights.safetensors`` (all weights, EMA if trained with EMA) and
-``MODEL/bundle.json``: the resolved model and sampling config, the scale factor, the input
-pixel size (µm) the model was trained at, the normalisation percentiles and the microdiff
-version. Written atomically (temporary folder + rename); loading checks every key.
+``MODEL/bundle.json``: a :class:`Bundle` (the resolved model and sampling config, the scale
+factor, the input pixel size (µm) the model was trained at, the normalisation percentiles,
+the task and the microdiff version). Written atomically (temporary folder + rename);
+reading validates every key.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ import io
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ._version import __version__
-from .config import ModelConfig, SampleConfig
+from .config import ModelConfig, SampleConfig, first_error
 from .data.io import atomic_write_bytes
-from .diffusion import CVDM
+from .data.normalize import PERCENTILES
+from .data.tasks import Task
 from .errors import UserError
-from .regression import build_model
+from .models import ImageModel, build_model
 
 FORMAT = 1  # of the inference bundle
 CHECKPOINT_FORMAT = 1  # of the training state
@@ -38,27 +43,76 @@ class BundleError(UserError):
     """A model folder is missing, incomplete or from an incompatible version."""
 
 
+@dataclass(frozen=True)
+class Bundle:
+    """What a model folder says about its model (``bundle.json``), typed.
+
+    model, sample: the resolved model and sampling configs; scale: the super-resolution
+    factor (output pixels per input pixel); pixel_size_um: the input pixel size the model
+    was trained at (None if unknown); percentiles: of the input normalisation (sr); task:
+    the :class:`~microdiff.data.tasks.Task` (normalisation, units, names, baseline);
+    weights: ``ema`` or ``model``; microdiff_version: of the writer.
+    """
+
+    model: ModelConfig
+    sample: SampleConfig
+    scale: int
+    pixel_size_um: float | None = None
+    percentiles: tuple[float, float] = PERCENTILES
+    task: Task = field(default_factory=Task)
+    weights: str = "ema"
+    microdiff_version: str = __version__
+
+    def to_dict(self) -> dict:
+        """The JSON of ``bundle.json``."""
+        return {"format": FORMAT, "weights": self.weights, "microdiff_version": self.microdiff_version,
+                "model": self.model.model_dump(mode="json"), "sample": self.sample.model_dump(mode="json"),
+                "scale": self.scale, "pixel_size_um": self.pixel_size_um,
+                "normalization": {"lo": self.percentiles[0], "hi": self.percentiles[1]},
+                "task": self.task.to_dict()}
+
+    @classmethod
+    def from_dict(cls, meta: dict, source: str | Path = "bundle.json") -> Bundle:
+        """Validate ``bundle.json``'s mapping (older bundles: no ``task`` is sr, a
+        ``sampler`` key becomes η); one sentence naming ``source`` when it does not fit."""
+        if meta.get("format") != FORMAT:
+            raise BundleError(f"{source}: bundle format {meta.get('format')!r}; "
+                              f"this microdiff reads {FORMAT}")
+        try:
+            norm = meta["normalization"]
+            return cls(model=ModelConfig.model_validate(meta["model"]),
+                       sample=SampleConfig.model_validate(meta["sample"]), scale=int(meta["scale"]),
+                       pixel_size_um=meta.get("pixel_size_um"),
+                       percentiles=(float(norm["lo"]), float(norm["hi"])),
+                       task=Task.from_dict(meta.get("task")), weights=meta.get("weights", "ema"),
+                       microdiff_version=meta.get("microdiff_version", "?"))
+        except ValidationError as err:
+            raise BundleError(f"not a valid model description: {first_error(err, str(source))}") from None
+        except (KeyError, TypeError, ValueError) as err:
+            what = f"no key {err}" if isinstance(err, KeyError) else str(err)
+            raise BundleError(f"{source}: not a valid model description ({what})") from None
+
+
 def save_bundle(
     folder: str | Path,
-    model: CVDM,
+    model: nn.Module,
     model_cfg: ModelConfig,
     sample_cfg: SampleConfig,
     scale: int,
     pixel_size_um: float | None = None,
-    percentiles: tuple[float, float] = (1.0, 99.8),
+    percentiles: tuple[float, float] = PERCENTILES,
     overwrite: bool = False,
-    ema: bool = True,
-    task: dict | None = None,
+    task: Task | None = None,
 ) -> Path:
-    """Write ``folder`` (atomically); refuses to replace an existing one unless asked.
-    ``task``: :meth:`microdiff.data.tasks.Task.to_dict` (default: super-resolution)."""
+    """Write ``folder`` (atomically): ``model``'s weights and its :class:`Bundle`; refuses
+    to replace an existing folder unless asked. ``task``: default super-resolution."""
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise BundleError(f"{folder} exists; refusing to overwrite it")
+    bundle = Bundle(model_cfg, sample_cfg, scale, pixel_size_um, percentiles, task or Task())
     tmp = folder.with_name(f".{folder.name}.tmp")
     try:
-        _write_bundle(tmp, folder, model, model_cfg, sample_cfg, scale, pixel_size_um, percentiles,
-                      ema, task)
+        _write_bundle(tmp, folder, model, bundle)
     except OSError as err:  # a full disk: no partial folder; an existing bundle stays as it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise BundleError(f"{folder}: could not be written ({err.strerror or err}); "
@@ -66,25 +120,12 @@ def save_bundle(
     return folder
 
 
-def _write_bundle(tmp: Path, folder: Path, model: CVDM, model_cfg: ModelConfig,
-                  sample_cfg: SampleConfig, scale: int, pixel_size_um: float | None,
-                  percentiles: tuple[float, float], ema: bool, task: dict | None) -> None:
+def _write_bundle(tmp: Path, folder: Path, model: nn.Module, bundle: Bundle) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "weights.safetensors"))
-    meta = {
-        "format": FORMAT,
-        "weights": "ema" if ema else "model",
-        "microdiff_version": __version__,
-        "model": model_cfg.model_dump(mode="json"),
-        "sample": sample_cfg.model_dump(mode="json"),
-        "scale": scale,
-        "pixel_size_um": pixel_size_um,
-        "normalization": {"kind": "percentile", "lo": percentiles[0], "hi": percentiles[1]},
-        "task": task or {"kind": "sr"},
-    }
-    (tmp / "bundle.json").write_text(json.dumps(meta, indent=2))
+    (tmp / "bundle.json").write_text(json.dumps(bundle.to_dict(), indent=2))
     for f in tmp.iterdir():
         with open(f, "rb") as fh:
             os.fsync(fh.fileno())
@@ -96,8 +137,8 @@ def _write_bundle(tmp: Path, folder: Path, model: CVDM, model_cfg: ModelConfig,
     shutil.rmtree(old, ignore_errors=True)
 
 
-def read_bundle_meta(folder: str | Path) -> dict:
-    """A bundle's metadata (``bundle.json``, format checked) without loading its weights."""
+def read_bundle(folder: str | Path) -> Bundle:
+    """A model folder's :class:`Bundle` (``bundle.json``, checked) without loading its weights."""
     folder = Path(folder)
     meta_path, weights = folder / "bundle.json", folder / "weights.safetensors"
     if not meta_path.is_file() or not weights.is_file():
@@ -107,16 +148,16 @@ def read_bundle_meta(folder: str | Path) -> dict:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise BundleError(f"{meta_path}: not valid JSON") from None
-    if meta.get("format") != FORMAT:
-        raise BundleError(f"{folder}: bundle format {meta.get('format')!r}; this microdiff reads {FORMAT}")
-    return meta
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path}: not a model description (a JSON object)")
+    return Bundle.from_dict(meta, folder)
 
 
-def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
-    """(model in eval mode, metadata) from a bundle folder."""
+def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[ImageModel, Bundle]:
+    """(model in eval mode, its :class:`Bundle`) from a model folder."""
     folder = Path(folder)
-    meta, weights = read_bundle_meta(folder), folder / "weights.safetensors"
-    model = build_model(ModelConfig.model_validate(meta["model"]))
+    bundle, weights = read_bundle(folder), folder / "weights.safetensors"
+    model = build_model(bundle.model)
     try:
         missing, unexpected = model.load_state_dict(load_file(str(weights), device=device), strict=False)
     except RuntimeError:  # tensors of the wrong shape
@@ -127,7 +168,7 @@ def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[CVDM, dict]:
     if missing or unexpected:
         raise BundleError(f"{folder}: weights do not match the config "
                           f"({len(missing)} missing, {len(unexpected)} unexpected tensors)")
-    return model.to(device).eval(), meta
+    return model.to(device).eval(), bundle
 
 
 class CheckpointError(UserError):

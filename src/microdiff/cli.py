@@ -58,7 +58,8 @@ def train(
 ) -> None:
     """Train a model: from a paired data folder (--set data.path=DIR) or the simulator."""
     from .config import apply_overrides, load_config
-    from .train import train_run
+    from .data.sources import task_of
+    from .runs import train_run
 
     if config is None:
         saved = out / "config.yaml"
@@ -68,9 +69,12 @@ def train(
     f = result.final
     if not f:  # a torchrun rank other than 0: rank 0 reports
         return
+    base = task_of(cfg.data).baseline_name
+    versus = ((f" ({base} {f['val_psnr_baseline']:.2f})", f" ({base} {f['val_ssim_baseline']:.3f})")
+              if base else ("", ""))
     print(f"validation ({len(result.data.val)} held-out, {cfg.sample.steps} steps x "
-          f"{cfg.sample.samples} samples): PSNR {f['val_psnr']:.2f} dB (bicubic "
-          f"{f['val_psnr_bicubic']:.2f}), SSIM {f['val_ssim']:.3f} (bicubic {f['val_ssim_bicubic']:.3f})")
+          f"{cfg.sample.samples} samples): PSNR {f['val_psnr']:.2f} dB{versus[0]}, SSIM {f['val_ssim']:.3f}"
+          f"{versus[1]}")
     print(f"model: {out / 'model'}   (microdiff predict {out / 'model'} IMAGES --out DIR)")
 
 

@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
 from .nets.unet import UNetSpec
+from .options import (
+    Device,
+    EpsGrad,
+    Generator,
+    Grid,
+    InputNorm,
+    ModelKind,
+    Optimizer,
+    PhaseSource,
+    RegressionLoss,
+    ScheduleKind,
+    Structure,
+    TaskKind,
+)
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -31,7 +45,7 @@ class ScheduleConfig(_Strict):
     docs/benchmarks.md), learned (faithful CVDM, as in the authors' code), fixed-linear or
     fixed-cosine (conditional-DDPM baselines)."""
 
-    kind: Literal["learned", "learned-exact", "fixed-linear", "fixed-cosine"] = "learned-exact"
+    kind: ScheduleKind = "learned-exact"
     net: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 1))
     time_hidden: int = Field(1024, ge=1, description="hidden units of the faithful time nets")
     exact_components: int = Field(16, ge=1, description="sigmoid components of learned-exact ρ")
@@ -41,7 +55,7 @@ class ScheduleConfig(_Strict):
     lambda_range: tuple[float, float] | None = Field(
         None, description="bounds [lo, hi] on λ(x), lo < ln 2 < hi (λ = ln 2 is the reference "
         "schedule); unset: λ = softplus(U(x)), unbounded")
-    eps_grad: Literal["full", "elbo", "none"] = Field(
+    eps_grad: EpsGrad = Field(
         "full", description="how the ε-loss reaches the schedule: full (the paper), elbo (its "
         "gradient weighted per pixel by −d log SNR/dt, the VDM/ELBO weighting; the denoiser's "
         "gradient is unchanged) or none (the schedule learns from its own terms only)")
@@ -84,8 +98,8 @@ class ModelConfig(_Strict):
     ``denoiser`` U-Net trained to map x to y with ``regression_loss``; the ``schedule``,
     ``loss``, ``zmd`` and ``timesteps`` keys then do not apply)."""
 
-    kind: Literal["cvdm", "regression"] = "cvdm"
-    regression_loss: Literal["mse", "l1"] = "mse"
+    kind: ModelKind = "cvdm"
+    regression_loss: RegressionLoss = "mse"
     in_channels: int = Field(1, ge=1)
     out_channels: int = Field(1, ge=1)
     denoiser: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 2))
@@ -115,8 +129,8 @@ class DataConfig(_Strict):
     """
 
     path: str | None = Field(None, description="paired data folder; unset: the generator below")
-    generator: Literal["simulator", "filaments"] = "simulator"
-    structure: Literal["mt", "factin", "ccp", "er", "mixed"] = "mixed"
+    generator: Generator = "simulator"
+    structure: Structure = "mixed"
     level: int | None = Field(None, ge=1, le=9, description="simulator signal level; unset: drawn")
     image_size: int = Field(128, ge=16, description="size of generated images (target pixels)")
     size: int = Field(64, ge=16, description="training patch size (target pixels)")
@@ -129,15 +143,15 @@ class DataConfig(_Strict):
     augment: bool = Field(True, description="random 90° rotations and flips")
     pixel_size_um: float | None = Field(
         None, gt=0, description="input pixel size when the files do not carry one")
-    task: Literal["sr", "qpi-2shot", "qpi-poly"] = Field(
+    task: TaskKind = Field(
         "sr", description="sr: super-resolution; qpi-*: phase (rad) from defocused intensities "
         "(data.path pairs, or simulated from data.phase_source when unset)")
-    phase_source: Literal["natural", "structures"] = Field(
+    phase_source: PhaseSource = Field(
         "natural", description="qpi without data.path: phase maps from scikit-image's images or "
         "the simulator's structures (data.structure)")
     phase_range: float = Field(3.5, gt=0, description="qpi: phase range in rad (targets are φ / range)")
     noise: tuple[float, float] = Field((0.0, 0.2), description="qpi simulation: noise level ℓ ~ U(lo, hi)")
-    qpi_input_norm: Literal["minmax", "mean"] = Field(
+    qpi_input_norm: InputNorm = Field(
         "minmax", description="qpi: the input stack min-max normalised (the paper) or divided by its "
         "mean (keeps the contrast that sets the phase's scale; needs raw intensities, no camera offset)")
 
@@ -166,14 +180,14 @@ class TrainConfig(_Strict):
 
     steps: int = Field(400, ge=1)
     batch_size: int = Field(8, ge=1)
-    optimizer: Literal["adam", "adamw"] = "adam"
+    optimizer: Optimizer = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     warmup: int = Field(20, ge=0, description="linear LR warm-up steps")
     grad_clip: float = Field(1.0, gt=0)
     ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of all weights")
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when available")
+    device: Device = Field("auto", description="auto: cuda when available")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (schedule math stays float32)")
     channels_last: bool | None = Field(
         None, description="channels-last memory layout (default: on CUDA only)")
@@ -187,14 +201,31 @@ class TrainConfig(_Strict):
 
 
 class SampleConfig(_Strict):
+    """How posterior samples are drawn: ``samples`` (K) chains of ``steps`` steps, with
+    stochasticity ``eta`` (1: ancestral DDPM steps, 0: deterministic DDIM)."""
+
     steps: int = Field(50, ge=1)
     samples: int = Field(8, ge=1)
-    sampler: Literal["ancestral", "ddim"] = "ancestral"
-    eta: float = Field(1.0, ge=0, le=1, description="stochasticity of the ddim sampler: 0 deterministic, "
-                       "1 ancestral")
-    grid: Literal["gamma", "beta-cumprod"] = "gamma"
+    eta: float = Field(1.0, ge=0, le=1, description="stochasticity of a step: 1 ancestral (DDPM), "
+                       "0 deterministic (DDIM), in between DDIM with η")
+    grid: Grid = "gamma"
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_key(cls, data: Any) -> Any:
+        """Configs and bundles written before η was the only knob say ``sampler``:
+        ``ancestral`` meant η = 1 whatever ``eta`` said, ``ddim`` meant ``eta``."""
+        if isinstance(data, dict) and "sampler" in data:
+            data = dict(data)
+            sampler = data.pop("sampler")
+            if sampler == "ancestral":
+                data["eta"] = 1.0
+            elif sampler != "ddim":
+                raise ValueError(f"sampler {sampler!r} is not a sampler (ancestral or ddim); "
+                                 "set sample.eta instead (1 ancestral, 0 DDIM)")
+        return data
 
 
 class Config(_Strict):
@@ -204,7 +235,8 @@ class Config(_Strict):
     sample: SampleConfig = Field(default_factory=SampleConfig)
 
 
-def _first_error(err: ValidationError, source: str) -> str:
+def first_error(err: ValidationError, source: str) -> str:
+    """One sentence for a pydantic error: ``source: where: what``."""
     e = err.errors()[0]
     where = ".".join(str(p) for p in e["loc"]) or "(top level)"
     return f"{source}: {where}: {e['msg']}"
@@ -215,7 +247,7 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
     try:
         return Config.model_validate(data or {})
     except ValidationError as err:
-        raise ConfigError(_first_error(err, source)) from None
+        raise ConfigError(first_error(err, source)) from None
 
 
 def preset_names() -> list[str]:

@@ -30,8 +30,9 @@ from .data.io import atomic_write_bytes
 from .data.sources import TEST_STREAM
 from .data.synthetic import STRUCTURES, SimulatorConfig
 from .errors import UserError
-from .evaluate_files import image_metrics, montage_row, schedule_profile, write_report
-from .train import train_run
+from .evaluation import image_metrics, montage_row, schedule_profile, write_report
+from .models import ImageModel
+from .runs import train_run
 
 RUN_ENTRIES = ("config.yaml", "stats.jsonl", "checkpoints", "montages", "model", "results.json",
                "metrics.csv", "summary.md", "montage.png", "schedule.png", "examples.tif")
@@ -73,39 +74,22 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
     s = cfg.sample
     if progress:
         print(f"evaluating on {len(pairs)} held-out images: {s.samples} samples x {s.steps} steps "
-              f"({s.sampler})")
-    simulated_data = cfg.data.generator == "simulator" and not cfg.data.path
-    px = SimulatorConfig().target_pixel_um if simulated_data else None
-    method = "cvdm" if model.has_uncertainty else "regression"
-    rows, panels, labels, stack = [], [], [], []
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    for p in pairs:
-        with torch.no_grad():
-            res = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen, sampler=s.sampler,
-                               eta=s.eta, grid=s.grid, clip=s.clip)
-        x, y = p.x[0].numpy().astype(np.float64), p.y[0].numpy().astype(np.float64)
-        mean, std = res.mean[0, 0].numpy().astype(np.float64), res.std[0, 0].numpy().astype(np.float64)
-        structure = p.name.split("_")[0] if p.name.split("_")[0] in STRUCTURES else "all"
-        rows.append({"image": p.name, "structure": structure, "method": method,
-                     **image_metrics(mean, y, px, std if model.has_uncertainty else None)})
-        rows.append({"image": p.name, "structure": structure, "method": "bicubic", **image_metrics(x, y, px)})
-        panel = montage_row(x, mean, std, y)
-        stack.append(np.stack(panel).astype(np.float32))
-        if len(panels) < 4 and (structure == "all" or structure not in labels):
-            panels.append(panel)
-            labels.append(structure if structure != "all" else p.name)
-    what = f"`{cfg.model.schedule.kind}` schedule" if model.has_uncertainty else "regression baseline"
+              f"(η = {s.eta:g})")
+    rows, panels, labels, stack = _evaluate(model, cfg, pairs)
+    what = f"`{cfg.model.schedule.kind}` schedule" if model.generative else "regression baseline"
     write_report(rows, out, f"microdiff demo: {what}, {cfg.train.steps} steps")
     from .plots import montage, schedule_curves
 
     montage(out / "montage.png", panels, row_labels=labels)
-    if model.has_uncertainty:
+    if model.generative:
         profile = schedule_profile(model, pairs[0].x[None], pairs[0].y[0].numpy())
         schedule_curves(out / "schedule.png", *profile,
                         title=f"{cfg.model.schedule.kind} schedule on {pairs[0].name}")
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.stack(stack), imagej=True, metadata={"axes": "TCYX"})
     atomic_write_bytes(out / "examples.tif", buf.getvalue(), overwrite=True)
+
+    method = "cvdm" if model.generative else "regression"
 
     def avg(which: str, key: str) -> float:
         vals = [r[key] for r in rows if r["method"] == which and key in r]
@@ -119,8 +103,35 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
                "train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
                "final_loss": _last_loss(out), "parameters": sum(p.numel() for p in model.parameters())}
     atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode(), overwrite=True)
-    _print_summary(summary, out, model.has_uncertainty)
+    _print_summary(summary, out, model.generative)
     return summary
+
+
+def _evaluate(model: ImageModel, cfg: Config, pairs: list[Pair]) -> tuple[list, list, list, list]:
+    """Metric rows (model and bicubic), up to four montage rows (one per structure) with their
+    labels, and every image's panels for ``examples.tif``."""
+    s = cfg.sample
+    simulated_data = cfg.data.generator == "simulator" and not cfg.data.path
+    px = SimulatorConfig().target_pixel_um if simulated_data else None
+    method = "cvdm" if model.generative else "regression"
+    rows, panels, labels, stack = [], [], [], []
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    for p in pairs:
+        with torch.no_grad():
+            res = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen, eta=s.eta,
+                               grid=s.grid, clip=s.clip)
+        x, y = p.x[0].numpy().astype(np.float64), p.y[0].numpy().astype(np.float64)
+        mean, std = res.mean[0, 0].numpy().astype(np.float64), res.std[0, 0].numpy().astype(np.float64)
+        structure = p.name.split("_")[0] if p.name.split("_")[0] in STRUCTURES else "all"
+        rows.append({"image": p.name, "structure": structure, "method": method,
+                     **image_metrics(mean, y, px, std if model.generative else None)})
+        rows.append({"image": p.name, "structure": structure, "method": "bicubic", **image_metrics(x, y, px)})
+        panel = montage_row(x, mean, std, y)
+        stack.append(np.stack(panel).astype(np.float32))
+        if len(panels) < 4 and (structure == "all" or structure not in labels):
+            panels.append(panel)
+            labels.append(structure if structure != "all" else p.name)
+    return rows, panels, labels, stack
 
 
 def _last_loss(out: Path) -> float:

@@ -14,11 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from .nets.unet import UNet
+from .options import EPS_GRAD_MODES, choose
+from .sampling import Denoiser, SampleOutput, sample_loop, sample_statistics
 from .schedule import Schedule, build_schedule, working_dtype
 
 if TYPE_CHECKING:
     from .config import ModelConfig
-    from .sampling import SampleOutput
 
 LOSS_TERMS = ("eps", "beta", "prior", "gamma", "mean")
 
@@ -36,9 +37,6 @@ def noise_features(gamma: Tensor) -> Tensor:
 def gaussian_kl_std_normal_to(mean: Tensor, var: Tensor) -> Tensor:
     """KL( N(0, 1) ‖ N(mean, var) ) elementwise (the authors' L_prior direction)."""
     return 0.5 * (torch.log(var) - 1.0 + (1.0 + mean.square()) / var)
-
-
-EPS_GRAD_MODES = ("full", "elbo", "none")
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -99,7 +97,12 @@ class CVDM(nn.Module):
         eps_grad: how the ε-loss's gradient reaches the schedule (see :func:`route_gamma`):
             ``full`` (the paper), ``elbo`` or ``none``. The denoiser's gradient is the same
             in all three.
+        schedule_lr_scale: learning-rate multiplier of the schedule's parameters (see
+            :meth:`parameter_groups`; 0 freezes the schedule).
     """
+
+    #: draws posterior samples (a regression model gives one answer and no uncertainty)
+    generative = True
 
     def __init__(
         self,
@@ -113,11 +116,11 @@ class CVDM(nn.Module):
         zmd_sigma: float = 0.5,
         target_scale: float = 1.0,
         eps_grad: str = "full",
+        schedule_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if eps_grad not in EPS_GRAD_MODES:
-            raise ValueError(f"eps_grad must be one of {', '.join(EPS_GRAD_MODES)}, got {eps_grad!r}")
-        self.eps_grad = eps_grad
+        self.eps_grad = choose(eps_grad, EPS_GRAD_MODES, "eps_grad")
+        self.schedule_lr_scale = schedule_lr_scale
         self.schedule = schedule
         self.denoiser = denoiser
         self.mean_net = mean_net
@@ -141,7 +144,6 @@ class CVDM(nn.Module):
             exact_components=cfg.schedule.exact_components,
             lambda_range=cfg.schedule.lambda_range,
         )
-        schedule.lr_scale = cfg.schedule.lr_scale
         zmd = cfg.zmd.enabled
         extra = cfg.out_channels if zmd else 0
         denoiser = UNet(
@@ -162,26 +164,37 @@ class CVDM(nn.Module):
             zmd_sigma=cfg.zmd.sigma,
             target_scale=cfg.target_scale,
             eps_grad=cfg.schedule.eps_grad,
+            schedule_lr_scale=cfg.schedule.lr_scale,
         )
+
+    # --- the model interface (microdiff.models.ImageModel) -------------------------------
+    @property
+    def out_channels(self) -> int:
+        return self.schedule.out_channels
+
+    @property
+    def main_network(self) -> nn.Module:
+        """The network run at every training and sampling step (what ``train.compile`` compiles)."""
+        return self.denoiser
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimiser groups: one, or two when the schedule has its own learning-rate scale
+        (its parameters then carry ``lr_scale``, which the trainer multiplies in)."""
+        own = list(self.schedule.parameters())
+        if self.schedule_lr_scale == 1.0 or not own:
+            return [{"params": list(self.parameters())}]
+        ids = {id(p) for p in own}
+        return [{"params": [p for p in self.parameters() if id(p) not in ids]},
+                {"params": own, "lr_scale": self.schedule_lr_scale}]
 
     # --- targets ----------------------------------------------------------------------
     def base(self, x: Tensor) -> Tensor | None:
         """The part of ``y`` not diffused: ``x`` with the residual target (else None)."""
         if not self.residual:
             return None
-        if x.shape[1] != self._out_channels:
+        if x.shape[1] != self.out_channels:
             raise ValueError("the residual target needs as many input as output channels")
         return x
-
-    has_uncertainty = True
-
-    @property
-    def out_channels(self) -> int:
-        return self.schedule.out_channels
-
-    @property
-    def _out_channels(self) -> int:
-        return self.schedule.out_channels
 
     def predict_mean(self, x: Tensor) -> Tensor | None:
         """ZMD's μ(x) (None without ZMD)."""
@@ -285,15 +298,41 @@ class CVDM(nn.Module):
         steps: int = 50,
         samples: int = 1,
         generator: torch.Generator | None = None,
-        sampler: str = "ancestral",
         eta: float = 1.0,
         grid: str = "gamma",
         clip: float | None = None,
         progress: bool = False,
         on_step: Callable[[], None] | None = None,
+        eps_fn: Denoiser | None = None,
     ) -> SampleOutput:
-        """K posterior samples per input, their mean and std (see :func:`sampling.sample`)."""
-        from .sampling import sample
+        """K posterior samples of y for each condition x ``[B, C_in, H, W]``, their mean and std.
 
-        return sample(self, x, steps, samples, generator, sampler=sampler, eta=eta, grid=grid,
-                      clip=clip, progress=progress, on_step=on_step)
+        The schedule's λ(x) is computed once per image and its log-γ grid (``grid``: see
+        :meth:`~microdiff.schedule.Schedule.log_gamma_grid`) drives :func:`~microdiff.sampling.sample_loop`
+        for all K samples together (network calls per image: 1 schedule U-Net + ``steps``
+        denoiser calls, + 1 ZMD mean net). eta: 1 ancestral (DDPM), 0 deterministic (DDIM).
+        clip: bound on |ŷ0| in the units of the diffused part of y (the residual y − x with
+        the residual target, else y; minus μ(x) under ZMD; before ``target_scale``).
+        eps_fn: replaces the denoiser, ``eps_fn(y_t, γ_t, step) -> ε̂`` in diffused units (the
+        oracle tests). progress, on_step: see :func:`~microdiff.sampling.sample_loop`.
+        """
+        if samples < 1:
+            raise ValueError("samples must be at least 1")
+        if clip is not None and clip <= 0:
+            raise ValueError("clip must be positive (or None)")
+        x = x.to(working_dtype(x))
+        b, k, c, (h, w) = x.shape[0], samples, self.out_channels, x.shape[-2:]
+        lam = self.schedule.lam(x)  # the schedule U-Net: once per image
+        log_g = self.schedule.log_gamma_grid(lam, steps, grid)
+        log_g = log_g.expand(steps + 1, b, c, h, w).repeat_interleave(k, dim=1)
+        mu = self.predict_mean(x)
+        x_k = x.repeat_interleave(k, dim=0)
+        mu_k = None if mu is None else mu.repeat_interleave(k, dim=0)
+        denoise = eps_fn or (lambda y_t, gamma_t, step: self.eps_hat(y_t, x_k, gamma_t, mu_k))
+        y0 = sample_loop(denoise, log_g, generator, eta, None if clip is None else clip / self.scale,
+                         progress, on_step)
+        out = self.from_diffused(x_k, y0, mu_k).view(b, k, c, h, w)
+        mean, std = sample_statistics(out)
+        gamma_half = self.schedule.gamma_at(torch.full((b,), 0.5, device=x.device), lam)
+        calls = steps + int(self.schedule.uses_network) + int(mu is not None)
+        return SampleOutput(mean, std, out, gamma_half.expand(b, c, h, w), calls)

@@ -22,18 +22,20 @@ import tifffile
 import torch
 
 from ._version import __version__
-from .checkpoint import load_bundle
+from .checkpoint import Bundle, load_bundle
+from .data.axes import as_2d, as_chw
 from .data.io import ImageWriteError, read_image
+from .data.normalize import PERCENTILES
 from .errors import UserError
 
 CVDM_DOI = "10.48550/arXiv.2312.02246"
 CVDM_CITATION = ("G. della Maggiora, L. A. Croquevielle, N. Deshpande, H. Horsley, T. Heinis, "
                  "A. Yakimovich: Conditional Variational Diffusion Models. ICLR 2024.")
-TEST_SIZE = {"sr": 32, "qpi": 64}  # test input side in pixels (small: consumers run it on a CPU)
 MIN_SIZE, SIZE_STEP, MAX_TEST_SIZE = 16, 8, 128  # input sizes declared: 16 + 8k; test images cropped
 FORMATS = ("bioimageio",)
 DEFAULT_AUTHOR = "microdiff user"
 NAME_CHARACTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()"
+ARCHITECTURE_FILE = "microdiff_posterior_mean.py"
 
 
 def _need_extra():
@@ -45,36 +47,6 @@ def _need_extra():
     return v0_5
 
 
-def channel_names(meta: dict) -> list[str]:
-    """Names of the model's input channels (identifiers)."""
-    kind, c = meta.get("task", {}).get("kind", "sr"), int(meta["model"]["in_channels"])
-    if kind == "qpi-2shot":
-        return ["defocus_minus", "defocus_plus"]
-    if kind == "qpi-poly":
-        return ["red", "green", "blue"]
-    return ["intensity"] if c == 1 else [f"channel{i + 1}" for i in range(c)]
-
-
-def default_test_input(meta: dict, seed: int = 0) -> np.ndarray:
-    """A simulated raw input ``[C, Y, X]`` float32 for the task the model was trained on."""
-    task = meta.get("task", {})
-    kind = task.get("kind", "sr")
-    rng = np.random.default_rng(seed)
-    if kind == "sr":
-        from .data.synthetic import simulate_pair
-
-        scale = int(meta["scale"])
-        pair = simulate_pair("mt", TEST_SIZE["sr"] * scale, rng)
-        low = np.asarray(pair.low, np.float32)
-        return np.repeat(low[None], int(meta["model"]["in_channels"]), axis=0)
-    from .data.phase_truth import QPIConfig, phase_map, simulate_qpi
-
-    phi, _ = phase_map("natural", TEST_SIZE["qpi"], rng)
-    raw = task.get("input_norm", "minmax") == "mean"  # a mean-normalised model needs raw intensities
-    stack, _ = simulate_qpi(phi, QPIConfig(task=kind), rng, normalize=not raw)
-    return np.asarray(stack, np.float32)
-
-
 def valid_size(n: int, cap: int = MAX_TEST_SIZE) -> int:
     """The largest input size the package declares (``MIN_SIZE + k·SIZE_STEP``) ≤ min(n, cap)."""
     n = min(n, cap)
@@ -83,14 +55,11 @@ def valid_size(n: int, cap: int = MAX_TEST_SIZE) -> int:
     return MIN_SIZE + (n - MIN_SIZE) // SIZE_STEP * SIZE_STEP
 
 
-def _test_input_from_file(path: Path, meta: dict) -> np.ndarray:
+def _test_input_from_file(path: Path, bundle: Bundle) -> np.ndarray:
     """``[C, Y, X]`` float32 from ``path``, centre-cropped to a size the package declares."""
-    from .predict_files import as_2d
-
-    data, axes = as_2d(read_image(path))
-    chw = np.asarray(data, np.float32)[None] if axes == "YX" else np.asarray(data, np.float32)
-    if chw.shape[0] != int(meta["model"]["in_channels"]):
-        raise UserError(f"{path}: the model expects {meta['model']['in_channels']} channel(s), "
+    chw = as_chw(*as_2d(read_image(path)))
+    if chw.shape[0] != bundle.model.in_channels:
+        raise UserError(f"{path}: the model expects {bundle.model.in_channels} channel(s), "
                         f"the image has {chw.shape[0]}")
     h, w = valid_size(chw.shape[1]), valid_size(chw.shape[2])
     top, left = (chw.shape[1] - h) // 2, (chw.shape[2] - w) // 2
@@ -116,7 +85,7 @@ def _checked_metadata(v, authors: list[str] | None, cite_url: str | None) -> lis
         raise UserError(f"--cite-url {cite_url!r}: not an http(s) URL") from None
 
 
-def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, task: str) -> None:
+def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, unit: str | None) -> None:
     """input | posterior mean | std, 2:1 (the Zoo's cover ratio)."""
     import matplotlib
 
@@ -124,10 +93,10 @@ def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, task: s
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(6, 3), dpi=120)
-    titles = ("input", "posterior mean (rad)" if task != "sr" else "posterior mean", "std (uncertainty)")
+    titles = ("input", f"posterior mean ({unit})" if unit else "posterior mean", "std (uncertainty)")
     for ax, img, title, cmap in zip(axes, (x[0], mean[0], std[0]), titles, ("gray", "gray", "magma"),
                                     strict=True):
-        lo, hi = np.percentile(img, [1, 99.8])
+        lo, hi = np.percentile(img, PERCENTILES)
         ax.imshow(img, cmap=cmap, vmin=lo, vmax=max(hi, lo + 1e-9))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
@@ -136,28 +105,22 @@ def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, task: s
     plt.close(fig)
 
 
-def _readme(meta: dict, options: dict, name: str) -> str:
-    task = meta.get("task", {}).get("kind", "sr")
-    norm = {"sr": f"by its {meta['normalization']['lo']}th and {meta['normalization']['hi']}th percentiles",
-            "minmax": "by its minimum and maximum (the whole stack)",
-            "mean": "by its mean intensity (the whole stack; give raw intensities, camera offset removed)"
-            }["sr" if task == "sr" else meta["task"].get("input_norm", "minmax")]
-    what = ("super-resolution: a widefield image in, a SIM-like image at "
-            f"{meta['scale']}× the sampling out" if task == "sr" else
-            "quantitative phase imaging: defocused intensities in, the phase map (rad) out")
+def _readme(bundle: Bundle, options: dict, name: str) -> str:
+    task = bundle.task
+    rad = f" ({task.unit})" if task.unit else ""
     return f"""# {name}
 
 A Conditional Variational Diffusion Model (CVDM: a diffusion model whose per-pixel noise
-schedule is learned) trained with microdiff {meta.get('microdiff_version', __version__)} for {what}.
+schedule is learned) trained with microdiff {bundle.microdiff_version} for {task.describe(bundle.scale)}.
 
 ## Inputs and outputs
 - `input`: the raw image `[batch, channel, y, x]` in its own units (no normalisation needed;
-  the model normalises each image {norm} inside).
+  the model normalises each image {task.describe_input_norm(bundle.percentiles)} inside).
 - `mean`: the posterior mean of {options['samples']} samples ({options['steps']} sampling steps,
-  seed {options['seed']}): deterministic, in the input's intensity units{' (rad)' if task != 'sr' else ''}.
+  seed {options['seed']}): deterministic, in the input's intensity units{rad}.
 - `std`: the per-pixel standard deviation over those samples (the model's uncertainty), same units.
 
-Output pixels are {meta['scale']}× smaller than input pixels. Same image, same output:
+Output pixels are {bundle.scale}× smaller than input pixels. Same image, same output:
 the seed is fixed. The same model runs in microdiff (`microdiff predict MODEL image.tif`),
 where the seed, K and N can be changed, and images of any size are tiled.
 
@@ -187,11 +150,33 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
     this training (e.g. your paper or repository), added to the citations.
     """
     v = _need_extra()
-    from bioimageio.spec import save_bioimageio_package
-
     from .bioimageio_model import PosteriorMean
 
     model_dir, out = Path(model_dir), Path(out)
+    _check_arguments(out, overwrite, samples, steps, name, test_image)
+    cite_extra = _checked_metadata(v, authors, cite_url)  # before any slow work
+    model, bundle = load_bundle(model_dir)
+    folder_name = "".join(ch for ch in model_dir.resolve().parent.name if ch in NAME_CHARACTERS)
+    title = name or f"microdiff CVDM {bundle.task.kind} {folder_name}".strip()
+    options = {"samples": samples or bundle.sample.samples, "steps": steps or bundle.sample.steps,
+               "seed": seed, "tile": 256, "overlap": 32}
+    net = PosteriorMean(bundle.to_dict(), **options)
+    net.model.load_state_dict(model.state_dict())
+    net.eval()
+    x = (_test_input_from_file(Path(test_image), bundle) if test_image
+         else bundle.task.test_input(bundle.scale, bundle.model.in_channels, np.random.default_rng(seed)))
+    with torch.no_grad():
+        mean, std = (t.numpy() for t in net(torch.from_numpy(x[None])))
+    with tempfile.TemporaryDirectory(prefix="microdiff-bmz-") as tmp_name:
+        tmp = Path(tmp_name)
+        _write_files(tmp, net, bundle, options, title, x, mean, std)
+        descr = _describe(v, tmp, bundle, options, title, mean.shape[1], authors, cite_extra)
+        _save(descr, out)
+    return out
+
+
+def _check_arguments(out: Path, overwrite: bool, samples: int | None, steps: int | None, name: str | None,
+                     test_image: str | Path | None) -> None:
     if out.suffix != ".zip":
         raise UserError(f"{out}: the package is a zip file; name it *.zip")
     if out.exists() and not overwrite:
@@ -203,101 +188,93 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
         raise UserError(f"--name {name!r}: the Zoo allows letters, digits, spaces and _+-() only")
     if test_image is not None and not Path(test_image).is_file():
         raise UserError(f"--test-image {test_image}: no such file")
-    cite_extra = _checked_metadata(v, authors, cite_url)  # before any slow work
-    model, meta = load_bundle(model_dir)
-    task = meta.get("task", {}).get("kind", "sr")
-    folder_name = "".join(ch for ch in model_dir.resolve().parent.name if ch in NAME_CHARACTERS)
-    title = name or f"microdiff CVDM {task} {folder_name}".strip()
-    options = {"samples": samples or int(meta["sample"]["samples"]),
-               "steps": steps or int(meta["sample"]["steps"]), "seed": seed, "tile": 256, "overlap": 32}
-    net = PosteriorMean(meta, **options)
-    net.model.load_state_dict(model.state_dict())
-    net.eval()
-    x = _test_input_from_file(Path(test_image), meta) if test_image else default_test_input(meta, seed)
-    with torch.no_grad():
-        mean, std = (t.numpy() for t in net(torch.from_numpy(x[None])))
 
-    scale, px = int(meta["scale"]), meta.get("pixel_size_um")
+
+def _write_files(tmp: Path, net: torch.nn.Module, bundle: Bundle, options: dict, title: str, x: np.ndarray,
+                 mean: np.ndarray, std: np.ndarray) -> None:
+    """Test tensors, sample TIFFs, weights, the architecture source, the environment, the
+    README and the cover, into ``tmp``."""
+    np.save(tmp / "test_input.npy", x[None])
+    np.save(tmp / "test_mean.npy", mean)
+    np.save(tmp / "test_std.npy", std)
+    for tensor, data in (("input", x), ("mean", mean[0]), ("std", std[0])):  # for viewers (FAIR)
+        tifffile.imwrite(tmp / f"sample_{tensor}.tif", data)
+    torch.save(net.state_dict(), tmp / "weights.pt")
+    shutil.copyfile(Path(__file__).with_name("bioimageio_model.py"), tmp / ARCHITECTURE_FILE)
+    (tmp / "environment.yaml").write_text(
+        "name: microdiff\nchannels:\n  - conda-forge\ndependencies:\n  - python>=3.10\n"
+        f"  - pytorch>={torch.__version__.split('+')[0]}\n  - pip\n  - pip:\n"
+        f"    - microdiff=={__version__}\n")
+    (tmp / "README.md").write_text(_readme(bundle, options, title))
+    _cover(tmp / "cover.png", x, mean[0], std[0], bundle.task.unit)
+
+
+def _describe(v, tmp: Path, bundle: Bundle, options: dict, title: str, out_channels: int,
+              authors: list[str] | None, cite_extra: list):
+    """The spec-0.5 ``ModelDescr`` of the files in ``tmp``: axes with pixel sizes (output =
+    input / scale), channel names from the task, test and sample tensors, weights."""
+    task, px = bundle.task, bundle.pixel_size_um
     unit = {"unit": "micrometer"} if px else {}
     in_scale = float(px) if px else 1.0
-    with tempfile.TemporaryDirectory(prefix="microdiff-bmz-") as tmp_name:
-        tmp = Path(tmp_name)
-        np.save(tmp / "test_input.npy", x[None])
-        np.save(tmp / "test_mean.npy", mean)
-        np.save(tmp / "test_std.npy", std)
-        for tensor, data in (("input", x), ("mean", mean[0]), ("std", std[0])):  # for viewers (FAIR)
-            tifffile.imwrite(tmp / f"sample_{tensor}.tif", data)
-        torch.save(net.state_dict(), tmp / "weights.pt")
-        arch = tmp / "microdiff_posterior_mean.py"
-        shutil.copyfile(Path(__file__).with_name("bioimageio_model.py"), arch)
-        env = tmp / "environment.yaml"
-        env.write_text("name: microdiff\nchannels:\n  - conda-forge\ndependencies:\n  - python>=3.10\n"
-                       f"  - pytorch>={torch.__version__.split('+')[0]}\n  - pip\n  - pip:\n"
-                       f"    - microdiff=={__version__}\n")
-        (tmp / "README.md").write_text(_readme(meta, options, title))
-        _cover(tmp / "cover.png", x, mean[0], std[0], task)
+    out_names = [v.Identifier(n) for n in task.output_names(out_channels)]
+    in_names = [v.Identifier(n) for n in task.channel_names(bundle.model.in_channels)]
 
-        def space_in(axis: str) -> object:
-            return v.SpaceInputAxis(id=v.AxisId(axis), size=v.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP),
-                                    scale=in_scale, **unit)
+    def space_in(axis: str) -> object:
+        return v.SpaceInputAxis(id=v.AxisId(axis), size=v.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP),
+                                scale=in_scale, **unit)
 
-        def space_out(axis: str) -> object:
-            return v.SpaceOutputAxis(id=v.AxisId(axis), scale=in_scale / scale, **unit,
-                                     size=v.SizeReference(tensor_id=v.TensorId("input"),
-                                                          axis_id=v.AxisId(axis)))
+    def space_out(axis: str) -> object:
+        return v.SpaceOutputAxis(id=v.AxisId(axis), scale=in_scale / bundle.scale, **unit,
+                                 size=v.SizeReference(tensor_id=v.TensorId("input"), axis_id=v.AxisId(axis)))
 
-        out_channels = mean.shape[1]
-        out_names = ["phase"] if task != "sr" else (
-            ["intensity"] if out_channels == 1 else [f"channel{i + 1}" for i in range(out_channels)])
+    def output(tensor: str, what: str) -> object:
+        return v.OutputTensorDescr(
+            id=v.TensorId(tensor), description=what,
+            axes=[v.BatchAxis(), v.ChannelAxis(channel_names=out_names), space_out("y"), space_out("x")],
+            test_tensor=v.FileDescr(source=tmp / f"test_{tensor}.npy"),
+            sample_tensor=v.FileDescr(source=tmp / f"sample_{tensor}.tif"))
 
-        def output(tensor: str, what: str) -> object:
-            return v.OutputTensorDescr(
-                id=v.TensorId(tensor), description=what,
-                axes=[v.BatchAxis(), v.ChannelAxis(channel_names=[v.Identifier(n) for n in out_names]),
-                      space_out("y"), space_out("x")],
-                test_tensor=v.FileDescr(source=tmp / f"test_{tensor}.npy"),
-                sample_tensor=v.FileDescr(source=tmp / f"sample_{tensor}.tif"))
+    return v.ModelDescr(
+        name=title,
+        description=(f"CVDM (learned per-pixel noise schedule) for {task.kind}: posterior mean and std "
+                     f"of {options['samples']} samples, {options['steps']} steps, seed {options['seed']}."),
+        authors=[v.Author(name=a) for a in (authors or [DEFAULT_AUTHOR])],
+        cite=[v.CiteEntry(text=CVDM_CITATION, doi=v.Doi(CVDM_DOI)), *cite_extra],
+        license=v.LicenseId("MIT"),
+        documentation=v.FileDescr(source=tmp / "README.md"),
+        covers=[v.FileDescr(source=tmp / "cover.png")],
+        tags=["microdiff", "diffusion", "cvdm", "uncertainty", task.title.replace(" ", "-"), "2d", "pytorch"],
+        inputs=[v.InputTensorDescr(
+            id=v.TensorId("input"), description="raw image in its own units",
+            axes=[v.BatchAxis(), v.ChannelAxis(channel_names=in_names), space_in("y"), space_in("x")],
+            test_tensor=v.FileDescr(source=tmp / "test_input.npy"),
+            sample_tensor=v.FileDescr(source=tmp / "sample_input.tif"),
+            data=v.IntervalOrRatioDataDescr(type="float32"))],
+        outputs=[output("mean", "posterior mean (input units; rad for QPI)"),
+                 output("std", "posterior std: the per-pixel uncertainty (same units)")],
+        weights=v.WeightsDescr(pytorch_state_dict=v.PytorchStateDictWeightsDescr(
+            source=tmp / "weights.pt",
+            architecture=v.ArchitectureFromFileDescr(
+                source=tmp / ARCHITECTURE_FILE, callable=v.Identifier("PosteriorMean"),
+                kwargs={"bundle": bundle.to_dict(), **options}),
+            pytorch_version=v.Version(torch.__version__.split("+")[0]),
+            dependencies=v.FileDescr(source=tmp / "environment.yaml"))),
+        config={"microdiff": {"version": __version__, "task": task.kind, "scale": bundle.scale, **options}},
+    )
 
-        cite = [v.CiteEntry(text=CVDM_CITATION, doi=v.Doi(CVDM_DOI)), *cite_extra]
-        descr = v.ModelDescr(
-            name=title,
-            description=(f"CVDM (learned per-pixel noise schedule) for {task}: posterior mean and std "
-                         f"of {options['samples']} samples, {options['steps']} steps, seed {seed}."),
-            authors=[v.Author(name=a) for a in (authors or [DEFAULT_AUTHOR])],
-            cite=cite,
-            license=v.LicenseId("MIT"),
-            documentation=v.FileDescr(source=tmp / "README.md"),
-            covers=[v.FileDescr(source=tmp / "cover.png")],
-            tags=["microdiff", "diffusion", "cvdm", "uncertainty",
-                  "super-resolution" if task == "sr" else "quantitative-phase-imaging", "2d", "pytorch"],
-            inputs=[v.InputTensorDescr(
-                id=v.TensorId("input"), description="raw image in its own units",
-                axes=[v.BatchAxis(),
-                      v.ChannelAxis(channel_names=[v.Identifier(n) for n in channel_names(meta)]),
-                      space_in("y"), space_in("x")],
-                test_tensor=v.FileDescr(source=tmp / "test_input.npy"),
-                sample_tensor=v.FileDescr(source=tmp / "sample_input.tif"),
-                data=v.IntervalOrRatioDataDescr(type="float32"))],
-            outputs=[output("mean", "posterior mean (input units; rad for QPI)"),
-                     output("std", "posterior std: the per-pixel uncertainty (same units)")],
-            weights=v.WeightsDescr(pytorch_state_dict=v.PytorchStateDictWeightsDescr(
-                source=tmp / "weights.pt",
-                architecture=v.ArchitectureFromFileDescr(
-                    source=arch, callable=v.Identifier("PosteriorMean"),
-                    kwargs={"bundle": meta, **options}),
-                pytorch_version=v.Version(torch.__version__.split("+")[0]),
-                dependencies=v.FileDescr(source=env))),
-            config={"microdiff": {"version": __version__, "task": task, "scale": scale, **options}},
-        )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        part = out.with_name(f".{out.stem}.partial.zip")
-        try:
-            save_bioimageio_package(descr, output_path=part)
-            part.replace(out)
-        except OSError as err:
-            raise ImageWriteError(f"{out}: could not be written ({err.strerror or err})") from None
-        except ValueError as err:  # the package failed the spec's validation
-            raise UserError(f"{out}: the package did not validate ({str(err).splitlines()[0]})") from None
-        finally:
-            part.unlink(missing_ok=True)
-    return out
+
+def _save(descr, out: Path) -> None:
+    """The package, validated by the spec, written atomically to ``out``."""
+    from bioimageio.spec import save_bioimageio_package
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(f".{out.stem}.partial.zip")
+    try:
+        save_bioimageio_package(descr, output_path=part)
+        part.replace(out)
+    except OSError as err:
+        raise ImageWriteError(f"{out}: could not be written ({err.strerror or err})") from None
+    except ValueError as err:  # the package failed the spec's validation
+        raise UserError(f"{out}: the package did not validate ({str(err).splitlines()[0]})") from None
+    finally:
+        part.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .data.io import atomic_write_bytes  # noqa: E402
+from .data.normalize import PERCENTILES  # noqa: E402
 
 MONTAGE_COLUMNS = ("input (bicubic)", "posterior mean", "posterior std", "|mean − target|", "target")
 
@@ -38,7 +39,7 @@ def montage(path: str | Path, rows: Sequence[Sequence[np.ndarray]],
     for i, row in enumerate(rows):
         for j, img in enumerate(row):
             ax = axes[i, j]
-            lo, hi = np.percentile(img, [1, 99.8])
+            lo, hi = np.percentile(img, PERCENTILES)
             spread = "std" in columns[j] or "|" in columns[j]
             ax.imshow(img, cmap="magma" if spread else "gray", vmin=lo, vmax=max(hi, lo + 1e-9))
             ax.set_xticks([])

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .data.axes import STACK_MODES, as_2d
 from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, read_image, write_image
 from .devices import resolve_device
 from .distributed import World
-from .errors import ShapeError, UserError
+from .errors import UserError
 from .predictor import Prediction, load, predict_planes
 
 
@@ -38,29 +38,6 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
         else:
             raise UserError(f"{p}: no such file or folder")
     return files
-
-
-STACK_MODES = ("slices", "mean")
-
-
-def as_2d(img: Image, stack: str | None = None) -> tuple[np.ndarray, str]:
-    """The image as ``YX`` or ``CYX`` data, or ``ZYX`` planes to predict one by one.
-
-    A single-plane ``ZYX`` stack is squeezed. A deeper one needs ``stack``: ``"slices"``
-    keeps the planes (``ZYX``: each predicted on its own), ``"mean"`` averages them (raw
-    SIM frames → a widefield image)."""
-    data, axes = img.data, img.axes
-    if axes == "ZYX" and data.shape[0] == 1:
-        return data[0], "YX"
-    if axes in ("YX", "CYX"):
-        return data, axes
-    if axes == "ZYX" and stack == "slices":
-        return data, "ZYX"
-    if axes == "ZYX" and stack == "mean":
-        return data.astype(np.float32).mean(axis=0), "YX"
-    hint = ("use --stack slices to predict each plane, or --stack mean to predict their mean "
-            "(raw SIM frames)" if axes == "ZYX" else "save it as one channel (YX) or channels first (CYX)")
-    raise ShapeError(f"expected a 2-D image (YX or CYX), got axes {axes!r} with shape {data.shape}; {hint}")
 
 
 def output_image(res: Prediction, kind: str, axes: str, z_spacing: float | None = None) -> Image:

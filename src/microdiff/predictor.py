@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import load_bundle
-from .data.normalize import PercentileNormalizer
+from .checkpoint import Bundle, load_bundle
+from .data.axes import as_chw
+from .data.normalize import Normalizer
 from .data.synthetic import upsample
-from .data.tasks import Task
 from .data.tiling import apply_tiled, tile_starts
 from .devices import resolve_device
 from .errors import ShapeError, UserError, check_finite
+from .models import ImageModel
 
 
 @dataclass
@@ -43,27 +44,24 @@ class Prediction:
 
 
 class Predictor:
-    """A loaded model plus what is needed to apply it to raw images."""
+    """A loaded model plus what is needed to apply it to raw images (its :class:`Bundle`)."""
 
-    def __init__(self, model: torch.nn.Module, meta: dict) -> None:
-        self.model, self.meta = model, meta
-        self.scale = int(meta["scale"])
-        norm = meta["normalization"]
-        self.percentiles = (float(norm["lo"]), float(norm["hi"]))
-        self.task = Task.from_dict(meta.get("task"))
-        self.in_channels = int(meta["model"]["in_channels"])
+    def __init__(self, model: ImageModel, bundle: Bundle) -> None:
+        self.model, self.bundle = model, bundle
+        self.scale = bundle.scale
+        self.percentiles = bundle.percentiles
+        self.task = bundle.task
+        self.in_channels = bundle.model.in_channels
 
     def _check(self, image: np.ndarray, axes: str) -> np.ndarray:
-        if axes not in ("YX", "CYX") or len(axes) != np.ndim(image):
-            raise ShapeError(f"image of shape {np.shape(image)} with axes {axes!r}: use 'YX' or 'CYX'")
-        chw = np.asarray(image, np.float32)[None] if axes == "YX" else np.asarray(image, np.float32)
+        chw = as_chw(image, axes)
         if chw.shape[0] != self.in_channels:
             raise ShapeError(f"the model expects {self.in_channels} input channel(s), "
                              f"the image has {chw.shape[0]}")
         check_finite(chw)
         return chw
 
-    def condition(self, image: np.ndarray, axes: str = "YX") -> tuple[torch.Tensor, PercentileNormalizer]:
+    def condition(self, image: np.ndarray, axes: str = "YX") -> tuple[torch.Tensor, Normalizer]:
         """The model's condition ``x`` ``[C, H·s, W·s]`` (normalised, upsampled) and the
         normaliser fitted on ``image``."""
         chw = self._check(image, axes)
@@ -97,62 +95,73 @@ class Predictor:
         ``progress(done, total)`` is called after each network step (sampling steps × tile
         batches), e.g. to drive a progress bar.
         """
-        for name, value in (("samples", samples), ("steps", steps), ("tile_batch", tile_batch)):
-            if value is not None and value < 1:
-                raise UserError(f"{name} must be at least 1, got {value}")
-        if tile < 8 or not 0 <= overlap < tile:
-            raise UserError(f"tile must be at least 8 and overlap in [0, tile): got tile {tile}, "
-                            f"overlap {overlap}")
-        if return_schedule and not self.model.has_uncertainty:
+        _check_options(samples, steps, tile_batch, tile, overlap)
+        if return_schedule and not self.model.generative:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
-        s = self.meta["sample"]
-        samples, steps = samples or s["samples"], steps or s["steps"]
+        s = self.bundle.sample
+        samples, steps = samples or s.samples, steps or s.steps
         device = next(self.model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
-        c = self.model.out_channels
         n_tiles = len(tile_starts(x.shape[-2], tile, overlap)) * len(tile_starts(x.shape[-1], tile, overlap))
-        total = -(-n_tiles // tile_batch) * (steps if self.model.has_uncertainty else 1)
-        done = [0]
+        on_step = _step_counter(progress, -(-n_tiles // tile_batch) * (steps if self.model.generative else 1))
 
-        def on_step() -> None:
-            done[0] += 1
-            progress(done[0], total)
-
-        def run(tiles: torch.Tensor) -> torch.Tensor:
-            tiles = tiles.to(device)
-            out = self.model.sample(tiles, steps=steps, samples=samples, generator=gen,
-                                    sampler=s["sampler"], eta=s["eta"], grid=s["grid"], clip=s["clip"],
-                                    on_step=on_step if progress is not None else None)
-            parts = [out.mean, out.std]
+        def run(tiles: torch.Tensor) -> dict[str, torch.Tensor]:
+            out = self.model.sample(tiles.to(device), steps=steps, samples=samples, generator=gen,
+                                    eta=s.eta, grid=s.grid, clip=s.clip, on_step=on_step)
+            parts = {"mean": out.mean, "std": out.std}
             if return_samples:
-                parts.append(out.samples.flatten(1, 2))
+                parts["samples"] = out.samples.flatten(1, 2)  # [N, K·C, h, w]
             if return_schedule:
-                parts.append(out.gamma_half.expand_as(out.mean))
-            return torch.cat(parts, dim=1).float().cpu()
+                parts["schedule"] = out.gamma_half.expand_as(out.mean)
+            return {k: v.float().cpu() for k, v in parts.items()}
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            every = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch).numpy()  # networks in
+            blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch)  # networks in
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
-        mean, std = self.task.output_units(every[:c], every[c: 2 * c], norm)
-        rest = every[2 * c:]
-        k_samples = lam = None
-        if return_samples:
-            k = rest[: samples * c].reshape(samples, c, *rest.shape[1:])
+        out = {k: v.numpy() for k, v in blended.items()}
+        return self._prediction(out, norm, samples, axes, pixel_size_um)
+
+    def _prediction(self, out: dict[str, np.ndarray], norm: Normalizer, samples: int, axes: str,
+                    pixel_size_um: float | None) -> Prediction:
+        """The blended outputs (normalised ``[C, H, W]``; samples ``[K·C, H, W]``) in physical
+        units, with the channel axis dropped where one image went in (``YX``) or one phase
+        map came out."""
+        mean, std = self.task.output_units(out["mean"], out["std"], norm)
+        k_samples = schedule_map = None
+        if "samples" in out:
+            k = out["samples"].reshape(samples, mean.shape[0], *mean.shape[1:])
             k_samples = self.task.samples_units(k, norm)
-            rest = rest[samples * c:]
-        if return_schedule:
-            lam = rest[:c]
-        if self.task.is_phase:  # one phase map from a stack of intensities
+        if "schedule" in out:
+            schedule_map = out["schedule"]
+        if self.task.is_phase or axes == "YX":
             mean, std = mean[0], std[0]
             k_samples = k_samples[:, 0] if k_samples is not None else None
-            lam = lam[0] if lam is not None else None
-        elif axes == "YX":
-            mean, std = mean[0], std[0]
-            k_samples = k_samples[:, 0] if k_samples is not None else None
-            lam = lam[0] if lam is not None else None
+            schedule_map = schedule_map[0] if schedule_map is not None else None
         px = pixel_size_um / self.scale if pixel_size_um else None
-        return Prediction(mean, std, px, k_samples, lam)
+        return Prediction(mean, std, px, k_samples, schedule_map)
+
+
+def _check_options(samples: int | None, steps: int | None, tile_batch: int, tile: int, overlap: int) -> None:
+    for name, value in (("samples", samples), ("steps", steps), ("tile_batch", tile_batch)):
+        if value is not None and value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}")
+    if tile < 8 or not 0 <= overlap < tile:
+        raise UserError(f"tile must be at least 8 and overlap in [0, tile): got tile {tile}, "
+                        f"overlap {overlap}")
+
+
+def _step_counter(progress: Callable[[int, int], None] | None, total: int) -> Callable[[], None] | None:
+    """A callback that reports ``progress(done, total)`` after each network step (None: none)."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def on_step() -> None:
+        done[0] += 1
+        progress(done[0], total)
+
+    return on_step
 
 
 def predict_planes(predictor: Predictor, planes: np.ndarray,

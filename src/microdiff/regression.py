@@ -3,7 +3,7 @@
 The same U-Net class, data, residual target and target scale as the CVDM, so that a
 comparison changes one thing: the network maps the condition ``x`` straight to the
 target instead of learning to denoise. It has the CVDM's training and sampling
-interface (``loss`` → named per-example terms, ``total_loss``, ``sample``), so
+interface (:class:`microdiff.models.ImageModel`), so
 ``microdiff train``, ``predict``, ``evaluate`` and ``demo`` take it with
 ``model.kind=regression``; ``sample`` returns the one prediction with a zero std
 (a regression network gives no uncertainty).
@@ -18,26 +18,33 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .nets.unet import UNet
+from .options import REGRESSION_LOSSES, choose
 from .sampling import SampleOutput
 
 
 class RegressionModel(nn.Module):
     """``y ≈ base(x) + scale · net(x)``; ``loss_kind``: ``mse`` or ``l1``."""
 
-    has_uncertainty = False
+    generative = False
 
     def __init__(self, net: UNet, out_channels: int, residual: bool = True, target_scale: float = 1.0,
                  loss_kind: str = "mse") -> None:
         super().__init__()
-        if loss_kind not in ("mse", "l1"):
-            raise ValueError(f"loss_kind must be 'mse' or 'l1', not {loss_kind!r}")
-        self.net, self.residual, self.scale, self.loss_kind = net, residual, target_scale, loss_kind
+        self.net, self.residual, self.scale = net, residual, target_scale
+        self.loss_kind = choose(loss_kind, REGRESSION_LOSSES, "regression loss")
         self.out_channels = out_channels
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> RegressionModel:
         net = UNet(cfg.in_channels, cfg.out_channels, cfg.denoiser)
         return cls(net, cfg.out_channels, cfg.residual, cfg.target_scale, cfg.regression_loss)
+
+    @property
+    def main_network(self) -> nn.Module:
+        return self.net
+
+    def parameter_groups(self) -> list[dict]:
+        return [{"params": list(self.parameters())}]
 
     def forward(self, x: Tensor) -> Tensor:
         """The prediction ``[B, C_out, H, W]`` for the condition ``x`` ``[B, C_in, H, W]``."""
@@ -65,21 +72,14 @@ class RegressionModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, x: Tensor, steps: int = 1, samples: int = 1, generator: torch.Generator | None = None,
-               sampler: str = "ancestral", eta: float = 1.0, grid: str = "gamma", clip: float | None = None,
+               eta: float = 1.0, grid: str = "gamma", clip: float | None = None,
                progress: bool = False, on_step: Callable[[], None] | None = None) -> SampleOutput:
         """The CVDM's sampling interface: the prediction as mean and as each of the
-        ``samples`` identical samples, std zero, one network call (``steps``, ``clip`` and
-        the sampler options do not apply)."""
+        ``samples`` identical samples, std zero, one network call (``steps``, ``eta``,
+        ``grid`` and ``clip`` do not apply)."""
         mean = self(x)
         if on_step is not None:
             on_step()
         return SampleOutput(mean, torch.zeros_like(mean), mean[:, None].expand(-1, samples, -1, -1, -1),
                             torch.ones_like(mean), network_calls=1)
 
-
-def build_model(cfg: ModelConfig) -> nn.Module:
-    """The model ``cfg.kind`` names: a :class:`~microdiff.diffusion.CVDM` or a
-    :class:`RegressionModel`."""
-    from .diffusion import CVDM
-
-    return RegressionModel.from_config(cfg) if cfg.kind == "regression" else CVDM.from_config(cfg)

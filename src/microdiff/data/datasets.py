@@ -10,8 +10,6 @@ image with a training patch.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ShapeError, UserError, check_finite
-from .io import IMAGE_SUFFIXES, Image, read_biosr_cell, read_image
+from .axes import image_chw
+from .io import IMAGE_SUFFIXES, read_biosr_cell, read_image
 from .synthetic import SimulatorConfig, simulate_pair, upsample
 from .tasks import Task
 
@@ -37,18 +36,6 @@ class Pair:
     x: torch.Tensor
     y: torch.Tensor
     scale: int
-
-
-def _chw(img: Image) -> np.ndarray:
-    data = np.asarray(img.data, dtype=np.float32)
-    axes = img.axes
-    if axes == "YX":
-        return data[None]
-    if axes == "CYX" or (axes == "ZYX" and data.shape[0] == 1):
-        return data
-    if axes == "YXC":
-        return np.moveaxis(data, -1, 0)
-    raise ShapeError(f"cannot use an image with axes {axes!r} and shape {data.shape} as a 2-D pair")
 
 
 def make_pair(name: str, low: np.ndarray, target: np.ndarray, task: Task | None = None) -> Pair:
@@ -95,7 +82,7 @@ def paired_files(folder: str | Path) -> list[tuple[str, Path, Path]]:
 
 def paired_folder(folder: str | Path, task: Task | None = None) -> list[Pair]:
     """All pairs of ``folder/input`` and ``folder/target`` matched by file stem, normalised."""
-    return [make_pair(s, _chw(read_image(a)), _chw(read_image(b)), task)
+    return [make_pair(s, image_chw(read_image(a)), image_chw(read_image(b)), task)
             for s, a, b in paired_files(folder)]
 
 
@@ -112,7 +99,7 @@ def biosr_cells(root: str | Path, level: int | None = None) -> list[Pair]:
             int(f.stem.rsplit("_", 1)[-1]) for f in cell.glob("RawSIMData_level_*.mrc"))
         for lv in levels:
             wf, gt = read_biosr_cell(cell, lv)
-            pairs.append(make_pair(cell.relative_to(root).as_posix(), _chw(wf), _chw(gt)))
+            pairs.append(make_pair(cell.relative_to(root).as_posix(), image_chw(wf), image_chw(gt)))
     return pairs
 
 
@@ -131,18 +118,15 @@ def simulated(kind: str, n: int, size: int, seed: int, level: int | None = None,
     return out
 
 
-def simulator_batches(
-    kind: str, size: int, batch: int, seed: int, level: int | None = None,
-    cfg: SimulatorConfig | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless ``(x, y)`` batches ``[B, 1, size, size]`` of freshly simulated pairs (the
-    simulator on the fly; batch ``j``, pair ``i`` from ``default_rng([seed, j, i])``)."""
-    for j in itertools.count():
-        pairs = []
-        for i in range(batch):
-            sp = simulate_pair(kind, size, np.random.default_rng([seed, j, i]), cfg, level)
-            pairs.append(make_pair(f"{kind}_{j}_{i}", sp.low[None], sp.target[None]))
-        yield torch.stack([p.x for p in pairs]), torch.stack([p.y for p in pairs])
+def rotate_flip(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random 90° rotation and (half the time) horizontal flip of ``x`` and ``y``
+    ``[B, C, H, W]`` (the dihedral augmentation of training batches)."""
+    k = int(torch.randint(0, 4, (1,), generator=generator))
+    x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (2, 3))
+    if bool(torch.randint(0, 2, (1,), generator=generator)):
+        x, y = x.flip(3), y.flip(3)
+    return x, y
 
 
 def split_by_name(pairs: list[Pair], val_fraction: float, seed: int = 0) -> tuple[list[Pair], list[Pair]]:

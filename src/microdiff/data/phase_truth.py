@@ -26,6 +26,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from ..errors import UserError
+from ..options import PHASE_SOURCES, QPI_TASKS
 from . import phase
 from .structures import DEFAULT_DENSITY, structure
 
@@ -33,8 +34,6 @@ NATURAL_IMAGES = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "co
                   "gravel", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina",
                   "rocket", "text")
 HELD_OUT_IMAGE = "cell"  # a real quantitative phase image: test only
-PHASE_SOURCES = ("natural", "structures")
-QPI_TASKS = ("qpi-2shot", "qpi-poly")
 _cache: dict[str, np.ndarray] = {}
 
 

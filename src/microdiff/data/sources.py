@@ -10,6 +10,7 @@ exactly the batches the uninterrupted run would have drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from .datasets import (
     paired_files,
     paired_folder,
     random_patches,
+    rotate_flip,
     simulated,
     split_by_name,
 )
@@ -39,8 +41,17 @@ TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 1, 2, 3  # simulator streams (see datase
 VAL_SEED_OFFSET = 10_000  # filaments: held-out pairs from a disjoint seed
 
 
+class SeedPurpose(IntEnum):
+    """What a step's random draws are for (each gets its own generator seed)."""
+
+    BATCH = 1  # which patches, where, and their augmentation
+    GLOBAL = 2  # torch's global generator during the step (e.g. dropout)
+    NOISE = 3  # the loss's draws: t and ε
+
+
 def step_seed(seed: int, step: int, purpose: int = 0) -> int:
-    """A 63-bit seed for ``(seed, step, purpose)``; distinct tuples give unrelated seeds."""
+    """A 63-bit seed for ``(seed, step, purpose)`` (a :class:`SeedPurpose`); distinct tuples
+    give unrelated seeds."""
     return int(torch.randint(2**62, (1,), generator=torch.Generator().manual_seed(
         (seed * 1_000_003 + step) * 7 + purpose)))
 
@@ -59,13 +70,10 @@ class TrainingData:
     def batch(self, step: int, cfg: DataConfig, batch_size: int, seed: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches ``x, y`` ``[B, C, size, size]`` for training step ``step``."""
-        gen = torch.Generator().manual_seed(step_seed(seed, step, purpose=1))
+        gen = torch.Generator().manual_seed(step_seed(seed, step, SeedPurpose.BATCH))
         x, y, _ = random_patches(self.train, batch_size, cfg.size, gen, cfg.min_contrast)
         if cfg.augment:
-            k = int(torch.randint(0, 4, (1,), generator=gen))
-            x, y = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (2, 3))
-            if bool(torch.randint(0, 2, (1,), generator=gen)):
-                x, y = x.flip(3), y.flip(3)
+            x, y = rotate_flip(x, y, gen)
         return x.contiguous(), y.contiguous()
 
     def validation(self, size: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:

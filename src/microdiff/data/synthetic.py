@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
+from ..options import STRUCTURES
 from . import optics
+from .normalize import PERCENTILES
 from .structures import structure
 
 SIGMA_TARGET = 1.0  # px on the target grid (SIM-like PSF)
@@ -71,7 +73,7 @@ def _filaments(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _normalise(img: np.ndarray, lo: float = 1.0, hi: float = 99.8) -> np.ndarray:
+def _normalise(img: np.ndarray, lo: float = PERCENTILES[0], hi: float = PERCENTILES[1]) -> np.ndarray:
     p_lo, p_hi = np.percentile(img, [lo, hi])
     return (img - p_lo) / max(p_hi - p_lo, 1e-6)
 
@@ -107,7 +109,6 @@ def upsample(low: torch.Tensor, scale: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------
 # the BioSR-like simulator
 # ----------------------------------------------------------------------------------------
-STRUCTURES = ("mt", "factin", "ccp", "er", "mixed")
 COUNTS_LEVEL_1, COUNTS_LEVEL_9 = 15.0, 600.0  # BioSR's nine signal levels: mean counts above offset
 
 

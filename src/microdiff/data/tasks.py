@@ -1,6 +1,8 @@
 """What differs between inverse problems at the data boundary: how raw arrays become
-normalised pairs, how the model's output returns to physical units, the classical baseline
-and the metrics. The diffusion code never sees any of it.
+normalised pairs, how the model's output returns to physical units, the names of channels
+and units, the classical baseline and a simulated test input. The diffusion code never
+sees any of it, and consumers (prediction, evaluation, export, napari) ask the
+:class:`Task` instead of branching on its name.
 
 - ``sr`` (super-resolution, the default): input and target percentile-normalised per
   channel (CSBDeep), the condition is the input bicubic-upsampled to the target grid, the
@@ -10,10 +12,9 @@ and the metrics. The diffusion code never sees any of it.
   (2 defocused shots / 3 colour channels) on the target's grid, min-max normalised as a
   whole (the CVDM paper's convention; ``input_norm="mean"``: divided by the stack's mean,
   which keeps the contrast (I₊ − I₋)/I₀ that sets the phase's scale, lost by min-max);
-  the target is phase in radians, mapped to [0, 1] by
-  the fixed ``phase_range``, so the output returns in radians whatever the input's scale;
-  baseline: TIE (two-shot only); metrics in radians after removing the mean phase (no
-  method can know it from intensities).
+  the target is phase in radians, mapped to [0, 1] by the fixed ``phase_range``, so the
+  output returns in radians whatever the input's scale; baseline: TIE (two-shot only);
+  metrics in radians after removing the mean phase (no method can know it from intensities).
 """
 
 from __future__ import annotations
@@ -24,35 +25,35 @@ import numpy as np
 import torch
 
 from ..errors import ShapeError
-from .normalize import PercentileNormalizer
+from ..options import INPUT_NORMS, TASKS, choose
+from .normalize import PERCENTILES, Normalizer
 
-TASKS = ("sr", "qpi-2shot", "qpi-poly")
-INPUT_NORMS = ("minmax", "mean")  # of QPI stacks
-QPI_CHANNELS = {"qpi-2shot": 2, "qpi-poly": 3}
+#: input channel names of the phase tasks (their channel count is fixed)
+QPI_CHANNEL_NAMES = {"qpi-2shot": ("defocus_minus", "defocus_plus"), "qpi-poly": ("red", "green", "blue")}
+TEST_SIZE = {False: 32, True: 64}  # side of a simulated test input (is_phase → pixels)
 
 
 @dataclass(frozen=True)
 class Task:
-    """``kind`` ∈ :data:`TASKS`; ``phase_range``: the target's range in rad (QPI);
-    ``input_norm`` ∈ :data:`INPUT_NORMS`: how a QPI stack is normalised."""
+    """``kind`` ∈ :data:`~microdiff.options.TASKS`; ``phase_range``: the target's range in rad
+    (QPI); ``input_norm`` ∈ :data:`~microdiff.options.INPUT_NORMS`: how a QPI stack is normalised."""
 
     kind: str = "sr"
     phase_range: float = 3.5
     input_norm: str = "minmax"
 
     def __post_init__(self) -> None:
-        if self.kind not in TASKS:
-            raise ValueError(f"unknown task {self.kind!r}; choose one of {', '.join(TASKS)}")
-        if self.input_norm not in INPUT_NORMS:
-            raise ValueError(f"unknown input_norm {self.input_norm!r}; "
-                             f"choose one of {', '.join(INPUT_NORMS)}")
+        choose(self.kind, TASKS, "task")
+        choose(self.input_norm, INPUT_NORMS, "input_norm")
 
     @property
     def is_phase(self) -> bool:
+        """A phase map (one channel, rad) from a stack of intensities on the same grid."""
         return self.kind != "sr"
 
     @property
     def baseline_name(self) -> str | None:
+        """The classical method :meth:`baseline` computes (None: there is none)."""
         return {"sr": "bicubic", "qpi-2shot": "tie"}.get(self.kind)
 
     def to_dict(self) -> dict:
@@ -62,35 +63,86 @@ class Task:
     def from_dict(cls, d: dict | None) -> Task:
         return cls(**d) if d else cls()  # bundles from before tasks existed are sr
 
+    # --- names and units ----------------------------------------------------------------
+    def channel_names(self, in_channels: int) -> list[str]:
+        """Identifiers of the input channels."""
+        if self.kind in QPI_CHANNEL_NAMES:
+            return list(QPI_CHANNEL_NAMES[self.kind])
+        return ["intensity"] if in_channels == 1 else [f"channel{i + 1}" for i in range(in_channels)]
+
+    def output_names(self, out_channels: int) -> list[str]:
+        """Identifiers of the output channels."""
+        if self.is_phase:
+            return ["phase"]
+        return ["intensity"] if out_channels == 1 else [f"channel{i + 1}" for i in range(out_channels)]
+
+    @property
+    def unit(self) -> str | None:
+        """The output's unit (None: the input's intensity units)."""
+        return "rad" if self.is_phase else None
+
+    @property
+    def title(self) -> str:
+        return "quantitative phase imaging" if self.is_phase else "super-resolution"
+
+    def describe(self, scale: int) -> str:
+        """What the model does, in one phrase."""
+        if self.is_phase:
+            return "quantitative phase imaging: defocused intensities in, the phase map (rad) out"
+        return f"super-resolution: a widefield image in, a SIM-like image at {scale}× the sampling out"
+
+    def describe_input_norm(self, percentiles: tuple[float, float]) -> str:
+        """How an input image is normalised, completing "the model normalises each image ..."."""
+        if not self.is_phase:
+            return f"by its {percentiles[0]}th and {percentiles[1]}th percentiles"
+        if self.input_norm == "mean":
+            return "by its mean intensity (the whole stack; give raw intensities, camera offset removed)"
+        return "by its minimum and maximum (the whole stack)"
+
     # --- input ------------------------------------------------------------------------
-    def fit_input(self, image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)
-                  ) -> PercentileNormalizer:
+    def fit_input(self, image: np.ndarray, percentiles: tuple[float, float] = PERCENTILES) -> Normalizer:
         """The normaliser of an input ``[C, h, w]``: per-channel percentiles (sr), or the
         whole stack's min and max (qpi: one span for all channels keeps their ratios), or
         the stack's mean (qpi, ``input_norm="mean"``: the ratios to I₀ too)."""
         if self.is_phase and self.input_norm == "mean":
-            m, c = float(np.mean(image)), np.shape(image)[0]
-            if not m > 0:
-                raise ShapeError(f"a {self.kind} stack needs a positive mean intensity, got {m:g}")
-            return PercentileNormalizer(0.0, 100.0, eps=0.0, p_lo=[0.0] * c, p_hi=[m] * c)
+            try:
+                return Normalizer.mean_scale(image)
+            except ValueError:
+                raise ShapeError(f"a {self.kind} stack needs a positive mean intensity, "
+                                 f"got {float(np.mean(image)):g}") from None
         if self.is_phase:
-            lo, hi, c = float(np.min(image)), float(np.max(image)), np.shape(image)[0]
-            return PercentileNormalizer(0.0, 100.0, eps=1e-12, p_lo=[lo] * c, p_hi=[hi] * c)
-        return PercentileNormalizer(*percentiles).fit(image, channel_axis=0)
+            return Normalizer.min_max(image)
+        return Normalizer.percentiles(image, *percentiles, channel_axis=0)
 
     def check_channels(self, channels: int) -> None:
-        need = QPI_CHANNELS.get(self.kind)
-        if need is not None and channels != need:
-            raise ShapeError(f"task {self.kind} takes {need} input channels, got {channels}")
+        need = QPI_CHANNEL_NAMES.get(self.kind)
+        if need is not None and channels != len(need):
+            raise ShapeError(f"task {self.kind} takes {len(need)} input channels, got {channels}")
+
+    def test_input(self, scale: int, in_channels: int, rng: np.random.Generator) -> np.ndarray:
+        """A simulated raw input ``[C, Y, X]`` float32 for a model of this task (a test
+        tensor: microtubules for sr, a natural-image phase map's intensities for qpi)."""
+        size = TEST_SIZE[self.is_phase]
+        if not self.is_phase:
+            from .synthetic import simulate_pair
+
+            low = np.asarray(simulate_pair("mt", size * scale, rng).low, np.float32)
+            return np.repeat(low[None], in_channels, axis=0)
+        from .phase_truth import QPIConfig, phase_map, simulate_qpi
+
+        phi, _ = phase_map("natural", size, rng)
+        raw = self.input_norm == "mean"  # a mean-normalised model needs raw intensities
+        stack, _ = simulate_qpi(phi, QPIConfig(task=self.kind), rng, normalize=not raw)
+        return np.asarray(stack, np.float32)
 
     # --- target -----------------------------------------------------------------------
     def normalize_target(self, target: np.ndarray) -> np.ndarray:
         """``[C, H, W]`` → normalised float32: per-channel percentiles (sr) or φ / range (qpi)."""
         if self.is_phase:
             return (np.asarray(target, np.float64) / self.phase_range).astype(np.float32)
-        return PercentileNormalizer().fit(target, channel_axis=0).normalize(target, channel_axis=0)
+        return Normalizer.percentiles(target, channel_axis=0).normalize(target, channel_axis=0)
 
-    def output_units(self, mean: np.ndarray, std: np.ndarray, input_norm: PercentileNormalizer
+    def output_units(self, mean: np.ndarray, std: np.ndarray, input_norm: Normalizer
                      ) -> tuple[np.ndarray, np.ndarray]:
         """The model's posterior mean and std ``[C, H, W]`` (normalised) in physical units:
         the input's intensity units (sr) or radians (qpi)."""
@@ -100,7 +152,7 @@ class Task:
         return (input_norm.denormalize(mean, channel_axis=0),
                 input_norm.denormalize_spread(std, channel_axis=0))
 
-    def samples_units(self, samples: np.ndarray, input_norm: PercentileNormalizer) -> np.ndarray:
+    def samples_units(self, samples: np.ndarray, input_norm: Normalizer) -> np.ndarray:
         """Posterior samples ``[K, C, H, W]`` in physical units."""
         if self.is_phase:
             return (samples * self.phase_range).astype(np.float32)

@@ -41,18 +41,19 @@ def _edge_ramp(size: int, overlap: int, margin: int, left: bool, right: bool) ->
 
 
 def apply_tiled(
-    fn: Callable[[Tensor], Tensor],
+    fn: Callable[[Tensor], Tensor | dict[str, Tensor]],
     image: Tensor,
     tile: int = 256,
     overlap: int = 32,
     margin: int | None = None,
     batch: int = 4,
     progress: Callable[[int, int], None] | None = None,
-) -> Tensor:
+) -> Tensor | dict[str, Tensor]:
     """``fn`` over ``image`` ``[C, H, W]`` in tiles; ``fn`` maps ``[N, C, h, w]`` to
-    ``[N, C', h, w]``. Returns ``[C', H, W]`` (float32). ``margin`` defaults to
-    ``overlap // 4``; it must leave a positive blend: ``overlap ≥ 2·margin + 1``.
-    ``progress(done, total)`` is called after each batch of tiles.
+    ``[N, C', h, w]`` (or to a dict of such tensors, each blended on its own). Returns
+    ``[C', H, W]`` float32 (or the dict of them). ``margin`` defaults to ``overlap // 4``;
+    it must leave a positive blend: ``overlap ≥ 2·margin + 1``. ``progress(done, total)``
+    is called after each batch of tiles.
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [C, H, W], got shape {tuple(image.shape)}")
@@ -65,20 +66,27 @@ def apply_tiled(
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
     boxes = [(y, x) for y in ys for x in xs]
-    out = acc = None
+    out: dict[str, Tensor] = {}
+    acc = None
+    single = False
     for i in range(0, len(boxes), batch):
         chunk = boxes[i: i + batch]
         tiles = torch.stack([image[:, y: y + th, x: x + tw] for y, x in chunk])
-        result = fn(tiles).detach()
-        if out is None:
-            out = torch.zeros(result.shape[1], h, w, dtype=torch.float64, device=result.device)
-            acc = torch.zeros(1, h, w, dtype=torch.float64, device=result.device)
-        for (y, x), r in zip(chunk, result, strict=True):
+        result = fn(tiles)
+        single = not isinstance(result, dict)
+        named = {"": result} if single else result
+        if acc is None:
+            out = {k: torch.zeros(r.shape[1], h, w, dtype=torch.float64, device=r.device)
+                   for k, r in named.items()}
+            acc = torch.zeros(1, h, w, dtype=torch.float64, device=next(iter(named.values())).device)
+        for j, (y, x) in enumerate(chunk):
             wy = _edge_ramp(th, overlap, margin, y > 0, y + th < h)
             wx = _edge_ramp(tw, overlap, margin, x > 0, x + tw < w)
-            weight = (wy[:, None] * wx[None, :]).to(result.device)
-            out[:, y: y + th, x: x + tw] += r.double() * weight
+            weight = (wy[:, None] * wx[None, :]).to(acc.device)
+            for k, r in named.items():
+                out[k][:, y: y + th, x: x + tw] += r[j].detach().double() * weight
             acc[:, y: y + th, x: x + tw] += weight
         if progress is not None:
             progress(min(i + batch, len(boxes)), len(boxes))
-    return (out / acc).float()
+    blended = {k: (v / acc).float() for k, v in out.items()}
+    return blended[""] if single else blended

@@ -21,7 +21,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, Signal
 
-from ..checkpoint import read_bundle_meta
+from ..checkpoint import read_bundle
 from ..errors import UserError
 from ..predictor import Prediction, Predictor, load, predict_planes
 from .geometry import output_geometry
@@ -107,14 +107,12 @@ class PredictWidget(Container):
         loaded in the GUI thread) when a model folder is chosen."""
         folder = Path(self.model_folder.value)
         try:
-            meta = read_bundle_meta(folder)
+            bundle = read_bundle(folder)
         except UserError as err:
             self.status.value = str(err)
             return
-        samples, steps = int(meta["sample"]["samples"]), int(meta["sample"]["steps"])
-        kind, scale = meta.get("task", {}).get("kind", "sr"), int(meta["scale"])
-        self.samples.value, self.steps.value = samples, steps
-        self.status.value = f"model: {folder.name} (×{scale}, {kind})"
+        self.samples.value, self.steps.value = bundle.sample.samples, bundle.sample.steps
+        self.status.value = f"model: {folder.name} (×{bundle.scale}, {bundle.task.title})"
 
     def run(self, *_) -> None:
         """Start the prediction of the chosen layer in a worker thread."""
