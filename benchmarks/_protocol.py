@@ -159,7 +159,7 @@ def evaluate_model(model, cfg: Config, images: list[TestImage], samples: int, st
         t0 = time.perf_counter()
         with torch.no_grad():
             res = model.sample(im.pair.x[None], steps=steps, samples=samples, generator=gen,
-                               eta=s.eta, grid=s.grid, clip=s.clip)
+                               **s.options())
         rows.append(_row(im, res.mean[0, 0].numpy(), time.perf_counter() - t0))
     return rows
 

@@ -96,7 +96,7 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int)
         k = samples if model.generative else 1
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=k, generator=gen,
-                               eta=cfg.sample.eta, clip=cfg.sample.clip)
+                               **cfg.sample.options())
         mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
         std = res.std[0, 0].numpy() * Q.PHASE_RANGE if model.generative else None
         rows.append({"group": group, "level": level, "train_s": info["seconds"],
@@ -168,7 +168,7 @@ def cell_figure(steps: int, seed: int, path: Path, samples: int = 8) -> None:
         pair = make_pair("cell", raw.numpy(), truth[None], Task("qpi-2shot", Q.PHASE_RANGE))
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=samples, generator=gen,
-                               eta=cfg.sample.eta, clip=cfg.sample.clip)
+                               **cfg.sample.options())
         mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
         std = res.std[0, 0].numpy() * Q.PHASE_RANGE
         shift = lambda est: est - est.mean() + truth.mean()  # noqa: E731  (mean phase is free)

@@ -39,7 +39,7 @@ def mean_scores(model, pairs, cfg) -> dict[str, float]:
     for p in pairs:
         with torch.no_grad():
             out = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen,
-                               eta=s.eta, grid=s.grid, clip=s.clip)
+                               **s.options())
         y = p.y[0].numpy()
         for name, img in (("mean", out.mean[0, 0].numpy()), ("bicubic", p.x[0].numpy())):
             rows[f"psnr_{name}"].append(metrics.psnr(img, y))

@@ -21,11 +21,13 @@ from .options import (
     Device,
     EpsGrad,
     Generator,
+    GradClip,
     Grid,
     InputNorm,
     ModelKind,
     Optimizer,
     PhaseSource,
+    PointEstimate,
     RegressionLoss,
     ScheduleKind,
     Structure,
@@ -185,7 +187,12 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     warmup: int = Field(20, ge=0, description="linear LR warm-up steps")
     grad_clip: float = Field(1.0, gt=0)
+    clip: GradClip = Field("global", description="clip the gradient norm of all parameters together "
+                           "(global) or of each module (denoiser, schedule, mean net) on its own "
+                           "(per-module)")
     ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of all weights")
+    ema_warmup: bool = Field(False, description="EMA decay min(ema, (1 + s)/(10 + s)) at step s: the early "
+                             "average follows the weights instead of keeping the initialisation")
     seed: int = 0
     device: Device = Field("auto", description="auto: cuda when available")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (schedule math stays float32)")
@@ -209,8 +216,16 @@ class SampleConfig(_Strict):
     eta: float = Field(1.0, ge=0, le=1, description="stochasticity of a step: 1 ancestral (DDPM), "
                        "0 deterministic (DDIM), in between DDIM with η")
     grid: Grid = "gamma"
+    point_estimate: PointEstimate = Field(
+        "sample-mean", description="the image returned as the prediction (NAME_mean.tif): the mean of "
+        "the K samples (the paper), or the mean network μ(x) of Zero-Mean Diffusion (one pass, no "
+        "sampling noise; needs model.zmd.enabled)")
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
+
+    def options(self) -> dict:
+        """The keyword arguments of ``model.sample`` that this config sets (besides steps and K)."""
+        return {"eta": self.eta, "grid": self.grid, "clip": self.clip, "point_estimate": self.point_estimate}
 
     @model_validator(mode="before")
     @classmethod
@@ -233,6 +248,14 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="after")
+    def _point_estimate(self) -> Config:
+        if (self.sample.point_estimate == "mean-net" and self.model.kind == "cvdm"
+                and not self.model.zmd.enabled):
+            raise ValueError("sample.point_estimate=mean-net needs the mean network: "
+                             "set model.zmd.enabled=true")
+        return self
 
 
 def first_error(err: ValidationError, source: str) -> str:

@@ -118,8 +118,7 @@ def _evaluate(model: ImageModel, cfg: Config, pairs: list[Pair]) -> tuple[list, 
     gen = torch.Generator().manual_seed(cfg.train.seed)
     for p in pairs:
         with torch.no_grad():
-            res = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen, eta=s.eta,
-                               grid=s.grid, clip=s.clip)
+            res = model.sample(p.x[None], steps=s.steps, samples=s.samples, generator=gen, **s.options())
         x, y = p.x[0].numpy().astype(np.float64), p.y[0].numpy().astype(np.float64)
         mean, std = res.mean[0, 0].numpy().astype(np.float64), res.std[0, 0].numpy().astype(np.float64)
         structure = p.name.split("_")[0] if p.name.split("_")[0] in STRUCTURES else "all"

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .nets.unet import UNet
-from .options import EPS_GRAD_MODES, choose
+from .options import EPS_GRAD_MODES, POINT_ESTIMATES, choose
 from .sampling import Denoiser, SampleOutput, sample_loop, sample_statistics
 from .schedule import Schedule, build_schedule, working_dtype
 
@@ -187,6 +187,12 @@ class CVDM(nn.Module):
         return [{"params": [p for p in self.parameters() if id(p) not in ids]},
                 {"params": own, "lr_scale": self.schedule_lr_scale}]
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters of each module (denoiser, schedule, ZMD mean net), for per-module
+        gradient clipping."""
+        modules = [self.denoiser, self.schedule] + ([self.mean_net] if self.mean_net is not None else [])
+        return [ps for m in modules if (ps := list(m.parameters()))]
+
     # --- targets ----------------------------------------------------------------------
     def base(self, x: Tensor) -> Tensor | None:
         """The part of ``y`` not diffused: ``x`` with the residual target (else None)."""
@@ -304,6 +310,7 @@ class CVDM(nn.Module):
         progress: bool = False,
         on_step: Callable[[], None] | None = None,
         eps_fn: Denoiser | None = None,
+        point_estimate: str = "sample-mean",
     ) -> SampleOutput:
         """K posterior samples of y for each condition x ``[B, C_in, H, W]``, their mean and std.
 
@@ -315,7 +322,12 @@ class CVDM(nn.Module):
         the residual target, else y; minus μ(x) under ZMD; before ``target_scale``).
         eps_fn: replaces the denoiser, ``eps_fn(y_t, γ_t, step) -> ε̂`` in diffused units (the
         oracle tests). progress, on_step: see :func:`~microdiff.sampling.sample_loop`.
+        point_estimate: ``sample-mean`` (``mean`` is the K samples' mean) or ``mean-net``
+        (``mean`` is ZMD's μ(x) on top of the residual base: one pass, no sampling noise).
         """
+        choose(point_estimate, POINT_ESTIMATES, "point estimate")
+        if point_estimate == "mean-net" and self.mean_net is None:
+            raise ValueError("point_estimate mean-net needs the ZMD mean network (model.zmd.enabled)")
         if samples < 1:
             raise ValueError("samples must be at least 1")
         if clip is not None and clip <= 0:
@@ -333,6 +345,7 @@ class CVDM(nn.Module):
                          progress, on_step)
         out = self.from_diffused(x_k, y0, mu_k).view(b, k, c, h, w)
         mean, std = sample_statistics(out)
+        point = mean if point_estimate == "sample-mean" else self.from_diffused(x, torch.zeros_like(mean), mu)
         gamma_half = self.schedule.gamma_at(torch.full((b,), 0.5, device=x.device), lam)
         calls = steps + int(self.schedule.uses_network) + int(mu is not None)
-        return SampleOutput(mean, std, out, gamma_half.expand(b, c, h, w), calls)
+        return SampleOutput(point, std, out, gamma_half.expand(b, c, h, w), calls, sample_mean=mean)

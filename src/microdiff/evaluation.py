@@ -143,8 +143,7 @@ def validate(model: ImageModel, x: torch.Tensor, y: torch.Tensor, cfg: Config, s
     device = next(model.parameters()).device
     s = cfg.sample
     gen = torch.Generator(device=device).manual_seed(seed)
-    out = model.sample(x.to(device), steps=steps, samples=samples, generator=gen, eta=s.eta,
-                       grid=s.grid, clip=s.clip)
+    out = model.sample(x.to(device), steps=steps, samples=samples, generator=gen, **s.options())
     mean, std = out.mean.float().cpu().numpy(), out.std.float().cpu().numpy()
     xs, ys = x.numpy(), y.numpy()
     task = task_of(cfg.data)

@@ -51,11 +51,15 @@ class ImageModel(Protocol):
 
     def sample(self, x: Tensor, steps: int = 50, samples: int = 1, generator: torch.Generator | None = None,
                eta: float = 1.0, grid: str = "gamma", clip: float | None = None, progress: bool = False,
-               on_step: Callable[[], None] | None = None) -> SampleOutput:
+               on_step: Callable[[], None] | None = None,
+               point_estimate: str = "sample-mean") -> SampleOutput:
         """K samples per condition ``x`` with their mean and std (``SampleOutput``)."""
 
     def parameter_groups(self) -> list[dict]:
         """Optimiser parameter groups (``{"params": [...]}``, optionally ``"lr_scale"``)."""
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """The parameters of each module, clipped separately under ``train.clip=per-module``."""
 
 
 def build_model(cfg: ModelConfig) -> CVDM | RegressionModel:

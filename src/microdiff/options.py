@@ -20,6 +20,8 @@ Structure = Literal["mt", "factin", "ccp", "er", "mixed"]
 PhaseSource = Literal["natural", "structures"]
 Generator = Literal["simulator", "filaments"]
 Optimizer = Literal["adam", "adamw"]
+GradClip = Literal["global", "per-module"]
+PointEstimate = Literal["sample-mean", "mean-net"]
 Device = Literal["auto", "cpu", "cuda"]
 
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
@@ -31,6 +33,7 @@ TASKS: tuple[str, ...] = get_args(TaskKind)
 INPUT_NORMS: tuple[str, ...] = get_args(InputNorm)
 STRUCTURES: tuple[str, ...] = get_args(Structure)
 PHASE_SOURCES: tuple[str, ...] = get_args(PhaseSource)
+POINT_ESTIMATES: tuple[str, ...] = get_args(PointEstimate)
 QPI_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "sr")
 
 

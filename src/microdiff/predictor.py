@@ -108,7 +108,7 @@ class Predictor:
 
         def run(tiles: torch.Tensor) -> dict[str, torch.Tensor]:
             out = self.model.sample(tiles.to(device), steps=steps, samples=samples, generator=gen,
-                                    eta=s.eta, grid=s.grid, clip=s.clip, on_step=on_step)
+                                    **s.options(), on_step=on_step)
             parts = {"mean": out.mean, "std": out.std}
             if return_samples:
                 parts["samples"] = out.samples.flatten(1, 2)  # [N, K·C, h, w]

@@ -46,6 +46,9 @@ class RegressionModel(nn.Module):
     def parameter_groups(self) -> list[dict]:
         return [{"params": list(self.parameters())}]
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        return [list(self.parameters())]
+
     def forward(self, x: Tensor) -> Tensor:
         """The prediction ``[B, C_out, H, W]`` for the condition ``x`` ``[B, C_in, H, W]``."""
         out = self.scale * self.net(x)
@@ -73,13 +76,14 @@ class RegressionModel(nn.Module):
     @torch.no_grad()
     def sample(self, x: Tensor, steps: int = 1, samples: int = 1, generator: torch.Generator | None = None,
                eta: float = 1.0, grid: str = "gamma", clip: float | None = None,
-               progress: bool = False, on_step: Callable[[], None] | None = None) -> SampleOutput:
+               progress: bool = False, on_step: Callable[[], None] | None = None,
+               point_estimate: str = "sample-mean") -> SampleOutput:
         """The CVDM's sampling interface: the prediction as mean and as each of the
         ``samples`` identical samples, std zero, one network call (``steps``, ``eta``,
-        ``grid`` and ``clip`` do not apply)."""
+        ``grid``, ``clip`` and ``point_estimate`` do not apply)."""
         mean = self(x)
         if on_step is not None:
             on_step()
         return SampleOutput(mean, torch.zeros_like(mean), mean[:, None].expand(-1, samples, -1, -1, -1),
-                            torch.ones_like(mean), network_calls=1)
+                            torch.ones_like(mean), network_calls=1, sample_mean=mean)
 

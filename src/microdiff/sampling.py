@@ -27,10 +27,12 @@ Denoiser = Callable[[Tensor, Tensor, int], Tensor]
 class SampleOutput:
     """Posterior samples and their statistics, in the target's (normalised) units.
 
-    mean, std: ``[B, C, H, W]`` over the K samples (std uses K − 1; zeros when K = 1).
+    mean: the point estimate ``[B, C, H, W]`` (``point_estimate``: the mean of the K samples,
+    or ZMD's mean network μ(x)); std: over the K samples (K − 1; zeros when K = 1).
     samples: ``[B, K, C, H, W]``.
     gamma_half: the learned schedule map γ(t = 0.5, x), ``[B, C, H, W]``.
     network_calls: network evaluations per input image (each covering all K samples).
+    sample_mean: the mean of the K samples (equal to ``mean`` unless another estimate is used).
     """
 
     mean: Tensor
@@ -38,6 +40,7 @@ class SampleOutput:
     samples: Tensor
     gamma_half: Tensor
     network_calls: int
+    sample_mean: Tensor | None = None
 
 
 def sample_statistics(samples: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,100 @@
+"""Options of the optimiser step and of the point estimate: EMA warm-up, per-module gradient
+clipping, and ZMD's mean network as the prediction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from microdiff.config import Config, ConfigError, TrainConfig, apply_overrides, load_config
+from microdiff.train import Trainer
+
+
+def test_ema_warmup_follows_the_weights_early_and_the_decay_later() -> None:
+    model = tiny_model("fixed-linear")
+    trainer = Trainer(model, TrainConfig(ema=0.99, ema_warmup=True))
+    assert trainer.ema_decay(1) == pytest.approx(2 / 11)
+    assert trainer.ema_decay(100) == pytest.approx(101 / 110)
+    assert trainer.ema_decay(10_000) == 0.99
+    assert Trainer(tiny_model("fixed-linear"), TrainConfig(ema=0.99)).ema_decay(1) == 0.99
+
+
+def test_ema_after_one_step_is_the_warmup_blend() -> None:
+    """ema₁ = d·ema₀ + (1 − d)·θ₁ with d = 2/11: a wrong decay or blend direction fails."""
+    torch.manual_seed(0)
+    model = tiny_model("fixed-linear")
+    with torch.no_grad():
+        model.denoiser.conv_out.weight.normal_(0, 0.1)
+    before = model.denoiser.conv_out.weight.detach().clone()
+    trainer = Trainer(model, TrainConfig(ema=0.99, ema_warmup=True, lr=1e-2, warmup=0))
+    x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    trainer.train_step(x, y, torch.Generator().manual_seed(0))
+    after = trainer.model.denoiser.conv_out.weight.detach()
+    d = 2 / 11
+    torch.testing.assert_close(trainer.ema.denoiser.conv_out.weight, d * before + (1 - d) * after)
+
+
+def _set_grads(model, denoiser: float, schedule: float) -> None:
+    for p in model.denoiser.parameters():
+        p.grad = torch.full_like(p, denoiser)
+    for p in model.schedule.parameters():
+        p.grad = torch.full_like(p, schedule)
+
+
+def _norm(params) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+
+
+def test_per_module_clipping_keeps_a_schedule_spike_off_the_denoiser() -> None:
+    model = tiny_model("learned")
+    dn = list(model.denoiser.parameters())
+    per = Trainer(model, TrainConfig(grad_clip=1.0, clip="per-module"))
+    _set_grads(model, 1e-4, 10.0)
+    small = _norm(dn)
+    assert small < 1.0
+    total = per._clip()
+    assert _norm(dn) == pytest.approx(small)  # untouched: its own norm is below the bound
+    assert _norm(model.schedule.parameters()) == pytest.approx(1.0, rel=1e-4)
+    assert total > 1.0  # the reported norm is the one before clipping
+
+    glob = Trainer(model, TrainConfig(grad_clip=1.0))
+    _set_grads(model, 1e-4, 10.0)
+    glob._clip()
+    assert _norm(dn) < 0.5 * small  # global clipping shrinks the denoiser's step with the spike
+    everything = list(model.parameters())
+    assert _norm([p for p in everything if p.grad is not None]) == pytest.approx(1.0, rel=1e-4)
+
+
+def test_clip_groups_cover_every_parameter_once() -> None:
+    model = tiny_model("learned", zmd=True)
+    groups = model.clip_groups()
+    ids = [id(p) for g in groups for p in g]
+    assert len(groups) == 3 and len(ids) == len(set(ids)) == len(list(model.parameters()))
+
+
+def test_mean_net_estimate_is_the_base_plus_mu() -> None:
+    model = tiny_model("fixed-cosine", residual=True, zmd=True)
+    with torch.no_grad():
+        model.mean_net.conv_out.weight.normal_(0, 0.1)
+        model.denoiser.conv_out.weight.normal_(0, 0.1)
+    x = torch.randn(2, 1, 8, 8)
+    out = model.sample(x, steps=3, samples=3, generator=torch.Generator().manual_seed(0),
+                       point_estimate="mean-net")
+    torch.testing.assert_close(out.mean, x + model.predict_mean(x))
+    torch.testing.assert_close(out.sample_mean, out.samples.mean(1))
+    assert not torch.allclose(out.mean, out.sample_mean)
+    plain = model.sample(x, steps=3, samples=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(plain.samples, out.samples)  # the estimate does not change the draws
+    torch.testing.assert_close(plain.mean, plain.sample_mean)
+    with pytest.raises(ValueError, match="ZMD"):
+        tiny_model("fixed-cosine").sample(x, steps=2, point_estimate="mean-net")
+
+
+def test_config_refuses_a_mean_net_estimate_without_the_mean_net() -> None:
+    with pytest.raises(ConfigError, match="zmd.enabled"):
+        apply_overrides(load_config("demo"), ["sample.point_estimate=mean-net"])
+    cfg = apply_overrides(load_config("demo"), ["model.zmd.enabled=true", "sample.point_estimate=mean-net"])
+    assert cfg.sample.options()["point_estimate"] == "mean-net"
+    assert Config().sample.options() == {"eta": 1.0, "grid": "gamma", "clip": None,
+                                         "point_estimate": "sample-mean"}
