@@ -42,6 +42,7 @@ METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
 #: name → (preset, overrides). The first five are the comparison of the issue; the
 #: ``learned/...`` rows are the options that change how the learned schedule learns.
 LEARNED = "model.schedule.kind=learned"  # explicit: the demo preset's default may change
+DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
 METHODS: dict[str, tuple[str, list[str]]] = {
     "learned": ("demo", [LEARNED]),
     "learned-exact": ("demo", ["model.schedule.kind=learned-exact"]),
@@ -53,8 +54,12 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "learned/lr0.1": ("demo", [LEARNED, "model.schedule.lr_scale=0.1"]),
     "learned/bounded": ("demo", [LEARNED, "model.schedule.lambda_range=[0.35,1.4]"]),
     # Zero-Mean Diffusion with a mean network the size of the denoiser (issue 17)
-    "zmd": ("demo", ["model.zmd.enabled=true",
-                     "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"]),
+    "zmd": ("demo", ["model.zmd.enabled=true", DEMO_NET]),
+    # ... with the regression model's parameterisation of μ, μ(x) as the point estimate,
+    # per-module gradient clipping and an EMA warm-up (issue 17's candidate default)
+    "zmd-scaled": ("demo", ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true",
+                            "sample.point_estimate=mean-net", "train.clip=per-module",
+                            "train.ema_warmup=true"]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
 BUDGET = ["data.n_val=2", "train.val_every=0", "train.checkpoint_every=100", "train.log_every=10"]
@@ -75,10 +80,23 @@ class TestImage:
         return self.pair.name
 
 
+#: long runs (learning_curves.py, quality.py --long) keep a checkpoint every 250 steps, so one
+#: training serves both the learning curve and the final evaluation
+LONG_STEPS, CURVE_EVERY = 3000, 250
+CURVE_KEEP = ["train.checkpoint_every=250", "train.keep_checkpoints=1000"]
+
+
 def method_config(method: str, steps: int, seed: int, lr: float | None = None) -> Config:
     preset, overrides = METHODS[method]
     extra = [f"train.steps={steps}", f"train.seed={seed}"] + ([f"train.lr={lr}"] if lr else [])
+    if steps >= LONG_STEPS:
+        extra += CURVE_KEEP
     return apply_overrides(load_config(preset), [*overrides, *BUDGET, *extra])
+
+
+def run_tag(steps: int) -> str:
+    """The run folder group of a budget: long runs are shared with learning_curves.py."""
+    return f"curves-{steps}" if steps >= LONG_STEPS else f"quality-{steps}"
 
 
 def run_dir(tag: str, method: str, seed: int, lr: float | None = None) -> Path:
@@ -160,7 +178,16 @@ def evaluate_model(model, cfg: Config, images: list[TestImage], samples: int, st
         with torch.no_grad():
             res = model.sample(im.pair.x[None], steps=steps, samples=samples, generator=gen,
                                **s.options())
-        rows.append(_row(im, res.mean[0, 0].numpy(), time.perf_counter() - t0))
+        row = _row(im, res.mean[0, 0].numpy(), time.perf_counter() - t0)
+        if model.generative:  # one posterior sample (sharpness), the K samples' mean, the std
+            y = im.pair.y[0].numpy().astype(np.float64)
+            one = image_metrics(res.samples[0, 0, 0].numpy().astype(np.float64), y, im.pixel_size_um)
+            kmean = image_metrics(res.sample_mean[0, 0].numpy().astype(np.float64), y, im.pixel_size_um)
+            unc = image_metrics(res.mean[0, 0].numpy().astype(np.float64), y, im.pixel_size_um,
+                                res.std[0, 0].numpy().astype(np.float64))
+            row |= {f"sample1_{k}": one[k] for k in METRICS} | {f"kmean_{k}": kmean[k] for k in METRICS}
+            row |= {k: unc[k] for k in ("spearman_std_error", "coverage_1sigma", "coverage_2sigma")}
+        rows.append(row)
     return rows
 
 

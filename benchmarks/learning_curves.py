@@ -131,7 +131,7 @@ def run_curve(method: str, seed: int, steps: int, every: int, images, samples: i
     """Train (cached) and evaluate every checkpoint (cached in curve.json)."""
     cfg = apply_overrides(P.method_config(method, steps, seed),
                           [f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])
-    out = P.run_dir(f"curves-{steps}", method, seed)
+    out = P.run_dir(P.run_tag(steps), method, seed)
     info = P.train_cached(cfg, out)
     cache_path = out / "curve.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {"points": {}}
@@ -168,8 +168,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(P.METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--steps", type=int, default=P.LONG_STEPS)
+    ap.add_argument("--every", type=int, default=P.CURVE_EVERY)
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--report-only", action="store_true")
@@ -178,7 +178,7 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
     for seed in args.seeds:
         for method in args.methods:
-            out = P.run_dir(f"curves-{args.steps}", method, seed)
+            out = P.run_dir(P.run_tag(args.steps), method, seed)
             if args.report_only:
                 if (out / "curve.json").exists():
                     results[method][seed] = json.loads((out / "curve.json").read_text())

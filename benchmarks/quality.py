@@ -44,6 +44,9 @@ SIZES = {  # sizing: steps, seeds, simulated images per (structure, level), curv
                 "real_crop": 128},
     "full": {"steps": 5000, "seeds": [0, 1, 2], "per_cell": 4, "curve_images": 16, "samples": 8,
              "real_crop": 256},
+    # issue 17: a budget where regression has plateaued (learning_curves.py), 2 images per cell
+    "long": {"steps": P.LONG_STEPS, "seeds": [0, 1, 2], "per_cell": 2, "curve_images": 0, "samples": 8,
+             "real_crop": 128},
 }
 CURVE_STEPS = [5, 10, 20, 50, 100, 200]
 CURVE_CROP = 64  # target pixels of the curve images (centre crops of the simulated test set)
@@ -90,6 +93,8 @@ def main() -> None:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="~10 min on a CPU: one seed, 150 steps")
     size.add_argument("--full", action="store_true", help="GPU-sized: 5000 steps, 4 images per cell")
+    size.add_argument("--long", action="store_true", help="3000 steps (the runs of learning_curves.py), "
+                      "3 seeds, 2 images per cell")
     ap.add_argument("--methods", nargs="+", default=P.CORE, choices=list(P.METHODS))
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--steps", type=int, help="training steps (overrides the sizing)")
@@ -98,11 +103,11 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the runs already finished; train nothing")
     args = ap.parse_args()
-    sizing = "quick" if args.quick else "full" if args.full else "default"
+    sizing = "quick" if args.quick else "full" if args.full else "long" if args.long else "default"
     z = dict(SIZES[sizing])
     z["steps"] = args.steps or z["steps"]
     z["seeds"] = args.seeds or z["seeds"]
-    tag = f"quality-{z['steps']}"
+    tag = P.run_tag(z["steps"])
     images = P.test_set(z["per_cell"], real_crop=z["real_crop"])
     sims = [im for im in images if im.group.startswith("sim")]
     curve = [P.TestImage(im.group, im.structure, crop(im.pair, CURVE_CROP), im.pixel_size_um)
@@ -150,7 +155,7 @@ def schedule_table(methods: list[str], seeds: list[int], steps: int, images) -> 
             continue
         init, trained = [], []
         for seed in seeds:
-            out = P.run_dir(f"quality-{steps}", m, seed)
+            out = P.run_dir(P.run_tag(steps), m, seed)
             if not (out / "model").exists():
                 continue
             cfg = P.method_config(m, steps, seed)
@@ -179,7 +184,7 @@ def _group_mean(rows: list[dict], group: str, key: str, structure: str | None = 
 def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, curve,
            seconds: float) -> None:
     groups = [g for g in GROUPS if any(im.group == g for im in images)]
-    flags = {"quick": " --quick", "full": " --full", "default": ""}[sizing]
+    flags = {"quick": " --quick", "full": " --full", "long": " --long", "default": ""}[sizing]
     methods_flag = "" if args.methods == P.CORE else f" --methods {' '.join(args.methods)}"
     cmd = f".venv/bin/python benchmarks/quality.py{flags}{methods_flag}"
     if args.seeds:
@@ -244,6 +249,7 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
         lines.append(f"| {b} | " + " | ".join(
             f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0), strict=True)) + " |")
 
+    lines += sample_table(results)
     lines += ["", "PSNR per structure and level (simulated; mean over seeds).", "",
               "| method | " + " | ".join(f"{s} L{lv}" for lv in P.LEVELS.values()
                                           for s in P.STRUCTURES) + " |",
@@ -276,6 +282,32 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
     lines += ["", f"Total benchmark time: {seconds / 60:.0f} min (cached runs are not re-trained)."]
     write_section(f"quality_{sizing}", "\n".join(lines))
     print("\n".join(lines))
+
+
+def sample_table(results: dict) -> list[str]:
+    """Point estimate, K-sample mean and one posterior sample of the generative methods
+    (simulated images pooled), with the std's rank correlation and coverage."""
+    gen = {m: r for m, r in results.items() if "sample1_psnr" in next(iter(r.values()))["rows"][0]}
+    if not gen:
+        return []
+    lines = ["", "Generative methods, simulated images pooled: the point estimate (*mean*), the mean of "
+             "the K samples (*K-mean*; the same image unless the point estimate is the mean network), "
+             "one posterior sample (*1 sample*: sharper, noisier), and the posterior std against the "
+             "point estimate's error (Spearman; ±1σ coverage, 0.68 if calibrated).", "",
+             "| method | PSNR mean | PSNR K-mean | PSNR 1 sample | SSIM mean | SSIM 1 sample | FRC mean [nm] "
+             "| FRC 1 sample [nm] | Spearman(std, \\|err\\|) | ±1σ |", "|---" * 10 + "|"]
+
+    def pooled(rows: list[dict], key: str) -> float:
+        return float(np.mean([r[key] for r in rows if r["group"].startswith("sim") and key in r]))
+
+    for m, per_seed in gen.items():
+        runs = list(per_seed.values())
+        cells = [P.mean_pm_std([pooled(r["rows"], k) for r in runs], d) for k, d in (
+            ("psnr", 2), ("kmean_psnr", 2), ("sample1_psnr", 2), ("ssim", 3), ("sample1_ssim", 3),
+            ("frc_resolution", 0), ("sample1_frc_resolution", 0), ("spearman_std_error", 2),
+            ("coverage_1sigma", 2))]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot_curves(path: Path, curves: dict[str, dict[int, float]]) -> None:

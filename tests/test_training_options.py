@@ -98,3 +98,20 @@ def test_config_refuses_a_mean_net_estimate_without_the_mean_net() -> None:
     assert cfg.sample.options()["point_estimate"] == "mean-net"
     assert Config().sample.options() == {"eta": 1.0, "grid": "gamma", "clip": None,
                                          "point_estimate": "sample-mean"}
+
+
+def test_scaled_mean_network_is_the_regression_parameterisation() -> None:
+    """zmd.scaled: μ = target_scale · net(x) and its MSE in units of target_scale."""
+    model = tiny_model("fixed-cosine", residual=True, zmd=True, target_scale=0.25)
+    model.mean_scale = 0.25
+    with torch.no_grad():
+        model.mean_net.conv_out.weight.normal_(0, 0.1)
+    x, y = torch.randn(2, 1, 8, 8), torch.randn(2, 1, 8, 8)
+    mu = model.predict_mean(x)
+    torch.testing.assert_close(mu, 0.25 * model.mean_net(x))
+    want = (((mu - (y - x)) / 0.25) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(model.loss(x, y)["mean"], want)
+    cfg = apply_overrides(load_config("demo"), ["model.zmd.enabled=true", "model.zmd.scaled=true"])
+    from microdiff.models import build_model
+
+    assert build_model(cfg.model).mean_scale == cfg.model.target_scale

@@ -88,11 +88,14 @@ class LossConfig(_Strict):
 
 
 class ZMDConfig(_Strict):
-    """Zero-Mean Diffusion: a U-Net μ(x) and diffusion of (y − μ)/σ."""
+    """Zero-Mean Diffusion: a U-Net μ(x) trained with MSE and diffusion of (y − x_res − sg[μ])/σ."""
 
     enabled: bool = False
     sigma: float = Field(0.5, gt=0)
     net: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 1))
+    scaled: bool = Field(False, description="μ(x) = target_scale · net(x) with its MSE in units of "
+                         "target_scale, exactly the regression model's parameterisation (false: the "
+                         "authors' μ(x) = net(x) with the MSE in target units)")
 
 
 class ModelConfig(_Strict):

@@ -91,6 +91,8 @@ class CVDM(nn.Module):
         residual: diffuse ``y − x`` and add ``x`` back after sampling.
         mean_net: ZMD's deterministic U-Net μ(x) (None disables ZMD).
         zmd_sigma: ZMD's fixed scale σ.
+        zmd_scaled: μ(x) = target_scale · mean_net(x) and its loss in units of target_scale
+            (the regression model's parameterisation) instead of μ(x) = mean_net(x).
         target_scale: the diffused quantity is divided by this (set it near the target's
             or residual's standard deviation so diffusion sees unit-variance data; the
             reference code uses 1 with data in [−1, 1]). Multiplies σ under ZMD.
@@ -114,6 +116,7 @@ class CVDM(nn.Module):
         residual: bool = False,
         mean_net: UNet | None = None,
         zmd_sigma: float = 0.5,
+        zmd_scaled: bool = False,
         target_scale: float = 1.0,
         eps_grad: str = "full",
         schedule_lr_scale: float = 1.0,
@@ -130,6 +133,7 @@ class CVDM(nn.Module):
         self.alpha = alpha
         self.residual = residual
         self.zmd_sigma = zmd_sigma
+        self.mean_scale = target_scale if zmd_scaled else 1.0
         self.scale = target_scale * (zmd_sigma if mean_net is not None else 1.0)
 
     @classmethod
@@ -162,6 +166,7 @@ class CVDM(nn.Module):
             residual=cfg.residual,
             mean_net=mean_net,
             zmd_sigma=cfg.zmd.sigma,
+            zmd_scaled=cfg.zmd.scaled,
             target_scale=cfg.target_scale,
             eps_grad=cfg.schedule.eps_grad,
             schedule_lr_scale=cfg.schedule.lr_scale,
@@ -203,8 +208,11 @@ class CVDM(nn.Module):
         return x
 
     def predict_mean(self, x: Tensor) -> Tensor | None:
-        """ZMD's μ(x) (None without ZMD)."""
-        return None if self.mean_net is None else self.mean_net(x)
+        """ZMD's μ(x) (None without ZMD), in target units around the residual base."""
+        if self.mean_net is None:
+            return None
+        mu = self.mean_net(x)
+        return mu if self.mean_scale == 1.0 else self.mean_scale * mu
 
     def to_diffused(self, x: Tensor, y: Tensor, mu: Tensor | None) -> Tensor:
         """``y`` → the diffused quantity ``y0 = (y − x_res − sg[μ]) / scale``."""
@@ -289,7 +297,7 @@ class CVDM(nn.Module):
         }
         if mu is not None:
             base = self.base(x)
-            terms["mean"] = mean((mu - (y if base is None else y - base)).square())
+            terms["mean"] = mean(((mu - (y if base is None else y - base)) / self.mean_scale).square())
         return terms
 
     def total_loss(self, terms: dict[str, Tensor]) -> Tensor:
