@@ -39,27 +39,34 @@ STRUCTURES = ("mt", "factin", "ccp", "er")
 LEVELS = {"low": 1, "high": 9}  # simulator signal levels (BioSR's levels 01 and 09)
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
 
-#: name → (preset, overrides). The first five are the comparison of the issue; the
-#: ``learned/...`` rows are the options that change how the learned schedule learns.
-LEARNED = "model.schedule.kind=learned"  # explicit: the demo preset's default may change
+#: name → (preset, overrides). Each pins its whole design, so a change of the demo preset's
+#: defaults never changes what a method name means: the paper's design (*PAPER*: K-sample mean,
+#: no mean network, one gradient clip, EMA from step 0) or issue 17's (*MEAN_NET*: ZMD with a
+#: mean network the size of the denoiser in the regression model's parameterisation, μ(x) as
+#: the point estimate, per-module clipping, EMA warm-up). The first five are the schedule
+#: comparison of issue 5; ``learned/...`` the options of how the learned schedule learns.
+LEARNED = "model.schedule.kind=learned"
 DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
+PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "train.clip=global",
+         "train.ema_warmup=false"]
+MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
+            "train.clip=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {
-    "learned": ("demo", [LEARNED]),
-    "learned-exact": ("demo", ["model.schedule.kind=learned-exact"]),
-    "fixed-linear": ("demo", ["model.schedule.kind=fixed-linear"]),
-    "fixed-cosine": ("demo", ["model.schedule.kind=fixed-cosine"]),
+    "learned": ("demo", [*PAPER, LEARNED]),
+    "learned-exact": ("demo", [*PAPER, "model.schedule.kind=learned-exact"]),
+    "fixed-linear": ("demo", [*PAPER, "model.schedule.kind=fixed-linear"]),
+    "fixed-cosine": ("demo", [*PAPER, "model.schedule.kind=fixed-cosine"]),
     "regression": ("demo-regression", []),
-    "learned/elbo": ("demo", [LEARNED, "model.schedule.eps_grad=elbo"]),
-    "learned/no-eps-grad": ("demo", [LEARNED, "model.schedule.eps_grad=none"]),
-    "learned/lr0.1": ("demo", [LEARNED, "model.schedule.lr_scale=0.1"]),
-    "learned/bounded": ("demo", [LEARNED, "model.schedule.lambda_range=[0.35,1.4]"]),
-    # Zero-Mean Diffusion with a mean network the size of the denoiser (issue 17)
-    "zmd": ("demo", ["model.zmd.enabled=true", DEMO_NET]),
-    # ... with the regression model's parameterisation of μ, μ(x) as the point estimate,
-    # per-module gradient clipping and an EMA warm-up (issue 17's candidate default)
-    "zmd-scaled": ("demo", ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true",
-                            "sample.point_estimate=mean-net", "train.clip=per-module",
-                            "train.ema_warmup=true"]),
+    "learned/elbo": ("demo", [*PAPER, LEARNED, "model.schedule.eps_grad=elbo"]),
+    "learned/no-eps-grad": ("demo", [*PAPER, LEARNED, "model.schedule.eps_grad=none"]),
+    "learned/lr0.1": ("demo", [*PAPER, LEARNED, "model.schedule.lr_scale=0.1"]),
+    "learned/bounded": ("demo", [*PAPER, LEARNED, "model.schedule.lambda_range=[0.35,1.4]"]),
+    # Zero-Mean Diffusion as the authors have it (μ = net(x), σ = 0.5), mean network the
+    # denoiser's size, the K-sample mean as the estimate
+    "zmd": ("demo", [*PAPER, "model.zmd.enabled=true", DEMO_NET, "model.schedule.kind=learned-exact"]),
+    # issue 17's design with the learned schedule, and with DDPM's fixed one
+    "zmd-scaled": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact"]),
+    "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
 BUDGET = ["data.n_val=2", "train.val_every=0", "train.checkpoint_every=100", "train.log_every=10"]

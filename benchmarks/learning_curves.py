@@ -48,8 +48,9 @@ from microdiff.models import build_model  # noqa: E402
 
 CURVE_SEED = 2000  # the curve set: not quality.py's TEST_SEED, not a training stream
 KS = (1, 2, 4, 8, 16)
+EVAL_STEPS = (250, 500, 1000, 1500, 2000, 2500, 3000)  # checkpoints evaluated (all are kept)
 RAW_UNTIL = 500  # raw (non-EMA) weights evaluated at checkpoints up to this step
-DEFAULT_METHODS = ["learned-exact", "regression", "learned", "zmd"]
+DEFAULT_METHODS = ["zmd-scaled", "learned", "fixed-linear", "regression"]
 
 
 def curve_set(crop: int) -> list[tuple[str, torch.Tensor, np.ndarray]]:
@@ -138,7 +139,7 @@ def run_curve(method: str, seed: int, steps: int, every: int, images, samples: i
     cache["train"] = info
     for ckpt in sorted((out / "checkpoints").glob("step_*.pt")):
         step = int(ckpt.stem.split("_")[1])
-        if str(step) in cache["points"]:
+        if str(step) in cache["points"] or step not in EVAL_STEPS:
             continue
         t0 = time.perf_counter()
         state = load_training_state(ckpt)
@@ -255,11 +256,61 @@ def report(args, results: dict[str, dict[int, dict]]) -> None:
               "checkpoint: " + ", ".join(
                   f"{m} {np.mean([_last(r)['ema']['fit']['V_over_B'] for r in per.values()]):.2f}"
                   for m, per in results.items() if "fit" in _last(next(iter(per.values())))["ema"]) + "."]
+    lines += time_to_quality(results)
     img = P.ROOT / "docs" / "img" / "learning_curves.png"
     _plot(img, rows)
     lines += ["", "![PSNR of the point estimate against training steps](img/learning_curves.png)"]
     write_section("learning_curves", "\n".join(lines))
     print("\n".join(lines))
+
+
+def _point_key(method: str, point: dict) -> str:
+    """The estimate a user gets from ``method``: μ(x) with the mean-network estimate, the mean
+    of 8 samples (the demo's K) for the other diffusion models, the prediction for regression."""
+    cfg = P.method_config(method, P.LONG_STEPS, 0)
+    if cfg.model.kind == "regression":
+        return "k1"
+    return "mu" if cfg.sample.point_estimate == "mean-net" and "mu" in point else "k8"
+
+
+def _seconds_per_step(method: str, seeds: list[int]) -> float:
+    """Median wall-clock seconds per training step in the runs' stats (shared CPU: indicative)."""
+    per = []
+    for seed in seeds:
+        path = P.run_dir(P.run_tag(P.LONG_STEPS), method, seed) / "stats.jsonl"
+        rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+        rows = [r for r in rows if r.get("kind") == "train"]
+        per += [(b["seconds"] - a["seconds"]) / (b["step"] - a["step"])
+                for a, b in zip(rows, rows[1:], strict=False)
+                if b["step"] > a["step"] and b["seconds"] > a["seconds"]]
+    return float(np.median(per)) if per else float("nan")
+
+
+def time_to_quality(results: dict[str, dict[int, dict]]) -> list[str]:
+    """Per method: the point estimate's PSNR at the last checkpoint and the first evaluated step
+    where it is within 0.3 dB of regression's final PSNR (mean over seeds)."""
+    reg = [m for m in results if P.method_config(m, P.LONG_STEPS, 0).model.kind == "regression"]
+    if not reg:
+        return []
+    steps, mean, _ = _series(results[reg[0]], "ema", "k1")
+    target = mean[-1] - 0.3
+    lines = ["", f"Time to quality: the first evaluated step at which the point estimate is within 0.3 dB of "
+             f"regression's PSNR at step {steps[-1]} ({mean[-1]:.2f} dB), with the median seconds per "
+             "training step of these runs (one thread on a shared 2-core CPU: indicative only).", "",
+             "| method | point estimate | PSNR at the last step | reaches regression − 0.3 dB at "
+             "| s / step |",
+             "|---|---|---|---|---|"]
+    for m, per_seed in results.items():
+        key = _point_key(m, _last(next(iter(per_seed.values())))["ema"])
+        st, mn, sd = _series(per_seed, "ema", key)
+        if not st:
+            continue
+        reach = next((s for s, v in zip(st, mn, strict=True) if v >= target), None)
+        label = {"mu": "μ(x)", "k8": "mean of 8 samples", "k1": "prediction"}[key]
+        lines.append(f"| {m} | {label} | {mn[-1]:.2f} ± {sd[-1]:.2f} (step {st[-1]}) | "
+                     f"{reach if reach is not None else 'not reached'} | "
+                     f"{_seconds_per_step(m, list(per_seed)):.2f} |")
+    return lines
 
 
 def _last(r: dict) -> dict:
