@@ -20,13 +20,15 @@ import numpy as np
 import torch
 
 from microdiff.baselines import apply_baseline
-from microdiff.checkpoint import latest_checkpoint
+from microdiff.checkpoint import latest_checkpoint, load_training_state
 from microdiff.config import Config, apply_overrides, load_config
 from microdiff.data.datasets import Pair, make_pair, simulated
 from microdiff.data.io import read_image, widefield_from_raw_sim
 from microdiff.data.sources import TEST_STREAM
 from microdiff.data.synthetic import SimulatorConfig
-from microdiff.evaluate_files import image_metrics
+from microdiff.evaluation import image_metrics
+from microdiff.models import build_model
+from microdiff.predictor import load
 from microdiff.runs import train_run
 from microdiff.train import TrainingDiverged
 
@@ -87,9 +89,10 @@ class TestImage:
         return self.pair.name
 
 
-#: long runs (learning_curves.py, quality.py --long) keep a checkpoint every 250 steps, so one
-#: training serves both the learning curve and the final evaluation
-LONG_STEPS, CURVE_EVERY = 3000, 250
+#: long runs (learning_curves.py, quality.py --long) live in one folder group and keep a
+#: checkpoint every 250 steps, so one training serves the learning curve and the evaluation at
+#: any budget it has reached (the LR and EMA schedules do not depend on the total steps)
+LONG_STEPS, CURVE_EVERY = 2000, 250
 CURVE_KEEP = ["train.checkpoint_every=250", "train.keep_checkpoints=1000"]
 
 
@@ -103,7 +106,7 @@ def method_config(method: str, steps: int, seed: int, lr: float | None = None) -
 
 def run_tag(steps: int) -> str:
     """The run folder group of a budget: long runs are shared with learning_curves.py."""
-    return f"curves-{steps}" if steps >= LONG_STEPS else f"quality-{steps}"
+    return "long" if steps >= LONG_STEPS else f"quality-{steps}"
 
 
 def run_dir(tag: str, method: str, seed: int, lr: float | None = None) -> Path:
@@ -112,11 +115,15 @@ def run_dir(tag: str, method: str, seed: int, lr: float | None = None) -> Path:
 
 
 def train_cached(cfg: Config, out: Path) -> dict:
-    """Train ``cfg`` into ``out`` unless a finished run is there (resume a partial one).
-    Returns {"seconds": wall-clock of this call's training, "diverged": bool, "steps"}."""
+    """Train ``cfg`` into ``out`` unless a run of at least its steps is there (resume a
+    partial or shorter one). Returns {"seconds": wall-clock of this call's training,
+    "diverged": bool, "steps"}."""
     marker = out / "train.json"
     if marker.exists():
-        return json.loads(marker.read_text())
+        info = json.loads(marker.read_text())
+        if info["steps"] >= cfg.train.steps or info["diverged"]:
+            return info
+        marker.unlink()  # a shorter finished run: continue it
     latest = latest_checkpoint(out / "checkpoints") if out.exists() else None
     if latest is None and out.exists():  # killed before its first checkpoint: start again
         shutil.rmtree(out)
@@ -133,6 +140,18 @@ def train_cached(cfg: Config, out: Path) -> dict:
             "skipped": int(sum(r.get("skipped", 0) for r in train_rows))}
     _write_json(marker, info)
     return info
+
+
+def model_at(out: Path, cfg: Config, steps: int):
+    """The run's EMA model after ``steps`` steps: that checkpoint's EMA weights when it was
+    kept (long runs keep all), else the inference bundle (the final weights)."""
+    ckpt = out / "checkpoints" / f"step_{steps:08d}.pt"
+    if not ckpt.exists():
+        return load(out / "model").model
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    model.load_state_dict(load_training_state(ckpt)["ema"])
+    return model.eval()
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -65,15 +65,15 @@ def evaluate_run(method: str, seed: int, tag: str, steps: int, images, samples: 
     cfg = P.method_config(method, steps, seed)
     out = P.run_dir(tag, method, seed)
     info = P.train_cached(cfg, out)
-    cache = out / "quality.json"
+    cache = out / f"quality-{steps}.json"
     key = {"images": [im.name for im in images], "samples": samples,
-           "curve": [im.name for im in curve] if curve else None}
+           "curve": [im.name for im in curve] if curve else None, "steps": steps}
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
             return saved
     print(f"  evaluating {method} seed {seed}", flush=True)
-    model = load(out / "model").model
+    model = P.model_at(out, cfg, steps)
     sample_steps = cfg.sample.steps if model.generative else 1
     k = samples if model.generative else 1
     rows = P.evaluate_model(model, cfg, images, k, sample_steps, seed=seed)
@@ -93,7 +93,7 @@ def main() -> None:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="~10 min on a CPU: one seed, 150 steps")
     size.add_argument("--full", action="store_true", help="GPU-sized: 5000 steps, 4 images per cell")
-    size.add_argument("--long", action="store_true", help="3000 steps (the runs of learning_curves.py), "
+    size.add_argument("--long", action="store_true", help="2000 steps (the runs of learning_curves.py), "
                       "3 seeds, 2 images per cell")
     ap.add_argument("--methods", nargs="+", default=P.CORE, choices=list(P.METHODS))
     ap.add_argument("--seeds", type=int, nargs="+")
@@ -117,7 +117,7 @@ def main() -> None:
     for seed in z["seeds"]:  # every method at one seed before the next seed: a partial run
         for method in args.methods:  # still compares all methods (--report-only)
             use_curve = curve if (method in args.curve_methods and seed == z["seeds"][0]) else None
-            done = (P.run_dir(tag, method, seed) / "quality.json").exists()
+            done = (P.run_dir(tag, method, seed) / f"quality-{z['steps']}.json").exists()
             if args.report_only and not done:
                 continue
             print(f"{method} seed {seed}: {'cached' if done else 'training ' + str(z['steps']) + ' steps'}",

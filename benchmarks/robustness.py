@@ -32,8 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
-from microdiff.predictor import load  # noqa: E402
-
 SIZES = {
     "quick": {"steps": 50, "seeds": [0], "lrs": [1e-4, 3e-4, 1e-3]},
     # at 150 steps every run of every method was still below bicubic (19.0-19.7 dB vs 23.1):
@@ -53,12 +51,12 @@ def one_run(method: str, seed: int, lr: float, steps: int, images: list[P.TestIm
     cfg = P.method_config(method, steps, seed, lr)
     train_dir = out
     if cfg == P.method_config(method, steps, seed):  # the preset's lr: quality.py trains the same
-        train_dir = P.run_dir(f"quality-{steps}", method, seed)
+        train_dir = P.run_dir(P.run_tag(steps), method, seed)
     info = P.train_cached(cfg, train_dir)
     result = {"method": method, "seed": seed, "lr": lr, "train": info, "psnr": float("nan"),
               "ssim": float("nan")}
     if not info["diverged"]:
-        model = load(train_dir / "model").model
+        model = P.model_at(train_dir, cfg, steps)
         rows = P.evaluate_model(model, cfg, images, samples=2, steps=cfg.sample.steps, seed=seed)
         psnr = float(np.mean([r["psnr"] for r in rows]))
         result |= {"psnr": psnr if np.isfinite(psnr) else float("nan"),
