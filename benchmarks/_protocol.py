@@ -49,10 +49,10 @@ METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
 #: comparison of issue 5; ``learned/...`` the options of how the learned schedule learns.
 LEARNED = "model.schedule.kind=learned"
 DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
-PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "train.clip=global",
-         "train.ema_warmup=false"]
+PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean",
+         "train.grad_clip_scope=global", "train.ema_warmup=false"]
 MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
-            "train.clip=per-module", "train.ema_warmup=true"]
+            "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {
     "learned": ("demo", [*PAPER, LEARNED]),
     "learned-exact": ("demo", [*PAPER, "model.schedule.kind=learned-exact"]),

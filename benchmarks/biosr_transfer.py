@@ -27,7 +27,7 @@ from microdiff.checkpoint import latest_checkpoint  # noqa: E402
 from microdiff.config import apply_overrides, load_config  # noqa: E402
 from microdiff.data.io import read_image, widefield_from_raw_sim  # noqa: E402
 from microdiff.data.synthetic import upsample  # noqa: E402
-from microdiff.evaluate_files import image_metrics, montage_row  # noqa: E402
+from microdiff.evaluation import image_metrics, montage_row  # noqa: E402
 from microdiff.plots import montage  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
 from microdiff.runs import train_run  # noqa: E402

@@ -70,6 +70,35 @@ def test_bundles_of_earlier_versions_still_load(bundle) -> None:
     (folder / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="euler"):
         read_bundle(folder)
+    meta["sample"]["sampler"], meta["format"] = "ddim", 1  # format 1: before point estimates
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    assert read_bundle(folder).sample.point_estimate == "sample-mean"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"scale": 2.5}, "scale must be a whole number"), ({"scale": 0}, "scale must be a whole number"),
+    ({"format": 7}, "bundle format 7"),
+    ({"sample": {"point_estimate": "mean-net"}}, "no mean network"),
+    ({"sample": {"steps": 0}}, "sample: steps"),
+])
+def test_bad_bundle_descriptions_are_refused_in_one_sentence(bundle, change, message) -> None:
+    folder, _ = bundle
+    meta = json.loads((folder / "bundle.json").read_text())
+    for key, value in change.items():
+        if isinstance(value, dict):
+            meta[key] |= value
+        else:
+            meta[key] = value
+    (folder / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=message):
+        read_bundle(folder)
+
+
+def test_predictor_takes_the_bundle_mapping_of_exported_packages(bundle) -> None:
+    folder, model = bundle
+    meta = json.loads((folder / "bundle.json").read_text())
+    pred = microdiff.Predictor(model.eval(), meta)
+    assert pred.bundle == read_bundle(folder) and pred.scale == 2
 
 
 def test_predict_any_size_with_pixel_size_and_determinism(bundle) -> None:

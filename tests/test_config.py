@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 import microdiff
-from microdiff.config import config_from_dict, config_to_yaml, load_config, preset_names
+from microdiff.config import apply_overrides, config_from_dict, config_to_yaml, load_config, preset_names
 from microdiff.errors import ConfigError
 
 
@@ -101,3 +101,8 @@ def test_base_key_errors_are_one_sentence(tmp_path) -> None:
     missing.write_text("base: no-such-preset\n")
     with pytest.raises(ConfigError, match="no preset of that name"):
         load_config(missing)
+
+
+def test_the_removed_sampler_key_says_what_replaced_it() -> None:
+    with pytest.raises(ConfigError, match="sample.eta"):
+        apply_overrides(load_config("demo"), ["sample.sampler=ddim"])

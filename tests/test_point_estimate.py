@@ -36,7 +36,7 @@ def _trained(steps: int, denoiser_width: int = 16):
     torch.manual_seed(0)
     x, y, _ = _toy(512, 0)
     trainer, _ = fit(build_model(cfg), x, y, TrainConfig(steps=steps, batch_size=16, lr=3e-3, warmup=10,
-                                                         ema=0.0, clip="per-module"))
+                                                         ema=0.0, grad_clip_scope="per-module"))
     return trainer.model, cfg
 
 

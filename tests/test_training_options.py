@@ -49,7 +49,7 @@ def _norm(params) -> float:
 def test_per_module_clipping_keeps_a_schedule_spike_off_the_denoiser() -> None:
     model = tiny_model("learned")
     dn = list(model.denoiser.parameters())
-    per = Trainer(model, TrainConfig(grad_clip=1.0, clip="per-module"))
+    per = Trainer(model, TrainConfig(grad_clip=1.0, grad_clip_scope="per-module"))
     _set_grads(model, 1e-4, 10.0)
     small = _norm(dn)
     assert small < 1.0

@@ -35,7 +35,8 @@ from .data.tasks import Task
 from .errors import UserError
 from .models import ImageModel, build_model
 
-FORMAT = 1  # of the inference bundle
+FORMAT = 2  # of the inference bundle (2: sample.point_estimate, model.zmd.scaled, no sample.sampler)
+READABLE_FORMATS = (1, 2)
 CHECKPOINT_FORMAT = 1  # of the training state
 
 
@@ -75,19 +76,25 @@ class Bundle:
     def from_dict(cls, meta: dict, source: str | Path = "bundle.json") -> Bundle:
         """Validate ``bundle.json``'s mapping (older bundles: no ``task`` is sr, a
         ``sampler`` key becomes η); one sentence naming ``source`` when it does not fit."""
-        if meta.get("format") != FORMAT:
-            raise BundleError(f"{source}: bundle format {meta.get('format')!r}; "
-                              f"this microdiff reads {FORMAT}")
+        if meta.get("format") not in READABLE_FORMATS:
+            raise BundleError(f"{source}: bundle format {meta.get('format')!r}; this microdiff reads "
+                              f"{', '.join(map(str, READABLE_FORMATS))}")
         try:
-            norm = meta["normalization"]
-            return cls(model=ModelConfig.model_validate(meta["model"]),
-                       sample=SampleConfig.model_validate(meta["sample"]), scale=int(meta["scale"]),
-                       pixel_size_um=meta.get("pixel_size_um"),
+            norm, scale = meta["normalization"], meta["scale"]
+            if not isinstance(scale, int) or scale < 1:
+                raise ValueError(f"scale must be a whole number ≥ 1, got {scale!r}")
+            model = ModelConfig.model_validate(meta["model"])
+            sample = SampleConfig.model_validate(meta["sample"])
+            if sample.point_estimate == "mean-net" and model.kind == "cvdm" and not model.zmd.enabled:
+                raise ValueError("sample.point_estimate is mean-net but the model has no mean network")
+            return cls(model=model, sample=sample, scale=scale, pixel_size_um=meta.get("pixel_size_um"),
                        percentiles=(float(norm["lo"]), float(norm["hi"])),
                        task=Task.from_dict(meta.get("task")), weights=meta.get("weights", "ema"),
                        microdiff_version=meta.get("microdiff_version", "?"))
         except ValidationError as err:
-            raise BundleError(f"not a valid model description: {first_error(err, str(source))}") from None
+            section = err.title.removesuffix("Config").lower()  # ModelConfig → model
+            raise BundleError(f"not a valid model description: {first_error(err, f'{source}: {section}')}"
+                              ) from None
         except (KeyError, TypeError, ValueError) as err:
             what = f"no key {err}" if isinstance(err, KeyError) else str(err)
             raise BundleError(f"{source}: not a valid model description ({what})") from None

@@ -21,7 +21,7 @@ from .options import (
     Device,
     EpsGrad,
     Generator,
-    GradClip,
+    GradClipScope,
     Grid,
     InputNorm,
     ModelKind,
@@ -190,9 +190,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay")
     warmup: int = Field(20, ge=0, description="linear LR warm-up steps")
     grad_clip: float = Field(1.0, gt=0)
-    clip: GradClip = Field("global", description="clip the gradient norm of all parameters together "
-                           "(global) or of each module (denoiser, schedule, mean net) on its own "
-                           "(per-module)")
+    grad_clip_scope: GradClipScope = Field(
+        "global", description="clip the gradient norm of all parameters together (global) or of each "
+        "module (denoiser, schedule, mean net) on its own (per-module)")
     ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of all weights")
     ema_warmup: bool = Field(False, description="EMA decay min(ema, (1 + s)/(10 + s)) at step s: the early "
                              "average follows the weights instead of keeping the initialisation")
@@ -221,8 +221,8 @@ class SampleConfig(_Strict):
     grid: Grid = "gamma"
     point_estimate: PointEstimate = Field(
         "sample-mean", description="the image returned as the prediction (NAME_mean.tif): the mean of "
-        "the K samples (the paper), or the mean network μ(x) of Zero-Mean Diffusion (one pass, no "
-        "sampling noise; needs model.zmd.enabled)")
+        "the K samples (the paper), or the mean network μ(x) of Zero-Mean Diffusion (its one network "
+        "pass, free of sampling noise; the K samples still give the std; needs model.zmd.enabled)")
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
 
@@ -351,7 +351,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
                 raise ConfigError(f"--set {item!r}: {key.strip()!r} is not a config key")
             node = node[part]
         if leaf not in node:
-            raise ConfigError(f"--set {item!r}: {key.strip()!r} is not a config key")
+            hint = ("; the sampler is set by sample.eta (1: ancestral, 0: deterministic DDIM)"
+                    if key.strip() == "sample.sampler" else "")
+            raise ConfigError(f"--set {item!r}: {key.strip()!r} is not a config key{hint}")
         try:
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError:

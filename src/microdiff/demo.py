@@ -27,7 +27,7 @@ import torch
 from .config import Config, load_config
 from .data.datasets import Pair, simulated
 from .data.io import atomic_write_bytes
-from .data.sources import TEST_STREAM
+from .data.sources import TEST_STREAM, task_of
 from .data.synthetic import STRUCTURES, SimulatorConfig
 from .errors import UserError
 from .evaluation import image_metrics, montage_row, schedule_profile, write_report
@@ -95,22 +95,25 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
         vals = [r[key] for r in rows if r["method"] == which and key in r]
         return float(np.mean(vals)) if vals else float("nan")
 
+    base = task_of(cfg.data).baseline_name
     summary = {"psnr_mean": avg(method, "psnr"), "ssim_mean": avg(method, "ssim"),
-               "psnr_bicubic": avg("bicubic", "psnr"), "ssim_bicubic": avg("bicubic", "ssim"),
+               **({f"psnr_{base}": avg(base, "psnr"), f"ssim_{base}": avg(base, "ssim")} if base else {}),
                "spearman_std_error": avg(method, "spearman_std_error"),
                "coverage_1sigma": avg(method, "coverage_1sigma"),
                "coverage_2sigma": avg(method, "coverage_2sigma"), "held_out_images": len(pairs),
                "train_seconds": t_train, "total_seconds": time.perf_counter() - t0,
                "final_loss": _last_loss(out), "parameters": sum(p.numel() for p in model.parameters())}
     atomic_write_bytes(out / "results.json", json.dumps(summary, indent=2).encode(), overwrite=True)
-    _print_summary(summary, out, model.generative)
+    label = ("regression U-Net" if not model.generative else
+             "CVDM mean network μ(x)" if cfg.sample.point_estimate == "mean-net" else "CVDM posterior mean")
+    _print_summary(summary, out, label, base, model.generative)
     return summary
 
 
 def _evaluate(model: ImageModel, cfg: Config, pairs: list[Pair]) -> tuple[list, list, list, list]:
-    """Metric rows (model and bicubic), up to four montage rows (one per structure) with their
-    labels, and every image's panels for ``examples.tif``."""
-    s = cfg.sample
+    """Metric rows (model and the task's classical baseline), up to four montage rows (one per
+    structure) with their labels, and every image's panels for ``examples.tif``."""
+    s, task = cfg.sample, task_of(cfg.data)
     simulated_data = cfg.data.generator == "simulator" and not cfg.data.path
     px = SimulatorConfig().target_pixel_um if simulated_data else None
     method = "cvdm" if model.generative else "regression"
@@ -124,7 +127,10 @@ def _evaluate(model: ImageModel, cfg: Config, pairs: list[Pair]) -> tuple[list, 
         structure = p.name.split("_")[0] if p.name.split("_")[0] in STRUCTURES else "all"
         rows.append({"image": p.name, "structure": structure, "method": method,
                      **image_metrics(mean, y, px, std if model.generative else None)})
-        rows.append({"image": p.name, "structure": structure, "method": "bicubic", **image_metrics(x, y, px)})
+        baseline = task.baseline(p.x.numpy())
+        if baseline is not None:
+            rows.append({"image": p.name, "structure": structure, "method": task.baseline_name,
+                         **image_metrics(baseline, y, px)})
         panel = montage_row(x, mean, std, y)
         stack.append(np.stack(panel).astype(np.float32))
         if len(panels) < 4 and (structure == "all" or structure not in labels):
@@ -139,13 +145,14 @@ def _last_loss(out: Path) -> float:
     return float(losses[-1]) if losses else float("nan")
 
 
-def _print_summary(summary: dict, out: Path, uncertainty: bool = True) -> None:
+def _print_summary(summary: dict, out: Path, label: str, baseline: str | None, uncertainty: bool) -> None:
     n = summary["held_out_images"]
     print()
     print(f"{'held-out images (n=' + str(n) + ')':<28}{'PSNR [dB]':>10}{'SSIM':>8}")
-    print(f"{'bicubic-upsampled input':<28}{summary['psnr_bicubic']:>10.2f}{summary['ssim_bicubic']:>8.3f}")
-    name = "CVDM posterior mean" if uncertainty else "regression U-Net"
-    print(f"{name:<28}{summary['psnr_mean']:>10.2f}{summary['ssim_mean']:>8.3f}")
+    if baseline:
+        name = {"bicubic": "bicubic-upsampled input", "tie": "TIE (transport of intensity)"}[baseline]
+        print(f"{name:<28}{summary[f'psnr_{baseline}']:>10.2f}{summary[f'ssim_{baseline}']:>8.3f}")
+    print(f"{label:<28}{summary['psnr_mean']:>10.2f}{summary['ssim_mean']:>8.3f}")
     if uncertainty:
         print(f"uncertainty: Spearman(std, |error|) {summary['spearman_std_error']:.2f}; "
               f"±1σ covers {summary['coverage_1sigma']:.2f} of pixels, ±2σ {summary['coverage_2sigma']:.2f}")

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .nets.unet import UNet
 from .options import EPS_GRAD_MODES, POINT_ESTIMATES, choose
-from .sampling import Denoiser, SampleOutput, sample_loop, sample_statistics
+from .sampling import Denoiser, SampleOutput, check_eta, sample_loop, sample_statistics
 from .schedule import Schedule, build_schedule, working_dtype
 
 if TYPE_CHECKING:
@@ -334,6 +334,9 @@ class CVDM(nn.Module):
         (``mean`` is ZMD's μ(x) on top of the residual base: one pass, no sampling noise).
         """
         choose(point_estimate, POINT_ESTIMATES, "point estimate")
+        check_eta(eta)
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
         if point_estimate == "mean-net" and self.mean_net is None:
             raise ValueError("point_estimate mean-net needs the ZMD mean network (model.zmd.enabled)")
         if samples < 1:

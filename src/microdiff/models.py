@@ -59,7 +59,7 @@ class ImageModel(Protocol):
         """Optimiser parameter groups (``{"params": [...]}``, optionally ``"lr_scale"``)."""
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
-        """The parameters of each module, clipped separately under ``train.clip=per-module``."""
+        """The parameters of each module, clipped separately under ``train.grad_clip_scope=per-module``."""
 
 
 def build_model(cfg: ModelConfig) -> CVDM | RegressionModel:

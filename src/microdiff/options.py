@@ -20,7 +20,7 @@ Structure = Literal["mt", "factin", "ccp", "er", "mixed"]
 PhaseSource = Literal["natural", "structures"]
 Generator = Literal["simulator", "filaments"]
 Optimizer = Literal["adam", "adamw"]
-GradClip = Literal["global", "per-module"]
+GradClipScope = Literal["global", "per-module"]
 PointEstimate = Literal["sample-mean", "mean-net"]
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -34,6 +34,7 @@ INPUT_NORMS: tuple[str, ...] = get_args(InputNorm)
 STRUCTURES: tuple[str, ...] = get_args(Structure)
 PHASE_SOURCES: tuple[str, ...] = get_args(PhaseSource)
 POINT_ESTIMATES: tuple[str, ...] = get_args(PointEstimate)
+GRAD_CLIP_SCOPES: tuple[str, ...] = get_args(GradClipScope)
 QPI_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "sr")
 
 

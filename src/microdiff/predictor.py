@@ -46,7 +46,8 @@ class Prediction:
 class Predictor:
     """A loaded model plus what is needed to apply it to raw images (its :class:`Bundle`)."""
 
-    def __init__(self, model: ImageModel, bundle: Bundle) -> None:
+    def __init__(self, model: ImageModel, bundle: Bundle | dict) -> None:
+        bundle = Bundle.from_dict(bundle) if isinstance(bundle, dict) else bundle  # bundle.json's mapping
         self.model, self.bundle = model, bundle
         self.scale = bundle.scale
         self.percentiles = bundle.percentiles

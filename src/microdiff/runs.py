@@ -237,13 +237,10 @@ class _Run:
         if tc.val_every and step % tc.val_every == 0 and step < tc.steps:
             res = self.validate()
             if self.progress and res:
-                bar.write(f"step {step}: validation PSNR {res['val_psnr']:.2f} dB "
-                          f"({self.baseline_name} {res['val_psnr_baseline']:.2f}), "
+                name = task_of(self.cfg.data).baseline_name
+                versus = f" ({name} {res['val_psnr_baseline']:.2f})" if name else ""
+                bar.write(f"step {step}: validation PSNR {res['val_psnr']:.2f} dB{versus}, "
                           f"SSIM {res['val_ssim']:.3f}")
-
-    @property
-    def baseline_name(self) -> str:
-        return task_of(self.cfg.data).baseline_name or "baseline"
 
     def _stop(self, stop: StopSignals) -> None:
         if self.trainer.bad == 0 and self.last_saved != self.trainer.step:

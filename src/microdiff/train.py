@@ -22,6 +22,7 @@ from .config import TrainConfig
 from .distributed import World
 from .errors import UserError
 from .models import ImageModel
+from .options import GRAD_CLIP_SCOPES, choose
 
 MAX_BAD_STEPS = 10
 
@@ -103,11 +104,11 @@ class Trainer:
         (``global``), or of each of the model's modules on its own (``per-module``: a spike in
         the schedule's gradient no longer shrinks the denoiser's step). Returns the total
         norm before clipping (non-finite when a gradient is)."""
-        if self.cfg.clip == "global":
+        if choose(self.cfg.grad_clip_scope, GRAD_CLIP_SCOPES, "gradient clip scope") == "global":
             return float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip))
-        groups = self.model.clip_groups()
-        norms = [torch.nn.utils.clip_grad_norm_(group, self.cfg.grad_clip) for group in groups]
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
+        groups = [[p for p in group if p.grad is not None] for group in self.model.clip_groups()]
+        norms = [float(torch.nn.utils.clip_grad_norm_(g, self.cfg.grad_clip)) for g in groups if g]
+        return math.sqrt(sum(n * n for n in norms))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
                    ) -> dict[str, float]:

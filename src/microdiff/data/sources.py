@@ -119,7 +119,7 @@ def qpi_pairs(cfg: DataConfig, n: int, seed: int, stream: int, progress: bool = 
 
 def load_training_data(cfg: DataConfig, seed: int, progress: bool = True) -> TrainingData:
     """The training and validation pairs that ``cfg`` describes (``seed``: train.seed)."""
-    if cfg.path is None and cfg.task != "sr":
+    if cfg.path is None and task_of(cfg).is_phase:
         train = qpi_pairs(cfg, cfg.n_train, seed, TRAIN_STREAM, progress)
         val = qpi_pairs(cfg, cfg.n_val, seed, VAL_STREAM)
         return TrainingData(train, val, 1, QPIConfig().pixel_um,
