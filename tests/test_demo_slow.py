@@ -1,4 +1,4 @@
-"""The full demo (minutes): the posterior mean must beat the bicubic input."""
+"""The full demo (minutes): its prediction must beat the bicubic input."""
 
 from __future__ import annotations
 

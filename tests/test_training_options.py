@@ -93,8 +93,9 @@ def test_mean_net_estimate_is_the_base_plus_mu() -> None:
 
 def test_config_refuses_a_mean_net_estimate_without_the_mean_net() -> None:
     with pytest.raises(ConfigError, match="zmd.enabled"):
-        apply_overrides(load_config("demo"), ["sample.point_estimate=mean-net"])
-    cfg = apply_overrides(load_config("demo"), ["model.zmd.enabled=true", "sample.point_estimate=mean-net"])
+        apply_overrides(load_config("demo-faithful"), ["sample.point_estimate=mean-net"])
+    cfg = apply_overrides(load_config("demo-faithful"), ["model.zmd.enabled=true",
+                                                         "sample.point_estimate=mean-net"])
     assert cfg.sample.options()["point_estimate"] == "mean-net"
     assert Config().sample.options() == {"eta": 1.0, "grid": "gamma", "clip": None,
                                          "point_estimate": "sample-mean"}
@@ -115,3 +116,16 @@ def test_scaled_mean_network_is_the_regression_parameterisation() -> None:
     from microdiff.models import build_model
 
     assert build_model(cfg.model).mean_scale == cfg.model.target_scale
+
+
+def test_the_default_predicts_with_the_mean_network_and_the_faithful_preset_does_not() -> None:
+    demo, faithful = load_config("demo"), load_config("demo-faithful")
+    assert demo.model.zmd.enabled and demo.model.zmd.scaled and demo.sample.point_estimate == "mean-net"
+    assert demo.model.zmd.net == demo.model.denoiser  # μ: a regression U-Net of the denoiser's size
+    assert (demo.train.grad_clip_scope, demo.train.ema_warmup) == ("per-module", True)
+    assert faithful.model.schedule.kind == "learned" and not faithful.model.zmd.enabled
+    assert faithful.sample.point_estimate == "sample-mean"
+    assert (faithful.train.grad_clip_scope, faithful.train.ema_warmup) == ("global", False)
+    assert faithful.model.denoiser == demo.model.denoiser and faithful.data == demo.data
+    for name in ("qpi-2shot", "qpi-poly", "paper"):  # measured with the paper's design
+        assert load_config(name).sample.point_estimate == "sample-mean"
