@@ -86,14 +86,14 @@ def _checked_metadata(v, authors: list[str] | None, cite_url: str | None) -> lis
 
 
 def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, unit: str | None) -> None:
-    """input | posterior mean | std, 2:1 (the Zoo's cover ratio)."""
+    """input | prediction (mean) | std, 2:1 (the Zoo's cover ratio)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(6, 3), dpi=120)
-    titles = ("input", f"posterior mean ({unit})" if unit else "posterior mean", "std (uncertainty)")
+    titles = ("input", f"mean ({unit})" if unit else "mean", "std (uncertainty)")
     for ax, img, title, cmap in zip(axes, (x[0], mean[0], std[0]), titles, ("gray", "gray", "magma"),
                                     strict=True):
         lo, hi = np.percentile(img, PERCENTILES)
@@ -103,6 +103,13 @@ def _cover(path: Path, x: np.ndarray, mean: np.ndarray, std: np.ndarray, unit: s
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def _what_mean(bundle: Bundle, options: dict) -> str:
+    if bundle.sample.point_estimate == "mean-net":
+        return "the prediction of the model's mean network μ(x) (one pass, no sampling noise)"
+    return (f"the posterior mean of {options['samples']} samples ({options['steps']} sampling steps, "
+            f"seed {options['seed']})")
 
 
 def _readme(bundle: Bundle, options: dict, name: str) -> str:
@@ -116,9 +123,9 @@ schedule is learned) trained with microdiff {bundle.microdiff_version} for {task
 ## Inputs and outputs
 - `input`: the raw image `[batch, channel, y, x]` in its own units (no normalisation needed;
   the model normalises each image {task.describe_input_norm(bundle.percentiles)} inside).
-- `mean`: the posterior mean of {options['samples']} samples ({options['steps']} sampling steps,
-  seed {options['seed']}): deterministic, in the input's intensity units{rad}.
-- `std`: the per-pixel standard deviation over those samples (the model's uncertainty), same units.
+- `mean`: {_what_mean(bundle, options)}: deterministic, in the input's intensity units{rad}.
+- `std`: the per-pixel standard deviation over {options['samples']} posterior samples
+  ({options['steps']} sampling steps, seed {options['seed']}; the model's uncertainty), same units.
 
 Output pixels are {bundle.scale}× smaller than input pixels. Same image, same output:
 the seed is fixed. The same model runs in microdiff (`microdiff predict MODEL image.tif`),
@@ -236,8 +243,9 @@ def _describe(v, tmp: Path, bundle: Bundle, options: dict, title: str, out_chann
 
     return v.ModelDescr(
         name=title,
-        description=(f"CVDM (learned per-pixel noise schedule) for {task.kind}: posterior mean and std "
-                     f"of {options['samples']} samples, {options['steps']} steps, seed {options['seed']}."),
+        description=(f"CVDM (learned per-pixel noise schedule) for {task.kind}: the prediction "
+                     f"({bundle.sample.point_estimate}) and the std of {options['samples']} posterior "
+                     f"samples, {options['steps']} steps, seed {options['seed']}."),
         authors=[v.Author(name=a) for a in (authors or [DEFAULT_AUTHOR])],
         cite=[v.CiteEntry(text=CVDM_CITATION, doi=v.Doi(CVDM_DOI)), *cite_extra],
         license=v.LicenseId("MIT"),
@@ -250,7 +258,7 @@ def _describe(v, tmp: Path, bundle: Bundle, options: dict, title: str, out_chann
             test_tensor=v.FileDescr(source=tmp / "test_input.npy"),
             sample_tensor=v.FileDescr(source=tmp / "sample_input.tif"),
             data=v.IntervalOrRatioDataDescr(type="float32"))],
-        outputs=[output("mean", "posterior mean (input units; rad for QPI)"),
+        outputs=[output("mean", "the prediction (input units; rad for QPI)"),
                  output("std", "posterior std: the per-pixel uncertainty (same units)")],
         weights=v.WeightsDescr(pytorch_state_dict=v.PytorchStateDictWeightsDescr(
             source=tmp / "weights.pt",
