@@ -65,7 +65,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "learned/bounded": ("demo", [*PAPER, LEARNED, "model.schedule.lambda_range=[0.35,1.4]"]),
     # Zero-Mean Diffusion as the authors have it (μ = net(x), σ = 0.5), mean network the
     # denoiser's size, the K-sample mean as the estimate
-    "zmd": ("demo", [*PAPER, "model.zmd.enabled=true", DEMO_NET, "model.schedule.kind=learned-exact"]),
+    "zmd": ("demo", [*PAPER, "model.zmd.enabled=true", "model.zmd.scaled=false", DEMO_NET,
+                     "model.schedule.kind=learned-exact"]),
     # issue 17's design with the learned schedule, and with DDPM's fixed one
     "zmd-scaled": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact"]),
     "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
