@@ -143,6 +143,19 @@ def train_cached(cfg: Config, out: Path) -> dict:
     return info
 
 
+def trained_to(cfg: Config, out: Path, steps: int) -> dict:
+    """Make sure ``out`` has the model after ``steps`` steps: a long run that has already
+    passed them (its checkpoint is kept, even while it is still training) is used as it is;
+    else :func:`train_cached`. Returns the training info, with the seconds the run had taken
+    at that step."""
+    if not (out / "checkpoints" / f"step_{steps:08d}.pt").exists():
+        return train_cached(cfg, out)
+    rows = [json.loads(ln) for ln in (out / "stats.jsonl").read_text().splitlines() if ln.strip()]
+    at = [r for r in rows if r.get("kind") == "train" and r["step"] <= steps]
+    return {"seconds": at[-1]["seconds"] if at else float("nan"), "diverged": False, "message": "",
+            "steps": steps, "last_step": steps, "skipped": int(sum(r.get("skipped", 0) for r in at))}
+
+
 def model_at(out: Path, cfg: Config, steps: int):
     """The run's EMA model after ``steps`` steps: that checkpoint's EMA weights when it was
     kept (long runs keep all), else the inference bundle (the final weights)."""

@@ -64,7 +64,7 @@ def evaluate_run(method: str, seed: int, tag: str, steps: int, images, samples: 
                  curve: list[P.TestImage] | None) -> dict:
     cfg = P.method_config(method, steps, seed)
     out = P.run_dir(tag, method, seed)
-    info = P.train_cached(cfg, out)
+    info = P.trained_to(cfg, out, steps)
     cache = out / f"quality-{steps}.json"
     key = {"images": [im.name for im in images], "samples": samples,
            "curve": [im.name for im in curve] if curve else None, "steps": steps}
