@@ -110,8 +110,9 @@ def main() -> None:
     tag = P.run_tag(z["steps"])
     images = P.test_set(z["per_cell"], real_crop=z["real_crop"])
     sims = [im for im in images if im.group.startswith("sim")]
+    n_curve = z["curve_images"]
     curve = [P.TestImage(im.group, im.structure, crop(im.pair, CURVE_CROP), im.pixel_size_um)
-             for im in sims[::max(1, len(sims) // z["curve_images"])]][: z["curve_images"]]
+             for im in sims[::max(1, len(sims) // n_curve)]][:n_curve] if n_curve else None
     t0 = time.perf_counter()
     results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
     for seed in z["seeds"]:  # every method at one seed before the next seed: a partial run
