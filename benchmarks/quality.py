@@ -49,6 +49,7 @@ SIZES = {  # sizing: steps, seeds, simulated images per (structure, level), curv
              "real_crop": 128},
 }
 CURVE_STEPS = [5, 10, 20, 50, 100, 200]
+DEFAULT = "zmd-scaled"  # the default presets' design (issue 17)
 CURVE_CROP = 64  # target pixels of the curve images (centre crops of the simulated test set)
 GROUPS = ["sim-low", "sim-high", "real-01", "real-09"]
 
@@ -209,6 +210,10 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
         "the n column). Wall-clock: "
         "training seconds per run on this machine (cached runs keep their first timing).", "",
     ]
+    missing = {m: [s for s in z["seeds"] if s not in per] for m, per in results.items()}
+    if any(missing.values()):
+        lines += ["**Partial table**: seeds still to come — " + "; ".join(
+            f"{m}: {', '.join(map(str, s))}" for m, s in missing.items() if s) + ".", ""]
     head = "| method | n | train [s] | steps × samples | s / 128² image | " + " | ".join(
         f"PSNR {g} | SSIM {g}" for g in groups) + " |"
     lines += [head, "|" + "---|" * (5 + 2 * len(groups))]
@@ -235,11 +240,12 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
         lines.append(f"| {b} (no training) | – | – | – | {per_img:.2f} | " + " | ".join(cells) + " |")
 
     lines += ["", f"All {len(sim_images)} simulated images pooled (both levels): every metric "
-              "(FRC: resolution at the 1/7 threshold, nm; lower is finer).", "",
+              "(FRC: resolution at the 1/7 threshold, nm, lower is finer; the median over the images, "
+              "since an image whose curve never crosses the threshold reads thousands of nm).", "",
               "| method | PSNR | SSIM | MS-SSIM | NRMSE | FRC [nm] |", "|---|---|---|---|---|---|"]
 
     def pooled(rows: list[dict], key: str) -> float:
-        return float(np.mean([r[key] for r in rows if r["group"].startswith("sim")]))
+        return _pool([r[key] for r in rows if r["group"].startswith("sim")], key)
 
     for m, per_seed in results.items():
         runs = list(per_seed.values())
@@ -251,6 +257,9 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
             f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0), strict=True)) + " |")
 
     lines += sample_table(results)
+    if sizing == "long" and {DEFAULT, "regression"} <= set(results):
+        lines += acceptance_table(results, baselines["bicubic"])
+        lines += montage(images, z, tag=P.run_tag(z["steps"]))
     lines += ["", "PSNR per structure and level (simulated; mean over seeds).", "",
               "| method | " + " | ".join(f"{s} L{lv}" for lv in P.LEVELS.values()
                                           for s in P.STRUCTURES) + " |",
@@ -285,6 +294,11 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
     print("\n".join(lines))
 
 
+def _pool(values: list[float], key: str) -> float:
+    """Mean over images; the median for FRC resolutions (see the pooled table's note)."""
+    return float(np.median(values) if "frc" in key else np.mean(values))
+
+
 def sample_table(results: dict) -> list[str]:
     """Point estimate, K-sample mean and one posterior sample of the generative methods
     (simulated images pooled), with the std's rank correlation and coverage."""
@@ -299,7 +313,7 @@ def sample_table(results: dict) -> list[str]:
              "| FRC 1 sample [nm] | Spearman(std, \\|err\\|) | ±1σ |", "|---" * 10 + "|"]
 
     def pooled(rows: list[dict], key: str) -> float:
-        return float(np.mean([r[key] for r in rows if r["group"].startswith("sim") and key in r]))
+        return _pool([r[key] for r in rows if r["group"].startswith("sim") and key in r], key)
 
     for m, per_seed in gen.items():
         runs = list(per_seed.values())
@@ -309,6 +323,91 @@ def sample_table(results: dict) -> list[str]:
             ("coverage_1sigma", 2))]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
+
+
+def acceptance_table(results: dict, bicubic: list[dict]) -> list[str]:
+    """Issue 17's acceptance criteria for the default design against the regression U-Net
+    (seed means; seeds both methods have finished)."""
+    seeds = sorted(set(results[DEFAULT]) & set(results["regression"]))
+
+    def value(method: str, key: str, group: str | None = None, structure: str | None = None) -> float:
+        """Seed mean of the per-seed pooled value over the images (:func:`_pool`)."""
+        def one(rows: list[dict]) -> float:
+            pick = [r[key] for r in rows if (r["group"] == group if group else r["group"].startswith("sim"))
+                    and (structure is None or r["structure"] == structure) and key in r]
+            return _pool(pick, key)
+        return float(np.mean([one(results[method][s]["rows"]) for s in seeds]))
+
+    def bic(group: str) -> float:
+        return float(np.mean([r["psnr"] for r in bicubic if r["group"] == group]))
+
+    checks = [("PSNR, simulated pooled", value(DEFAULT, "psnr"), value("regression", "psnr"), -0.3, "dB"),
+              ("SSIM, simulated pooled", value(DEFAULT, "ssim"), value("regression", "ssim"), -0.01, "")]
+    checks += [(f"PSNR, {st} (both levels)", value(DEFAULT, "psnr", structure=st),
+                value("regression", "psnr", structure=st), -0.5, "dB") for st in P.STRUCTURES]
+    reg_frc = value("regression", "frc_resolution")
+    checks += [("FRC resolution, simulated (median image)", value(DEFAULT, "frc_resolution"), reg_frc, 0,
+                "nm"),
+               ("FRC of one posterior sample against regression's", value(DEFAULT, "sample1_frc_resolution"),
+                reg_frc, 0, "nm")]
+    for g in ("real-01", "real-09"):
+        if any(r["group"] == g for r in bicubic):
+            checks += [(f"PSNR, {g}", value(DEFAULT, "psnr", g), value("regression", "psnr", g), 0.0, "dB"),
+                       (f"SSIM, {g}", value(DEFAULT, "ssim", g), value("regression", "ssim", g), 0.0, ""),
+                       (f"PSNR, {g} vs bicubic + 1 dB", value(DEFAULT, "psnr", g), bic(g), 1.0, "dB")]
+    lines = ["", f"Issue 17's acceptance: the default design (`{DEFAULT}`: μ(x) of the mean network) "
+             f"against the regression U-Net (or bicubic), means over seeds {', '.join(map(str, seeds))}; "
+             "*holds* when the difference is at least the margin (for FRC in nm, lower is finer: at "
+             "most the margin).", "",
+             "| criterion | default | reference | difference | margin | holds |", "|---|---|---|---|---|---|"]
+    for name, ours, ref, margin, unit in checks:
+        d = ours - ref
+        finer = unit == "nm"
+        fmt = ".3f" if unit == "" else ".0f" if finer else ".2f"
+        holds = d <= margin if finer else d >= margin
+        lines.append(f"| {name} | {ours:{fmt}} | {ref:{fmt}} | {d:+{fmt}} | {'≤' if finer else '≥'} "
+                     f"{margin:+g} {unit} | {'yes' if holds else '**no**'} |")
+    return lines
+
+
+def montage(images: list[P.TestImage], z: dict, tag: str) -> list[str]:
+    """docs/img/quality_long_montage.png: for a simulated microtubule image (level 9) and the
+    real cell (level 09): bicubic input, regression, the default's μ(x), one posterior sample,
+    its std and the target (first seed's models)."""
+    import matplotlib.pyplot as plt
+
+    from microdiff.plots import save_figure
+
+    seed = z["seeds"][0]
+    picks = [im for im in images if im.group == "sim-high" and im.structure == "mt"][:1]
+    picks += [im for im in images if im.group == "real-09"]
+    models = {m: (P.model_at(P.run_dir(tag, m, seed), P.method_config(m, z["steps"], seed), z["steps"]),
+                  P.method_config(m, z["steps"], seed)) for m in (DEFAULT, "regression")}
+    cols = ["bicubic input", "regression", "CVDM μ(x) (default)", "one CVDM sample", "CVDM std", "target"]
+    fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.4 * len(picks)),
+                             squeeze=False)
+    for r, (row, im) in enumerate(zip(axes, picks, strict=True)):
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            reg = models["regression"][0].sample(im.pair.x[None], steps=1, samples=1, generator=gen).mean
+            cfg = models[DEFAULT][1]
+            res = models[DEFAULT][0].sample(im.pair.x[None], steps=cfg.sample.steps, samples=z["samples"],
+                                            generator=gen, **cfg.sample.options())
+        panels = [im.pair.x[0], reg[0, 0], res.mean[0, 0], res.samples[0, 0, 0], res.std[0, 0], im.pair.y[0]]
+        lo, hi = np.percentile(im.pair.y[0].numpy(), [1, 99.8])
+        for ax, img, title in zip(row, panels, cols, strict=True):
+            is_std = title == "CVDM std"
+            ax.imshow(img.numpy(), cmap="magma" if is_std else "gray",
+                      **({} if is_std else {"vmin": lo, "vmax": hi}))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=9)
+        row[0].set_ylabel(im.group, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, P.ROOT / "docs" / "img" / "quality_long_montage.png", dpi=90)
+    return ["", f"![bicubic, regression, the default's μ(x), one sample, std and target (seed {seed})]"
+            "(img/quality_long_montage.png)"]
 
 
 def _plot_curves(path: Path, curves: dict[str, dict[int, float]]) -> None:
