@@ -248,13 +248,19 @@ def report(args, results: dict[str, dict[int, dict]]) -> None:
     shown = [s for s in all_steps if s in (250, 500, 1000, 1500, 2000, 2500, 3000) or s == all_steps[-1]]
     lines += ["| method | estimate | " + " | ".join(f"{s}" for s in shown) + " |",
               "|---|---|" + "---|" * len(shown)]
+    rows = [r for r in rows if np.isfinite(r[3]).any()]  # e.g. a K→∞ fit that never converged
     for m, label, steps, mean, std in rows:
-        cells = [f"{mean[steps.index(s)]:.2f} ± {std[steps.index(s)]:.2f}" if s in steps else "–"
-                 for s in shown]
+        one_seed = len(results[m]) == 1
+        cells = [("–" if s not in steps else f"{mean[steps.index(s)]:.2f}" if one_seed
+                  else f"{mean[steps.index(s)]:.2f} ± {std[steps.index(s)]:.2f}") for s in shown]
         lines.append(f"| {m} | {label} | " + " | ".join(cells) + " |")
+    def v_over_b(per: dict[int, dict]) -> str:
+        v = np.nanmean([_last(r)["ema"]["fit"]["V_over_B"] for r in per.values()])
+        return f"{v:.2f}" if np.isfinite(v) else "– (the K-sample errors do not follow B + V/K)"
+
     lines += ["", "V/B of the fit (1 = calibrated spread; > 1: over-dispersed samples) at the last "
               "checkpoint: " + ", ".join(
-                  f"{m} {np.mean([_last(r)['ema']['fit']['V_over_B'] for r in per.values()]):.2f}"
+                  f"{m} {v_over_b(per)}"
                   for m, per in results.items() if "fit" in _last(next(iter(per.values())))["ema"]) + "."]
     lines += time_to_quality(results)
     img = P.ROOT / "docs" / "img" / "learning_curves.png"
@@ -307,7 +313,8 @@ def time_to_quality(results: dict[str, dict[int, dict]]) -> list[str]:
             continue
         reach = next((s for s, v in zip(st, mn, strict=True) if v >= target), None)
         label = {"mu": "μ(x)", "k8": "mean of 8 samples", "k1": "prediction"}[key]
-        lines.append(f"| {m} | {label} | {mn[-1]:.2f} ± {sd[-1]:.2f} (step {st[-1]}) | "
+        spread = "" if len(per_seed) == 1 else f" ± {sd[-1]:.2f}"
+        lines.append(f"| {m} | {label} | {mn[-1]:.2f}{spread} (step {st[-1]}) | "
                      f"{reach if reach is not None else 'not reached'} | "
                      f"{_seconds_per_step(m, list(per_seed)):.2f} |")
     return lines

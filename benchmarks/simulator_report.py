@@ -263,7 +263,7 @@ threshold; filament length from its skeleton:
 
 {table}
 
-The simulated microtubule fields are much sparser than the real cell (about a quarter of
+The simulated microtubule fields are much sparser than the real cell (under a third of
 its filament length per µm²), their filaments are all bright, and their background is
 black where the real target has a diffuse floor (median 0.11–0.18). Issue 17 tried a
 simulator matched to these statistics (4× the microtubule density, brightness 0.25–1,
