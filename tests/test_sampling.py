@@ -198,3 +198,38 @@ def test_exact_denoiser_reproduces_gaussian_data(kind, eta) -> None:
     v = out.samples.flatten()
     assert abs(v.mean().item() - mu) < 0.01
     assert abs(v.std().item() - s) < 0.012
+
+
+def test_gamma_min_raises_the_grid_floor_and_sampling_starts_there() -> None:
+    """``gamma_min`` floors the grid (only where it was below) and the sampler's first
+    denoiser call sees γ = gamma_min; the oracle still returns the target."""
+    model = tiny_model("learned-exact")
+    lam = torch.full((1, 1, 4, 4), 12.0)  # drifted: γ(1) = e^-12 ≈ 6e-6
+    plain = model.schedule.log_gamma_grid(lam, 20)
+    floored = model.schedule.log_gamma_grid(lam, 20, gamma_min=1e-3)
+    assert plain.min() < math.log(1e-3) - 1
+    torch.testing.assert_close(floored, plain.clamp(min=math.log(1e-3)))
+    assert torch.all(floored[:-1] >= floored[1:])
+    with pytest.raises(ValueError, match="gamma_min"):
+        model.schedule.log_gamma_grid(lam, 20, gamma_min=1.0)
+    model.schedule.lam = lambda x: lam.expand(x.shape[0], -1, -1, -1)  # type: ignore[method-assign]
+    x, y = torch.zeros(1, 1, 4, 4), torch.randn(1, 1, 4, 4)
+    oracle, seen = _oracle(model, x, y, 2), []
+
+    def eps_fn(y_t, gamma_t, step):
+        seen.append(float(gamma_t.min()))
+        return oracle(y_t, gamma_t, step)
+
+    out = model.sample(x, steps=20, samples=2, generator=torch.Generator().manual_seed(0),
+                       gamma_min=1e-3, eps_fn=eps_fn)
+    assert seen[0] == pytest.approx(1e-3, rel=1e-4)
+    torch.testing.assert_close(out.mean, y, rtol=0, atol=1e-4)
+
+
+def test_sample_config_passes_gamma_min() -> None:
+    from microdiff.config import SampleConfig
+
+    assert SampleConfig().options()["gamma_min"] is None
+    assert SampleConfig(gamma_min=1e-3).options()["gamma_min"] == 1e-3
+    with pytest.raises(ValueError):
+        SampleConfig(gamma_min=0.0)

@@ -225,10 +225,16 @@ class SampleConfig(_Strict):
         "pass, free of sampling noise; the K samples still give the std; needs model.zmd.enabled)")
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
+    gamma_min: float | None = Field(
+        None, gt=0, lt=1, description="start sampling at γ ≥ this (unset: the schedule's own γ(1), "
+        "floored at 1e-6); 1e-3 stops the chains that otherwise leave the data when a learned "
+        "schedule has drifted to γ(1) ≈ 1e-5 (issue 17's note); its effect on the std is not "
+        "measured yet")
 
     def options(self) -> dict:
         """The keyword arguments of ``model.sample`` that this config sets (besides steps and K)."""
-        return {"eta": self.eta, "grid": self.grid, "clip": self.clip, "point_estimate": self.point_estimate}
+        return {"eta": self.eta, "grid": self.grid, "clip": self.clip, "point_estimate": self.point_estimate,
+                "gamma_min": self.gamma_min}
 
     @model_validator(mode="before")
     @classmethod

@@ -319,6 +319,7 @@ class CVDM(nn.Module):
         on_step: Callable[[], None] | None = None,
         eps_fn: Denoiser | None = None,
         point_estimate: str = "sample-mean",
+        gamma_min: float | None = None,
     ) -> SampleOutput:
         """K posterior samples of y for each condition x ``[B, C_in, H, W]``, their mean and std.
 
@@ -332,6 +333,7 @@ class CVDM(nn.Module):
         oracle tests). progress, on_step: see :func:`~microdiff.sampling.sample_loop`.
         point_estimate: ``sample-mean`` (``mean`` is the K samples' mean) or ``mean-net``
         (``mean`` is ZMD's μ(x) on top of the residual base: one pass, no sampling noise).
+        gamma_min: start sampling at γ ≥ this (see :meth:`~microdiff.schedule.Schedule.log_gamma_grid`).
         """
         choose(point_estimate, POINT_ESTIMATES, "point estimate")
         check_eta(eta)
@@ -346,7 +348,7 @@ class CVDM(nn.Module):
         x = x.to(working_dtype(x))
         b, k, c, (h, w) = x.shape[0], samples, self.out_channels, x.shape[-2:]
         lam = self.schedule.lam(x)  # the schedule U-Net: once per image
-        log_g = self.schedule.log_gamma_grid(lam, steps, grid)
+        log_g = self.schedule.log_gamma_grid(lam, steps, grid, gamma_min)
         log_g = log_g.expand(steps + 1, b, c, h, w).repeat_interleave(k, dim=1)
         mu = self.predict_mean(x)
         x_k = x.repeat_interleave(k, dim=0)

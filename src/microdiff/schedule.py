@@ -149,7 +149,8 @@ class Schedule(nn.Module, abc.ABC):
         return GammaDerivatives(gamma, dgamma, d2gamma)
 
     @full_precision_math
-    def log_gamma_grid(self, lam: Tensor, steps: int, grid: str = "gamma") -> Tensor:
+    def log_gamma_grid(self, lam: Tensor, steps: int, grid: str = "gamma",
+                       gamma_min: float | None = None) -> Tensor:
         """log γ on the sampling grid t_i = i / N, i = 0..N: ``[N + 1, B, C, H, W]`` (or
         broadcastable), for a λ map ``lam`` computed once per image.
 
@@ -158,10 +159,14 @@ class Schedule(nn.Module, abc.ABC):
         each factor clipped to [1e-6, 0.99999].
         Both are clamped to [log GAMMA_MIN, log GAMMA_MAX] and made non-increasing in i
         (γ_s ≥ γ_t for s < t), whatever a faithfully learned, not exactly monotone,
-        schedule does: no sampling step can amplify the sample.
+        schedule does: no sampling step can amplify the sample. ``gamma_min`` raises the
+        floor: sampling starts at γ ≥ gamma_min (a schedule that has drifted to γ(1) ≈ 1e-5
+        makes the first ŷ0 = (y − √(1−γ) ε̂)/√γ amplify ε̂'s errors ~300×).
         """
         if steps < 1:
             raise ValueError("steps must be at least 1")
+        if gamma_min is not None and not 0 < gamma_min < GAMMA_MAX:
+            raise ValueError(f"gamma_min must lie in (0, {GAMMA_MAX}), got {gamma_min}")
         choose(grid, GRIDS, "grid")
         t = torch.linspace(0.0, 1.0, steps + 1, device=lam.device)
         t = t.to(working_dtype(lam))
@@ -174,7 +179,7 @@ class Schedule(nn.Module, abc.ABC):
             log_alpha = torch.log((1.0 - beta / steps).clamp(1e-6, 0.99999))
             zero = torch.zeros_like(log_alpha[:1])
             log_g = torch.cat([zero, torch.cumsum(log_alpha, dim=0)], dim=0)
-        log_g = log_g.clamp(math.log(GAMMA_MIN), math.log(GAMMA_MAX))
+        log_g = log_g.clamp(math.log(max(GAMMA_MIN, gamma_min or 0.0)), math.log(GAMMA_MAX))
         # γ_s ≥ γ_t for s < t: running max from t = 1 back to t = 0.
         return torch.flip(torch.cummax(torch.flip(log_g, [0]), dim=0).values, [0])
 
