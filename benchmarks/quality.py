@@ -381,17 +381,17 @@ def montage(images: list[P.TestImage], z: dict, tag: str) -> list[str]:
     seed = z["seeds"][0]
     picks = [im for im in images if im.group == "sim-high" and im.structure == "mt"][:1]
     picks += [im for im in images if im.group == "real-09"]
-    models = {m: (P.model_at(P.run_dir(tag, m, seed), P.method_config(m, z["steps"], seed), z["steps"]),
-                  P.method_config(m, z["steps"], seed)) for m in (DEFAULT, "regression")}
+    cfgs = {m: P.method_config(m, z["steps"], seed) for m in (DEFAULT, "regression")}
+    models = {m: P.model_at(P.run_dir(tag, m, seed), cfg, z["steps"]) for m, cfg in cfgs.items()}
     cols = ["bicubic input", "regression", "CVDM μ(x) (default)", "one CVDM sample", "CVDM std", "target"]
     fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.4 * len(picks)),
                              squeeze=False)
     for r, (row, im) in enumerate(zip(axes, picks, strict=True)):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            reg = models["regression"][0].sample(im.pair.x[None], steps=1, samples=1, generator=gen).mean
-            cfg = models[DEFAULT][1]
-            res = models[DEFAULT][0].sample(im.pair.x[None], steps=cfg.sample.steps, samples=z["samples"],
+            reg = models["regression"].sample(im.pair.x[None], steps=1, samples=1, generator=gen).mean
+            cfg = cfgs[DEFAULT]
+            res = models[DEFAULT].sample(im.pair.x[None], steps=cfg.sample.steps, samples=z["samples"],
                                             generator=gen, **cfg.sample.options())
         panels = [im.pair.x[0], reg[0, 0], res.mean[0, 0], res.samples[0, 0, 0], res.std[0, 0], im.pair.y[0]]
         lo, hi = np.percentile(im.pair.y[0].numpy(), [1, 99.8])
