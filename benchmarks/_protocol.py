@@ -39,7 +39,7 @@ REAL_CROP = 256  # target pixels of the centre crop of the real pair (input: 128
 TEST_SEED = 1000  # the held-out simulated test set: independent of every training seed
 STRUCTURES = ("mt", "factin", "ccp", "er")
 LEVELS = {"low": 1, "high": 9}  # simulator signal levels (BioSR's levels 01 and 09)
-METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
+METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution", "spectral_resolution")
 
 #: name → (preset, overrides). Each pins its whole design, so a change of the demo preset's
 #: defaults never changes what a method name means: the paper's design (*PAPER*: K-sample mean,
@@ -49,10 +49,10 @@ METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution")
 #: comparison of issue 5; ``learned/...`` the options of how the learned schedule learns.
 LEARNED = "model.schedule.kind=learned"
 DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
-PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean",
+PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "sample.gamma_min=null",
          "train.grad_clip_scope=global", "train.ema_warmup=false"]
 MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
-            "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
+            "sample.gamma_min=1e-3", "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {
     "learned": ("demo", [*PAPER, LEARNED]),
     "learned-exact": ("demo", [*PAPER, "model.schedule.kind=learned-exact"]),

@@ -67,7 +67,8 @@ def evaluate_run(method: str, seed: int, tag: str, steps: int, images, samples: 
     out = P.run_dir(tag, method, seed)
     info = P.trained_to(cfg, out, steps)
     cache = out / f"quality-{steps}.json"
-    key = {"images": [im.name for im in images], "samples": samples,
+    key = {"images": [im.name for im in images], "samples": samples, "metrics": list(P.METRICS),
+           "sample": cfg.sample.options(),
            "curve": [im.name for im in curve] if curve else None, "steps": steps}
     if cache.exists():
         saved = json.loads(cache.read_text())
@@ -241,8 +242,9 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
 
     lines += ["", f"All {len(sim_images)} simulated images pooled (both levels): every metric "
               "(FRC: resolution at the 1/7 threshold, nm, lower is finer; the median over the images, "
-              "since an image whose curve never crosses the threshold reads thousands of nm).", "",
-              "| method | PSNR | SSIM | MS-SSIM | NRMSE | FRC [nm] |", "|---|---|---|---|---|---|"]
+              "since an image whose curve never crosses the threshold reads thousands of nm; sharpness: "
+              "where the ring power falls below half the target's, nm, median).", "",
+              "| method | PSNR | SSIM | MS-SSIM | NRMSE | FRC [nm] | sharpness [nm] |", "|---" * 7 + "|"]
 
     def pooled(rows: list[dict], key: str) -> float:
         return _pool([r[key] for r in rows if r["group"].startswith("sim")], key)
@@ -251,10 +253,10 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
         runs = list(per_seed.values())
         lines.append(f"| {m} | " + " | ".join(
             P.mean_pm_std([pooled(r["rows"], k) for r in runs], d)
-            for k, d in zip(P.METRICS, (2, 3, 3, 3, 0), strict=True)) + " |")
+            for k, d in zip(P.METRICS, (2, 3, 3, 3, 0, 0), strict=True)) + " |")
     for b, rows in baselines.items():
         lines.append(f"| {b} | " + " | ".join(
-            f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0), strict=True)) + " |")
+            f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0, 0), strict=True)) + " |")
 
     lines += sample_table(results)
     if sizing == "long" and {DEFAULT, "regression"} <= set(results):
@@ -295,8 +297,8 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
 
 
 def _pool(values: list[float], key: str) -> float:
-    """Mean over images; the median for FRC resolutions (see the pooled table's note)."""
-    return float(np.median(values) if "frc" in key else np.mean(values))
+    """Mean over images; the median for resolutions (FRC, spectral; see the pooled table's note)."""
+    return float(np.median(values) if key.endswith("resolution") else np.mean(values))
 
 
 def sample_table(results: dict) -> list[str]:
@@ -308,9 +310,15 @@ def sample_table(results: dict) -> list[str]:
     lines = ["", "Generative methods, simulated images pooled: the point estimate (*mean*), the mean of "
              "the K samples (*K-mean*; the same image unless the point estimate is the mean network), "
              "one posterior sample (*1 sample*: sharper, noisier), and the posterior std against the "
-             "point estimate's error (Spearman; ±1σ coverage, 0.68 if calibrated).", "",
+             "point estimate's error (Spearman; ±1σ coverage, 0.68 if calibrated). *FRC* is the "
+             "resolution of the detail that matches the target; *sharpness* the resolution where the "
+             "image's ring power falls below half the target's (`metrics.spectral_resolution`: the "
+             "detail the image shows, right or wrong). A calibrated sample has the target's spectrum "
+             "(sharpness at Nyquist, 62 nm) but, having the mean's cross-power with the target and "
+             "more power, a lower FRC than the posterior mean at every frequency.", "",
              "| method | PSNR mean | PSNR K-mean | PSNR 1 sample | SSIM mean | SSIM 1 sample | FRC mean [nm] "
-             "| FRC 1 sample [nm] | Spearman(std, \\|err\\|) | ±1σ |", "|---" * 10 + "|"]
+             "| FRC 1 sample [nm] | sharpness mean [nm] | sharpness 1 sample [nm] "
+             "| Spearman(std, \\|err\\|) | ±1σ |", "|---" * 12 + "|"]
 
     def pooled(rows: list[dict], key: str) -> float:
         return _pool([r[key] for r in rows if r["group"].startswith("sim") and key in r], key)
@@ -319,7 +327,8 @@ def sample_table(results: dict) -> list[str]:
         runs = list(per_seed.values())
         cells = [P.mean_pm_std([pooled(r["rows"], k) for r in runs], d) for k, d in (
             ("psnr", 2), ("kmean_psnr", 2), ("sample1_psnr", 2), ("ssim", 3), ("sample1_ssim", 3),
-            ("frc_resolution", 0), ("sample1_frc_resolution", 0), ("spearman_std_error", 2),
+            ("frc_resolution", 0), ("sample1_frc_resolution", 0), ("spectral_resolution", 0),
+            ("sample1_spectral_resolution", 0), ("spearman_std_error", 2),
             ("coverage_1sigma", 2))]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
@@ -349,7 +358,10 @@ def acceptance_table(results: dict, bicubic: list[dict]) -> list[str]:
     checks += [("FRC resolution, simulated (median image)", value(DEFAULT, "frc_resolution"), reg_frc, 0,
                 "nm"),
                ("FRC of one posterior sample against regression's", value(DEFAULT, "sample1_frc_resolution"),
-                reg_frc, 0, "nm")]
+                reg_frc, 0, "nm"),
+               ("Sharpness (spectral resolution) of one posterior sample against regression's",
+                value(DEFAULT, "sample1_spectral_resolution"), value("regression", "spectral_resolution"), 0,
+                "nm")]
     for g in ("real-01", "real-09"):
         if any(r["group"] == g for r in bicubic):
             checks += [(f"PSNR, {g}", value(DEFAULT, "psnr", g), value("regression", "psnr", g), 0.0, "dB"),

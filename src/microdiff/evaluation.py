@@ -23,19 +23,23 @@ from .models import ImageModel
 from .options import STRUCTURES
 
 COLUMNS = ["image", "structure", "method", "psnr", "ssim", "ms_ssim", "nrmse", "rmse_rad", "frc_resolution",
-           "frc_unit", "spearman_std_error", "coverage_1sigma", "coverage_2sigma", "ause"]
+           "spectral_resolution", "frc_unit", "spearman_std_error", "coverage_1sigma", "coverage_2sigma",
+           "ause"]
 STRUCTURE_QUANTILE, BACKGROUND_QUANTILE = 0.9, 0.5  # pixel classes of the schedule figure
 FIGURE_CROP = 256  # output pixels shown per montage row / used for the schedule figure
 
 
 def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: float | None,
                   std: np.ndarray | None = None) -> dict:
-    """All metrics of one 2-D prediction (and optional std) against its target."""
+    """All metrics of one 2-D prediction (and optional std) against its target. FRC
+    resolution measures how fine the detail that matches the target is; spectral resolution
+    (prediction and target in the same units) how fine the detail the prediction shows is."""
     row = {"psnr": metrics.psnr(pred, target), "ssim": metrics.ssim(pred, target),
            "ms_ssim": metrics.ms_ssim(pred, target), "nrmse": metrics.nrmse(pred, target)}
     matched = metrics.affine_match(pred, target)
     px = pixel_size_um * 1000 if pixel_size_um else 1.0
     row |= {"frc_resolution": metrics.frc_resolution(matched, target, px),
+            "spectral_resolution": metrics.spectral_resolution(pred, target, px),
             "frc_unit": "nm" if pixel_size_um else "px"}
     if std is not None:
         error = matched - target
@@ -124,7 +128,10 @@ def write_report(rows: list[dict], out: Path, title: str, note: str | None = Non
             "over images.").format(n=n)
     lines = [f"# {title}", "", note, "",
              *_table(rows, keys, groups), "",
-             f"FRC resolution in {unit} (threshold 1/7, prediction vs target; lower is better). "
+             f"FRC resolution in {unit} (threshold 1/7, prediction vs target; lower is better): how "
+             "fine the detail that matches the target is. Spectral resolution in the same unit: where "
+             "the prediction's ring power falls below half the target's, how fine the detail it shows "
+             "is, right or wrong (a blurred estimate is coarse, a posterior sample near Nyquist). "
              "Uncertainty: Spearman correlation of the posterior std with |error|, the fraction of "
              "pixels whose error lies within ±1σ / ±2σ (a calibrated Gaussian gives 0.683 / 0.954), "
              "and the area under the sparsification error curve (AUSE; 0 is ideal)."]
