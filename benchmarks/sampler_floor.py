@@ -121,8 +121,9 @@ def main() -> None:
     for floor in floors:
         runs = [results[(floor, s)] for s in args.seeds]
         cells = [P.mean_pm_std([r[k] for r in runs], d) for k, d in (
-            ("psnr", 2), ("sample_psnr", 2), ("sample_psnr_worst", 2), ("sample_frc", 0), ("sample_sharpness", 0),
-            ("coverage_1sigma", 2), ("coverage_2sigma", 2), ("spearman_std_error", 2))]
+            ("psnr", 2), ("sample_psnr", 2), ("sample_psnr_worst", 2), ("sample_frc", 0),
+            ("sample_sharpness", 0), ("coverage_1sigma", 2), ("coverage_2sigma", 2),
+            ("spearman_std_error", 2))]
         lines.append(f"| {floor_name(floor)} | " + " | ".join(cells) + " |")
     write_section("sampler_floor", "\n".join(lines))
     print("\n".join(lines))
