@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._version import __version__
+from .calibration import Calibration
 from .config import ModelConfig, SampleConfig, first_error
 from .data.io import atomic_write_bytes
 from .data.normalize import PERCENTILES
@@ -52,7 +53,8 @@ class Bundle:
     factor (output pixels per input pixel); pixel_size_um: the input pixel size the model
     was trained at (None if unknown); percentiles: of the input normalisation (sr); task:
     the :class:`~microdiff.data.tasks.Task` (normalisation, units, names, baseline);
-    weights: ``ema`` or ``model``; microdiff_version: of the writer.
+    weights: ``ema`` or ``model``; microdiff_version: of the writer; calibration: of the
+    std and the interval (:class:`~microdiff.calibration.Calibration`), None if never fitted.
     """
 
     model: ModelConfig
@@ -63,6 +65,7 @@ class Bundle:
     task: Task = field(default_factory=Task)
     weights: str = "ema"
     microdiff_version: str = __version__
+    calibration: Calibration | None = None
 
     def to_dict(self) -> dict:
         """The JSON of ``bundle.json``."""
@@ -70,7 +73,8 @@ class Bundle:
                 "model": self.model.model_dump(mode="json"), "sample": self.sample.model_dump(mode="json"),
                 "scale": self.scale, "pixel_size_um": self.pixel_size_um,
                 "normalization": {"lo": self.percentiles[0], "hi": self.percentiles[1]},
-                "task": self.task.to_dict()}
+                "task": self.task.to_dict(),
+                "calibration": self.calibration.to_dict() if self.calibration else None}
 
     @classmethod
     def from_dict(cls, meta: dict, source: str | Path = "bundle.json") -> Bundle:
@@ -90,7 +94,8 @@ class Bundle:
             return cls(model=model, sample=sample, scale=scale, pixel_size_um=meta.get("pixel_size_um"),
                        percentiles=(float(norm["lo"]), float(norm["hi"])),
                        task=Task.from_dict(meta.get("task")), weights=meta.get("weights", "ema"),
-                       microdiff_version=meta.get("microdiff_version", "?"))
+                       microdiff_version=meta.get("microdiff_version", "?"),
+                       calibration=Calibration.from_dict(cal) if (cal := meta.get("calibration")) else None)
         except ValidationError as err:
             section = err.title.removesuffix("Config").lower()  # ModelConfig → model
             raise BundleError(f"not a valid model description: {first_error(err, f'{source}: {section}')}"
@@ -158,6 +163,18 @@ def read_bundle(folder: str | Path) -> Bundle:
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path}: not a model description (a JSON object)")
     return Bundle.from_dict(meta, folder)
+
+
+def write_calibration(folder: str | Path, calibration: Calibration | None) -> Bundle:
+    """Store ``calibration`` (None: remove it) in a model folder's ``bundle.json``,
+    atomically; the weights are not touched. Returns the updated :class:`Bundle`."""
+    from dataclasses import replace
+
+    folder = Path(folder)
+    bundle = replace(read_bundle(folder), calibration=calibration)
+    payload = json.dumps(bundle.to_dict(), indent=2).encode()
+    atomic_write_bytes(folder / "bundle.json", payload, overwrite=True)
+    return bundle
 
 
 def load_bundle(folder: str | Path, device: str = "cpu") -> tuple[ImageModel, Bundle]:

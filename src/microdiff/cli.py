@@ -126,14 +126,17 @@ def predict(
         help="tiles sampled together (faster on a GPU, more memory; changes the random draws)")] = 1,
     stack: Annotated[str | None, typer.Option(
         help="Z-stacks: slices (each plane) or mean (their mean, e.g. raw SIM frames)")] = None,
+    raw_std: Annotated[bool, typer.Option(
+        help="calibrated models: also write NAME_std_uncalibrated.tif (the samples' spread)")] = False,
 ) -> None:
-    """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image."""
+    """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image;
+    NAME_lower.tif and NAME_upper.tif (the interval) for a calibrated model."""
     from .predict_files import predict_files
 
     written = predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
                             overlap=overlap, overwrite=overwrite, save_samples=save_samples,
                             save_schedule=save_schedule, device=device, tile_batch=tile_batch,
-                            stack=stack)
+                            stack=stack, save_raw_std=raw_std)
     from .distributed import world_from_env
 
     world = world_from_env()
@@ -158,6 +161,35 @@ def evaluate(
     evaluate_folder(model, data, out, samples=samples, steps=steps, seed=seed,
                     baselines=tuple(baseline or ["bicubic"]))
     print(f"wrote {out / 'metrics.csv'} and {out / 'summary.md'}")
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="model folder (inference bundle): bundle.json is updated")],
+    data: Annotated[Path, typer.Argument(help="held-out paired data folder (input/, target/), never "
+                                             "training files")],
+    samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
+    steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    alpha: Annotated[float, typer.Option(help="interval: allowed fraction of pixels outside it")] = 0.1,
+    delta: Annotated[float, typer.Option(help="interval: allowed chance that the promise fails")] = 0.1,
+    tile: Annotated[int, typer.Option(help="side of the calibration units (output pixels)")] = 32,
+) -> None:
+    """Fit the std calibration and the risk-controlling interval on held-out pairs and store
+    them in the model (used by predict, evaluate, napari and export)."""
+    from .calibrate_files import calibrate_folder
+
+    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile)
+    print(f"calibrated {model} on {cal.images} image(s) of {data} ({cal.pixels} pixels, {cal.units} tiles of "
+          f"{cal.tile}², {cal.samples} samples × {cal.steps} steps): std → {cal.std.slope:.3g}·std + "
+          f"{cal.std.offset:.3g}; ±1σ coverage {cal.coverage_before:.3f} → {cal.coverage_after:.3f} "
+          "(0.683 if Gaussian)")
+    if cal.interval_factor is None:
+        print(f"no interval: {cal.units} tiles cannot certify ≤ {alpha:g} of pixels outside at confidence "
+              f"{1 - delta:g}; calibrate on more images or use a smaller --tile")
+    else:
+        print(f"interval: mean ± {cal.interval_factor:.3g}·std holds all but ≤ {alpha:g} of a tile's pixels "
+              f"in expectation, with confidence {1 - delta:g} (for images like these)")
 
 
 @app.command()

@@ -4,7 +4,9 @@ For every input ``NAME.ext`` writes ``OUT/NAME_mean.tif`` and ``OUT/NAME_std.tif
 ImageJ TIFFs in the input's intensity units, with the input's pixel size divided by the
 model's scale factor (Fiji shows the right scale bar). Optionally ``NAME_samples.tif``
 (the K posterior samples as a stack) and ``NAME_schedule.tif`` (the learned-schedule map
-γ(t = 0.5, x)). Existing outputs are never
+γ(t = 0.5, x)). A calibrated model (``microdiff calibrate``) writes the calibrated std as
+``NAME_std.tif``, its interval as ``NAME_lower.tif`` and ``NAME_upper.tif``, and on request
+the samples' raw spread as ``NAME_std_uncalibrated.tif``. Existing outputs are never
 replaced unless ``overwrite``.
 """
 
@@ -52,7 +54,8 @@ def output_image(res: Prediction, kind: str, axes: str, z_spacing: float | None 
         labels = [f"sample {i + 1}" for i in range(k) for _ in range(channels)]
         return Image(res.samples, ("Z" if mean_axes == "YX" else "ZC") + "YX", res.pixel_size_um,
                      labels=labels)
-    data = {"mean": res.mean, "std": res.std, "schedule": res.schedule}[kind]
+    data = {"mean": res.mean, "std": res.std, "schedule": res.schedule, "lower": res.lower,
+            "upper": res.upper, "std_uncalibrated": res.std_raw}[kind]
     return Image(data, mean_axes, res.pixel_size_um, z_spacing if mean_axes == "ZYX" else None)
 
 
@@ -60,7 +63,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
                   steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
                   overwrite: bool = False, progress: bool = True, save_samples: bool = False,
                   save_schedule: bool = False, device: str = "cpu", tile_batch: int = 1,
-                  stack: str | None = None) -> list[Path]:
+                  stack: str | None = None, save_raw_std: bool = False) -> list[Path]:
     """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``); returns the paths
     written (by this process).
 
@@ -72,7 +75,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
         dev = resolve_device(device)
         return _predict_files(model, inputs, out, samples, steps, seed, tile, overlap, overwrite,
                               progress and world.is_main, save_samples, save_schedule, world,
-                              distributed.local_device(dev, world), tile_batch, stack)
+                              distributed.local_device(dev, world), tile_batch, stack, save_raw_std)
     finally:
         distributed.stop(created)
 
@@ -80,18 +83,25 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
 def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None, steps: int | None,
                    seed: int, tile: int, overlap: int, overwrite: bool, progress: bool,
                    save_samples: bool, save_schedule: bool, world: World,
-                   device: torch.device, tile_batch: int, stack: str | None) -> list[Path]:
+                   device: torch.device, tile_batch: int, stack: str | None,
+                   save_raw_std: bool = False) -> list[Path]:
     if stack is not None and stack not in STACK_MODES:
         raise UserError(f"--stack {stack!r}: use one of {', '.join(STACK_MODES)}")
     if stack == "slices" and (save_samples or save_schedule):  # before any file is written
         raise UserError("--stack slices writes mean and std stacks only; "
                         "drop --save-samples and --save-schedule")
     predictor = load(model, device)
+    cal = predictor.bundle.calibration if predictor.model.generative else None
+    if save_raw_std and cal is None:
+        raise UserError("--raw-std: this model's std is not calibrated (microdiff calibrate), "
+                        "NAME_std.tif is already the samples' spread")
+    calibrated = ["lower", "upper"] * (cal is not None and cal.interval_factor is not None)
     files = collect_inputs(inputs)
     targets = []
     for f in files:
         stem = f.name.split(".")[0]
-        kinds = ["mean", "std"] + ["samples"] * save_samples + ["schedule"] * save_schedule
+        kinds = (["mean", "std"] + calibrated + ["std_uncalibrated"] * save_raw_std
+                 + ["samples"] * save_samples + ["schedule"] * save_schedule)
         paths = {k: out / f"{stem}_{k}.tif" for k in kinds}
         clash = [p for p in paths.values() if p.exists()]
         if clash and not overwrite:

@@ -10,6 +10,7 @@ in radians (QPI).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ class Prediction:
     pixel_size_um: float | None
     samples: np.ndarray | None = None
     """``[K, H·s, W·s]`` (or ``[K, C, ...]``) posterior samples in input units, when asked."""
+    std_raw: np.ndarray | None = None
+    """The uncalibrated std (the K samples' spread) when ``std`` is calibrated, else None."""
+    lower: np.ndarray | None = None
+    """Lower end of the risk-controlling interval (the bundle's calibration), else None."""
+    upper: np.ndarray | None = None
+    """Upper end of the interval, else None."""
     schedule: np.ndarray | None = None
     """The learned-schedule map γ(t = 0.5, x) on the output grid, when asked: the fraction of
     signal a pixel keeps half-way through the forward process (lower: drowned in noise
@@ -85,6 +92,7 @@ class Predictor:
         return_schedule: bool = False,
         tile_batch: int = 1,
         progress: Callable[[int, int], None] | None = None,
+        calibrated: bool = True,
     ) -> Prediction:
         """Posterior mean and std of ``image`` (``axes`` ``"YX"`` or ``"CYX"``).
 
@@ -94,14 +102,39 @@ class Predictor:
         ``tile_batch`` tiles (× K samples) go through the network together: faster on a
         GPU, more memory; the output depends on it (the random draws are shared differently).
         ``progress(done, total)`` is called after each network step (sampling steps × tile
-        batches), e.g. to drive a progress bar.
+        batches), e.g. to drive a progress bar. When the bundle holds a calibration and
+        ``calibrated`` (default), ``std`` is the calibrated std (``std_raw`` the samples'
+        spread) and ``lower``/``upper`` the risk-controlling interval.
         """
         _check_options(samples, steps, tile_batch, tile, overlap)
         if return_schedule and not self.model.generative:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
+        samples, steps = samples or self.bundle.sample.samples, steps or self.bundle.sample.steps
+        out = self.sample_normalized(x, samples, steps, seed, tile, overlap, return_samples, return_schedule,
+                                     tile_batch, progress)
+        cal = self.bundle.calibration if calibrated and self.model.generative else None
+        if cal is not None:
+            if (samples, steps) != (cal.samples, cal.steps):
+                warnings.warn(f"the std was calibrated for {cal.samples} samples × {cal.steps} steps; "
+                              f"predicting with {samples} × {steps} changes its spread (recalibrate with "
+                              "microdiff calibrate for these settings)", stacklevel=2)
+            out["std_raw"] = out["std"]
+            out["std"] = cal.std.apply(out["std"]).astype(np.float32)
+            if cal.interval_factor is not None:
+                lower, upper = cal.interval(out["mean"], out["std"])
+                out["lower"], out["upper"] = lower.astype(np.float32), upper.astype(np.float32)
+        return self._prediction(out, norm, samples, axes, pixel_size_um)
+
+    @torch.no_grad()
+    def sample_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0, tile: int = 256,
+                          overlap: int = 32, return_samples: bool = False, return_schedule: bool = False,
+                          tile_batch: int = 1, progress: Callable[[int, int], None] | None = None
+                          ) -> dict[str, np.ndarray]:
+        """The model on a condition ``x`` ``[C, H, W]`` (normalised, on the output grid), tile
+        by tile: ``mean`` and ``std`` ``[C, H, W]`` in normalised target units (uncalibrated),
+        plus ``samples`` ``[K·C, H, W]`` and ``schedule`` when asked."""
         s = self.bundle.sample
-        samples, steps = samples or s.samples, steps or s.steps
         device = next(self.model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
         n_tiles = len(tile_starts(x.shape[-2], tile, overlap)) * len(tile_starts(x.shape[-1], tile, overlap))
@@ -120,8 +153,7 @@ class Predictor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch)  # networks in
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
-        out = {k: v.numpy() for k, v in blended.items()}
-        return self._prediction(out, norm, samples, axes, pixel_size_um)
+        return {k: v.numpy() for k, v in blended.items()}
 
     def _prediction(self, out: dict[str, np.ndarray], norm: Normalizer, samples: int, axes: str,
                     pixel_size_um: float | None) -> Prediction:
@@ -129,6 +161,11 @@ class Predictor:
         units, with the channel axis dropped where one image went in (``YX``) or one phase
         map came out."""
         mean, std = self.task.output_units(out["mean"], out["std"], norm)
+        extra = {}
+        for key in ("std_raw", "lower", "upper"):
+            if key in out:
+                units = self.task.output_units(out[key], out[key], norm)
+                extra[key] = units[1] if key == "std_raw" else units[0]
         k_samples = schedule_map = None
         if "samples" in out:
             k = out["samples"].reshape(samples, mean.shape[0], *mean.shape[1:])
@@ -137,10 +174,11 @@ class Predictor:
             schedule_map = out["schedule"]
         if self.task.is_phase or axes == "YX":
             mean, std = mean[0], std[0]
+            extra = {k: v[0] for k, v in extra.items()}
             k_samples = k_samples[:, 0] if k_samples is not None else None
             schedule_map = schedule_map[0] if schedule_map is not None else None
         px = pixel_size_um / self.scale if pixel_size_um else None
-        return Prediction(mean, std, px, k_samples, schedule_map)
+        return Prediction(mean, std, px, samples=k_samples, schedule=schedule_map, **extra)
 
 
 def _check_options(samples: int | None, steps: int | None, tile_batch: int, tile: int, overlap: int) -> None:
@@ -177,8 +215,10 @@ def predict_planes(predictor: Predictor, planes: np.ndarray,
                 progress(i * total + done, n * total)
 
         results.append(predictor.predict(plane, axes="YX", progress=plane_progress, **kwargs))
+    extra = {k: np.stack([getattr(r, k) for r in results]) for k in ("std_raw", "lower", "upper")
+             if getattr(results[0], k) is not None}
     return Prediction(np.stack([r.mean for r in results]), np.stack([r.std for r in results]),
-                      results[0].pixel_size_um)
+                      results[0].pixel_size_um, **extra)
 
 
 def load(folder: str | Path, device: str | torch.device = "cpu") -> Predictor:

@@ -1,0 +1,96 @@
+"""``microdiff calibrate``: fit a model's std calibration and interval on held-out pairs.
+
+The model samples each held-out input as ``predict`` would (same K, steps, tiling), in
+its normalised target units; the errors against the targets (normalised as in training)
+fit the std map and the risk-controlling interval of :mod:`microdiff.calibration`, which
+are stored in the model folder's ``bundle.json``. ``predict``, ``evaluate``, napari and
+the BioImage Model Zoo export then use them. The held-out pairs must not be training
+files, and should be like the images the model will be used on: the interval's promise
+holds for images exchangeable with them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .calibration import Calibration, fit
+from .checkpoint import write_calibration
+from .data.axes import as_2d, as_chw
+from .data.datasets import paired_files
+from .data.io import read_image
+from .errors import ShapeError, UserError
+from .predictor import Predictor, load
+
+
+def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], samples: int,
+                  steps: int, seed: int = 0, progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(std, error) 2-D maps per image and output channel, in normalised target units, for
+    (condition ``x`` ``[C, H, W]``, normalised target ``[C_out, H, W]``) pairs."""
+    maps = []
+    for x, y in tqdm(list(pairs), desc="calibrating", disable=not progress, dynamic_ncols=True):
+        out = predictor.sample_normalized(x, samples, steps, seed)
+        if out["mean"].shape != y.shape:
+            raise ShapeError(f"the model predicts {out['mean'].shape[-2:]} pixels where the target "
+                             f"has {y.shape[-2:]}")
+        maps += [(out["std"][c], out["mean"][c] - y[c]) for c in range(y.shape[0])]
+    return maps
+
+
+def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
+              samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
+              delta: float = 0.1, tile: int = 32, progress: bool = False) -> Calibration:
+    """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
+    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's."""
+    if not predictor.model.generative:
+        raise UserError("this model is a regression baseline: it has no std to calibrate")
+    if not (0 < alpha < 1 and 0 < delta < 1):
+        raise UserError(f"alpha and delta must lie in (0, 1), got {alpha} and {delta}")
+    if tile < 4:
+        raise UserError(f"tile must be at least 4 pixels, got {tile}")
+    samples = samples or predictor.bundle.sample.samples
+    steps = steps or predictor.bundle.sample.steps
+    if samples < 2:
+        raise UserError("calibration needs at least 2 samples per image (the std of one sample is zero)")
+    maps = held_out_maps(predictor, pairs, samples, steps, seed, progress)
+    if not maps:
+        raise UserError(f"{source}: no held-out pairs to calibrate on")
+    small = [m[0].shape for m in maps if min(m[0].shape) < tile]
+    if small:
+        raise UserError(f"{source}: an image of {small[0][0]}×{small[0][1]} pixels holds no {tile}×{tile} "
+                        "calibration tile; use --tile with a smaller value")
+    return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source)
+
+
+def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """(condition, normalised target) for every pair of a paired data folder, checked."""
+    pairs = []
+    for name, inp, tgt in paired_files(data):
+        x_data, axes = as_2d(read_image(inp))
+        target, target_axes = as_2d(read_image(tgt))
+        if axes not in ("YX", "CYX") or target_axes not in ("YX", "CYX"):
+            raise ShapeError(f"{name}: calibrate takes 2-D images (YX) or channel stacks (CYX), "
+                             f"got {axes} and {target_axes}")
+        x, _ = predictor.condition(x_data, axes)
+        target = as_chw(target, target_axes)
+        if target.shape[-2:] != tuple(x.shape[-2:]):
+            raise ShapeError(f"{name}: target {target.shape[-2:]} does not match the model's output "
+                             f"{tuple(x.shape[-2:])} for this input")
+        pairs.append((x, predictor.task.normalize_target(target)))
+    return pairs
+
+
+def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
+                     seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
+                     progress: bool = True) -> Calibration:
+    """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
+    in its ``bundle.json``."""
+    predictor = load(model)
+    cal = calibrate(predictor, folder_pairs(predictor, data), str(data), samples, steps, seed, alpha, delta,
+                    tile, progress)
+    write_calibration(model, cal)
+    return cal

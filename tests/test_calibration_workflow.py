@@ -1,0 +1,110 @@
+"""``microdiff calibrate`` and a calibrated bundle in predict (issue 18): the calibration's
+round trip through bundle.json, the calibrated std and interval in physical units, the
+command's outputs and its refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_model_config
+
+import microdiff
+from microdiff.calibration import Calibration, StdCalibration
+from microdiff.checkpoint import read_bundle, save_bundle, write_calibration
+from microdiff.config import SampleConfig
+from microdiff.data.simulate_files import write_simulated_pairs
+from microdiff.diffusion import CVDM
+
+CAL = Calibration(StdCalibration(0.4, 0.0), 1.7, 0.1, 0.1, 32, 3, 2, "held-out", 8, 32768, 32, "2026-11-30 00:00 UTC",
+                  0.97, 0.68)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "microdiff.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    cfg = tiny_model_config("learned-exact", residual=True, target_scale=0.2)
+    torch.manual_seed(0)
+    model = CVDM.from_config(cfg)
+    with torch.no_grad():
+        model.denoiser.conv_out.weight.normal_(0, 0.05)
+    return save_bundle(tmp_path / "model", model, cfg, SampleConfig(steps=2, samples=3), scale=2)
+
+
+def test_calibration_round_trips_through_the_bundle(model_folder) -> None:
+    assert read_bundle(model_folder).calibration is None
+    write_calibration(model_folder, CAL)
+    assert read_bundle(model_folder).calibration == CAL
+    meta = json.loads((model_folder / "bundle.json").read_text())
+    assert meta["calibration"]["method"] == "binned-linear" and meta["calibration"]["source"] == "held-out"
+    write_calibration(model_folder, None)
+    assert read_bundle(model_folder).calibration is None
+
+
+def test_predict_applies_the_calibration_in_physical_units(model_folder) -> None:
+    image = np.random.default_rng(0).gamma(2, 100, (16, 20)).astype(np.float32)
+    raw = microdiff.load(model_folder).predict(image, seed=3)
+    write_calibration(model_folder, CAL)
+    cal = microdiff.load(model_folder).predict(image, seed=3)
+    np.testing.assert_array_equal(cal.mean, raw.mean)
+    np.testing.assert_array_equal(cal.std_raw, raw.std)
+    np.testing.assert_allclose(cal.std, 0.4 * raw.std, rtol=1e-5)  # offset 0: a pure scale in any units
+    np.testing.assert_allclose(cal.lower, raw.mean - 1.7 * cal.std, rtol=1e-4, atol=1e-2)
+    np.testing.assert_allclose(cal.upper, raw.mean + 1.7 * cal.std, rtol=1e-4, atol=1e-2)
+    off = microdiff.load(model_folder).predict(image, seed=3, calibrated=False)
+    assert off.lower is None and off.std_raw is None
+    np.testing.assert_array_equal(off.std, raw.std)
+    write_calibration(model_folder, replace(CAL, std=StdCalibration(1.0, 0.05)))
+    shifted = microdiff.load(model_folder).predict(image, seed=3)  # offset in normalised units: scaled
+    assert np.all(shifted.std > raw.std)
+    with pytest.warns(UserWarning, match="calibrated for 3 samples × 2 steps"):
+        microdiff.load(model_folder).predict(image, seed=3, samples=5)
+
+
+def test_calibrate_command_fits_stores_and_predict_writes_the_interval(model_folder, tmp_path) -> None:
+    data = tmp_path / "held"
+    write_simulated_pairs(data, "mt", 2, 64, level=9, seed=5, progress=False)
+    proc = _run("calibrate", str(model_folder), str(data), "--tile", "8")
+    assert proc.returncode == 0, proc.stderr
+    assert "±1σ coverage" in proc.stdout and "interval: mean ±" in proc.stdout
+    cal = read_bundle(model_folder).calibration
+    assert cal is not None and cal.images == 2 and cal.pixels == 2 * 64 * 64 and cal.units == 2 * 64
+    assert cal.samples == 3 and cal.steps == 2 and cal.source == str(data)
+    assert cal.interval_factor is not None and 0.6 < cal.coverage_after < 0.76  # the fit's own pixels
+    out = tmp_path / "pred"
+    proc = _run("predict", str(model_folder), str(data / "input"), "--out", str(out), "--raw-std")
+    assert proc.returncode == 0, proc.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"mt_0000{i}_{k}.tif" for i in (0, 1)
+                           for k in ("mean", "std", "lower", "upper", "std_uncalibrated"))
+
+
+def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "input").mkdir(parents=True)
+    (empty / "target").mkdir()
+    proc = _run("calibrate", str(model_folder), str(empty))
+    assert proc.returncode != 0 and "no images" in proc.stderr and "Traceback" not in proc.stderr
+    data = tmp_path / "held"
+    write_simulated_pairs(data, "mt", 1, 16, level=9, seed=5, progress=False)
+    proc = _run("calibrate", str(model_folder), str(data))
+    assert proc.returncode != 0 and "no 32×32 calibration tile" in proc.stderr
+    proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--alpha", "1.5")
+    assert proc.returncode != 0 and "alpha and delta" in proc.stderr
+    proc = _run("predict", str(model_folder), str(data / "input"), "--out", str(tmp_path / "p"), "--raw-std")
+    assert proc.returncode != 0 and "not calibrated" in proc.stderr
+    reg_cfg = tiny_model_config("learned-exact").model_copy(update={"kind": "regression"})
+    from microdiff.models import build_model
+
+    reg = save_bundle(tmp_path / "reg", build_model(reg_cfg), reg_cfg, SampleConfig(steps=1, samples=1), scale=2)
+    proc = _run("calibrate", str(reg), str(data), "--tile", "8")
+    assert proc.returncode != 0 and "no std to calibrate" in proc.stderr
