@@ -21,8 +21,8 @@ from microdiff.config import SampleConfig
 from microdiff.data.simulate_files import write_simulated_pairs
 from microdiff.diffusion import CVDM
 
-CAL = Calibration(StdCalibration(0.4, 0.0), 1.7, 0.1, 0.1, 32, 3, 2, "held-out", 8, 32768, 32, "2026-11-30 00:00 UTC",
-                  0.97, 0.68)
+CAL = Calibration(StdCalibration(0.4, 0.0), 1.7, 0.1, 0.1, 32, 3, 2, "held-out", 8, 32768, 32,
+                  "2026-11-30 00:00 UTC", 0.97, 0.68)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -105,6 +105,7 @@ def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> 
     reg_cfg = tiny_model_config("learned-exact").model_copy(update={"kind": "regression"})
     from microdiff.models import build_model
 
-    reg = save_bundle(tmp_path / "reg", build_model(reg_cfg), reg_cfg, SampleConfig(steps=1, samples=1), scale=2)
+    reg = save_bundle(tmp_path / "reg", build_model(reg_cfg), reg_cfg, SampleConfig(steps=1, samples=1),
+                      scale=2)
     proc = _run("calibrate", str(reg), str(data), "--tile", "8")
     assert proc.returncode != 0 and "no std to calibrate" in proc.stderr
