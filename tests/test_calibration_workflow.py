@@ -109,3 +109,19 @@ def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> 
                       scale=2)
     proc = _run("calibrate", str(reg), str(data), "--tile", "8")
     assert proc.returncode != 0 and "no std to calibrate" in proc.stderr
+
+
+def test_training_ends_with_a_calibration_on_the_validation_crops(tmp_path) -> None:
+    from helpers import tiny_config
+
+    from microdiff.runs import train_run
+
+    cfg = tiny_config(steps=2)
+    train_run(cfg, tmp_path / "run", progress=False)
+    cal = read_bundle(tmp_path / "run" / "model").calibration
+    assert cal is not None and cal.images == cfg.data.n_val and cal.pixels == cfg.data.n_val * 16 * 16
+    assert (cal.samples, cal.steps, cal.tile) == (cfg.sample.samples, cfg.sample.steps, 8)
+    assert "validation crops" in cal.source
+    cfg.train.calibrate = False
+    train_run(cfg, tmp_path / "plain", progress=False)
+    assert read_bundle(tmp_path / "plain" / "model").calibration is None

@@ -208,6 +208,8 @@ class TrainConfig(_Strict):
     val_every: int = Field(100, ge=0, description="steps between validations (0: only at the end)")
     val_steps: int = Field(20, ge=1, description="sampling steps of validation")
     val_samples: int = Field(4, ge=1, description="posterior samples of validation")
+    calibrate: bool = Field(True, description="at the end, calibrate the std and interval on the "
+                            "held-out validation crops (microdiff calibrate; generative models, K ≥ 2)")
 
 
 class SampleConfig(_Strict):

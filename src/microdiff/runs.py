@@ -26,8 +26,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .checkpoint import latest_checkpoint, load_training_state, save_bundle, save_training_state
+from . import calibration, distributed
+from .checkpoint import (
+    latest_checkpoint,
+    load_training_state,
+    save_bundle,
+    save_training_state,
+    write_calibration,
+)
 from .config import Config, config_to_yaml
 from .data.io import atomic_write_bytes
 from .data.sources import SeedPurpose, TrainingData, load_training_data, step_seed, task_of
@@ -170,17 +176,34 @@ class _Run:
         self.last_saved = self.trainer.step
 
     def validate(self, final: bool = False) -> dict[str, float]:
-        """Posterior-mean metrics of the EMA model on the held-out crops (rank 0)."""
+        """Posterior-mean metrics of the EMA model on the held-out crops (rank 0); the final
+        one also calibrates the bundle's std and interval on them (``train.calibrate``)."""
         if not self.main:
             return {}
         cfg, step = self.cfg, self.trainer.step
         steps, samples = ((cfg.sample.steps, cfg.sample.samples) if final
                           else (cfg.train.val_steps, cfg.train.val_samples))
+        calibrating = final and cfg.train.calibrate and self.trainer.ema.generative and samples >= 2
+        maps: list | None = [] if calibrating else None
         res = validate(self.trainer.ema, self.val_x, self.val_y, cfg, steps, samples, cfg.train.seed,
-                       self.out / "montages" / f"step_{step:08d}.png")
+                       self.out / "montages" / f"step_{step:08d}.png", error_maps=maps)
         self.stats.write({"step": step, "kind": "validation", "sample_steps": steps,
                           "samples": samples} | res)
+        if maps:
+            self._calibrate(maps, samples, steps)
         return res
+
+    def _calibrate(self, maps: list, samples: int, steps: int) -> None:
+        """Fit the calibration on the final validation's maps and store it in the bundle."""
+        tile = max(4, min(32, min(min(std.shape) for std, _ in maps) // 2))  # ≥ 4 tiles per crop
+        cal = calibration.fit(maps, tile=tile, samples=samples, steps=steps,
+                              source=f"{len(maps)} held-out validation crops of {self.out}")
+        write_calibration(self.out / "model", cal)
+        if self.progress:
+            interval = (f"interval ±{cal.interval_factor:.2f}·std" if cal.interval_factor is not None
+                        else f"no interval ({cal.units} tiles are too few to certify it)")
+            print(f"calibrated on {cal.images} validation crops: ±1σ coverage {cal.coverage_before:.2f} → "
+                  f"{cal.coverage_after:.2f}; {interval} (microdiff calibrate refits it on held-out pairs)")
 
     def step(self) -> dict[str, float]:
         """One training step with the random draws of its (seed, step)."""
