@@ -24,7 +24,7 @@ from microdiff.checkpoint import latest_checkpoint, load_training_state
 from microdiff.config import Config, apply_overrides, load_config
 from microdiff.data.datasets import Pair, make_pair, simulated
 from microdiff.data.io import read_image, widefield_from_raw_sim
-from microdiff.data.sources import TEST_STREAM
+from microdiff.data.sources import TEST_STREAM, VAL_STREAM
 from microdiff.data.synthetic import SimulatorConfig
 from microdiff.evaluation import image_metrics
 from microdiff.models import build_model
@@ -37,6 +37,7 @@ RUNS = ROOT / "runs" / "benchmarks"
 REAL = ROOT.parent / "shared" / "data" / "biosr-mt-cell001"
 REAL_CROP = 256  # target pixels of the centre crop of the real pair (input: 128²)
 TEST_SEED = 1000  # the held-out simulated test set: independent of every training seed
+VAL_SEED = 7000  # + level: validation images for choices (sampler floor, calibration), never reported
 STRUCTURES = ("mt", "factin", "ccp", "er")
 LEVELS = {"low": 1, "high": 9}  # simulator signal levels (BioSR's levels 01 and 09)
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution", "spectral_resolution")
@@ -197,6 +198,20 @@ def test_set(per_cell: int = 1, size: int = 128, real: bool = True, real_crop: i
             x = wf[t0 // 2:(t0 + real_crop) // 2, l0 // 2:(l0 + real_crop) // 2].astype(np.float32)
             pair = make_pair(f"biosr_cell001_L{level}", x[None], y[None])
             out.append(TestImage(f"real-{level}", "mt", pair, 0.0313))
+    return out
+
+
+def validation_set(per_cell: int = 1, size: int = 128) -> list[TestImage]:
+    """``per_cell`` simulated images per structure and signal level from the validation
+    stream (seed VAL_SEED + level): for choosing settings and fitting calibrations, so that
+    nothing is tuned on :func:`test_set`."""
+    sim = SimulatorConfig(scale=2)
+    out = []
+    for level_name, level in LEVELS.items():
+        for kind in STRUCTURES:
+            for p in simulated(kind, per_cell, size, VAL_SEED + level, level, sim, stream=VAL_STREAM):
+                p.name = f"{p.name}_L{level}"
+                out.append(TestImage(f"sim-{level_name}", kind, p, sim.target_pixel_um))
     return out
 
 

@@ -4,7 +4,7 @@ The learned schedule of the mean-net design drifts to γ(1) ≈ 1e-5 during trai
 the sampler there makes the first ŷ0 = (y − √(1−γ) ε̂)/√γ amplify ε̂'s errors ~300× and some
 chains never recover. This script samples the 2000-step runs of ``quality.py --long`` (it
 trains nothing) with each floor on 8 **validation** images — one per structure and signal
-level from a simulator stream that no benchmark reports (``VAL_STREAM``, seed 7000 + level)
+level from a simulator stream that no benchmark reports (``_protocol.validation_set``)
 — so the preset's value is not tuned on the test set. Per image: one posterior sample's
 PSNR (mean over the K samples, and the worst), its FRC and spectral resolution (medians),
 and the std's ±1σ / ±2σ coverage and Spearman rank correlation with the point estimate's
@@ -29,22 +29,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
-from microdiff.data.datasets import simulated  # noqa: E402
-from microdiff.data.sources import VAL_STREAM  # noqa: E402
 from microdiff.data.synthetic import SimulatorConfig  # noqa: E402
 from microdiff.evaluation import image_metrics  # noqa: E402
 
 K = 4  # samples per image (the demo preset's K)
-VAL_SEED = 7000  # + signal level: the validation images' simulator seed
 KEYS = ("sample_psnr", "sample_psnr_worst", "sample_frc", "sample_sharpness", "coverage_1sigma",
         "coverage_2sigma", "spearman_std_error", "psnr")
 
 
 def validation_images() -> list[tuple[str, object]]:
-    """One simulated pair per structure and signal level from the validation stream."""
-    sim = SimulatorConfig(scale=2)
-    return [(f"{kind}_L{level}", p) for level in P.LEVELS.values() for kind in P.STRUCTURES
-            for p in simulated(kind, 1, 128, VAL_SEED + level, level, sim, stream=VAL_STREAM)]
+    """One pair per structure and signal level: :func:`_protocol.validation_set` (named as
+    this script's cache knows them)."""
+    return [(f"{im.structure}_L{im.name.rsplit('_L', 1)[1]}", im.pair) for im in P.validation_set(1)]
 
 
 def floor_name(floor: float | None) -> str:

@@ -86,8 +86,10 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
         px = target_img.pixel_size or res.pixel_size_um
         label = structure_label(name, kinds)
         method = "cvdm" if predictor.model.generative else "regression"
+        raw = ({"coverage_1sigma_raw": image_metrics(res.mean, target, px, res.std_raw)["coverage_1sigma"]}
+               if res.std_raw is not None else {})
         rows.append({"image": name, "structure": label, "method": method,
-                     **image_metrics(res.mean, target, px, res.std if method == "cvdm" else None)})
+                     **image_metrics(res.mean, target, px, res.std if method == "cvdm" else None), **raw})
         outputs = {b: apply_baseline(b, x, predictor.scale, img.pixel_size) for b in baselines}
         for baseline, img_b in outputs.items():
             rows.append({"image": name, "structure": label, "method": baseline,

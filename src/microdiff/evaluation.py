@@ -24,7 +24,7 @@ from .options import STRUCTURES
 
 COLUMNS = ["image", "structure", "method", "psnr", "ssim", "ms_ssim", "nrmse", "rmse_rad", "frc_resolution",
            "spectral_resolution", "frc_unit", "spearman_std_error", "coverage_1sigma", "coverage_2sigma",
-           "ause"]
+           "coverage_1sigma_raw", "ause"]
 STRUCTURE_QUANTILE, BACKGROUND_QUANTILE = 0.9, 0.5  # pixel classes of the schedule figure
 FIGURE_CROP = 256  # output pixels shown per montage row / used for the schedule figure
 
@@ -133,8 +133,10 @@ def write_report(rows: list[dict], out: Path, title: str, note: str | None = Non
              "the prediction's ring power falls below half the target's, how fine the detail it shows "
              "is, right or wrong (a blurred estimate is coarse, a posterior sample near Nyquist). "
              "Uncertainty: Spearman correlation of the posterior std with |error|, the fraction of "
-             "pixels whose error lies within ±1σ / ±2σ (a calibrated Gaussian gives 0.683 / 0.954), "
-             "and the area under the sparsification error curve (AUSE; 0 is ideal)."]
+             "pixels whose error lies within ±1σ / ±2σ (a calibrated Gaussian gives 0.683 / 0.954; "
+             "with a calibrated model the std is the calibrated one, and coverage_1sigma_raw is ±1σ of "
+             "the samples' raw spread), and the area under the sparsification error curve (AUSE; 0 is "
+             "ideal)."]
     atomic_write_bytes(out / "summary.md", ("\n".join(lines) + "\n").encode(), overwrite=True)
 
 

@@ -1,0 +1,258 @@
+"""Calibration of the posterior std and the risk-controlling interval (issue 18), measured.
+
+For each seed of the long runs of ``--method`` (``quality.py --long``; this script trains
+nothing), the model samples (its preset's K × steps) the 16 **validation** images of
+``_protocol.validation_set(2)`` — the calibration set — and the held-out test set of
+``quality.py`` (16 simulated images of every structure at signal levels 1 and 9, and the
+real BioSR pair's centre 256² crop at levels 01 and 09). Predictions are cached as .npz in
+the run folder. Errors are mean − target in the model's normalised target units, as
+``microdiff calibrate`` fits them (no affine matching). Reported:
+
+* the std calibration fitted on the calibration set (``microdiff.calibration.fit``, 32²
+  tiles), applied to the simulated test images: RMSE / RMV in 10 equal-count bins of the std
+  holding 95 % of the pixels, ±1σ and ±2σ coverage pooled and per structure, raw and
+  calibrated (figure: RMSE against RMV, both);
+* the interval: 100 random splits of the simulated test images in half; λ̂ fitted (α, δ =
+  0.1) on one half's tiles, the miscoverage measured on the other half (figure: its
+  distribution);
+* the real pair: std and interval calibrated on the left half of the crop (16² tiles),
+  tested on the right half, at each level;
+* the std against two proxies a sceptic would try, on the simulated test images: the local
+  intensity of the estimate and |estimate − bicubic input| (Spearman with |error| and AUSE,
+  mean over images; higher Spearman and lower AUSE are better).
+
+Writes the ``calibration`` section of docs/benchmarks.md, docs/img/calibration_bins.png and
+docs/img/calibration_splits.png. Usage::
+
+    .venv/bin/python benchmarks/calibration.py [--method zmd-scaled] [--seeds 0 1 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _report import machine, today, write_section  # noqa: E402
+from scipy.ndimage import gaussian_filter  # noqa: E402
+
+from microdiff import calibration as C  # noqa: E402
+from microdiff import metrics  # noqa: E402
+
+ALPHA, DELTA, SPLITS = 0.1, 0.1, 100
+IMG = P.ROOT / "docs" / "img"
+
+
+def predictions(method: str, seed: int, images: list[P.TestImage], tag: str) -> dict[str, dict]:
+    """name → {mean, std, y, x} (2-D, normalised units) of the run's model on ``images``, cached."""
+    cfg = P.method_config(method, P.LONG_STEPS, seed)
+    out = P.run_dir("long", method, seed)
+    if not (out / "train.json").exists():
+        raise SystemExit(f"{out} has no finished {P.LONG_STEPS}-step run: run quality.py --long first")
+    s = cfg.sample
+    cache = out / f"calibration-{tag}-K{s.samples}x{s.steps}-g{s.gamma_min}.npz"
+    names = [im.name for im in images]
+    if cache.exists():
+        saved = np.load(cache)
+        if list(saved["names"]) == names:
+            return {n: {k: saved[f"{n}/{k}"] for k in ("mean", "std", "y", "x")} for n in names}
+    model = P.model_at(out, cfg, P.LONG_STEPS)
+    gen = torch.Generator().manual_seed(seed)
+    result = {}
+    for im in images:
+        with torch.no_grad():
+            res = model.sample(im.pair.x[None], steps=s.steps, samples=s.samples, generator=gen,
+                               **s.options())
+        result[im.name] = {"mean": res.mean[0, 0].numpy(), "std": res.std[0, 0].numpy(),
+                           "y": im.pair.y[0].numpy(), "x": im.pair.x[0].numpy()}
+    flat = {f"{n}/{k}": v for n, d in result.items() for k, v in d.items()}
+    tmp = cache.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, names=np.array(names), **flat)
+    tmp.replace(cache)
+    return result
+
+
+def _maps(preds: dict[str, dict], names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(preds[n]["std"].astype(np.float64), (preds[n]["mean"] - preds[n]["y"]).astype(np.float64))
+            for n in names]
+
+
+def _coverage(maps, std_map=lambda s: s, k: float = 1.0) -> float:
+    return float(np.mean(np.concatenate([(np.abs(e) <= k * std_map(s)).ravel() for s, e in maps])))
+
+
+def analyse(method: str, seed: int, rng_seed: int) -> dict:
+    calib_images, test_images = P.validation_set(2), P.test_set(2)
+    cal_preds = predictions(method, seed, calib_images, "val")
+    test_preds = predictions(method, seed, test_images, "test")
+    cfg = P.method_config(method, P.LONG_STEPS, seed)
+    cal = C.fit(_maps(cal_preds, [im.name for im in calib_images]), ALPHA, DELTA, 32,
+                samples=cfg.sample.samples, steps=cfg.sample.steps, source="validation_set(2)")
+    sims = [im for im in test_images if im.group.startswith("sim")]
+    sim_maps = _maps(test_preds, [im.name for im in sims])
+    std_all = np.concatenate([s.ravel() for s, _ in sim_maps])
+    err_all = np.concatenate([e.ravel() for _, e in sim_maps])
+    row = {"slope": cal.std.slope, "offset": cal.std.offset, "factor": cal.interval_factor,
+           "bins_raw": C.calibration_bins(std_all, err_all),
+           "bins_cal": C.calibration_bins(cal.std.apply(std_all), err_all)}
+    for k in (1, 2):
+        row[f"cov{k}_raw"] = _coverage(sim_maps, k=k)
+        row[f"cov{k}_cal"] = _coverage(sim_maps, cal.std.apply, k)
+    row["per_structure"] = {st: _coverage(_maps(test_preds, [im.name for im in sims if im.structure == st]),
+                                          cal.std.apply) for st in P.STRUCTURES}
+    # the interval over random half splits of the simulated test images
+    units = [C.tile_units(cal.std.apply(s), e, 32) for s, e in sim_maps]
+    rng = np.random.default_rng(rng_seed)
+    missed = []
+    for _ in range(SPLITS):
+        order = rng.permutation(len(units))
+        half = len(units) // 2
+        lam = C.fit_interval([u for i in order[:half] for u in units[i]], ALPHA, DELTA)
+        missed.append(float(np.mean([C.miscoverage(s, e, lam) for i in order[half:] for s, e in units[i]])))
+    row["split_miss"] = missed
+    # the real pair: calibrate on the left half, test on the right half
+    row["real"] = {}
+    for im in test_images:
+        if not im.group.startswith("real"):
+            continue
+        std, err = _maps(test_preds, [im.name])[0]
+        w = std.shape[1] // 2
+        left, right = (std[:, :w], err[:, :w]), (std[:, w:], err[:, w:])
+        real_cal = C.fit([left], ALPHA, DELTA, 16, samples=cal.samples, steps=cal.steps, source="left half")
+        s_right = real_cal.std.apply(right[0])
+        miss = (C.miscoverage(s_right, right[1], real_cal.interval_factor)
+                if real_cal.interval_factor is not None else float("nan"))
+        row["real"][im.group] = {"cov1_raw": float(np.mean(np.abs(right[1]) <= right[0])),
+                                 "cov1_sim_cal": float(np.mean(np.abs(right[1]) <= cal.std.apply(right[0]))),
+                                 "cov1_cal": float(np.mean(np.abs(right[1]) <= s_right)),
+                                 "spearman": metrics.spearman_std_error(right[0], right[1]),
+                                 "factor": real_cal.interval_factor, "miss": miss}
+    # the std against two proxies
+    proxies = {"std": [], "intensity": [], "|mean − input|": []}
+    for im in sims:
+        d = test_preds[im.name]
+        err = d["mean"] - d["y"]
+        for name, score in (("std", d["std"]), ("intensity", gaussian_filter(d["mean"], 2.0)),
+                            ("|mean − input|", np.abs(d["mean"] - d["x"]))):
+            proxies[name].append((metrics.spearman_std_error(score, err), metrics.ause(score, err)))
+    row["proxies"] = {k: tuple(np.mean(v, axis=0)) for k, v in proxies.items()}
+    return row
+
+
+def figures(rows: dict[int, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2), dpi=120)
+    top = 0.0
+    for seed, r in rows.items():
+        for key, style, label in (("bins_raw", "o--", "raw"), ("bins_cal", "s-", "calibrated")):
+            rmv, rmse, _ = r[key]
+            ax.plot(rmv, rmse, style, ms=4, color=f"C{seed}", alpha=0.85, label=f"seed {seed}, {label}")
+            top = max(top, rmv.max(), rmse.max())
+    ax.plot([0, top], [0, top], "k:", lw=1, label="ideal")
+    ax.set_xlabel("RMV: root-mean predicted variance (bin)")
+    ax.set_ylabel("RMSE of the estimate (bin)")
+    ax.set_title("Simulated test images, 10 bins of the std")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(IMG / "calibration_bins.png")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for seed, r in rows.items():
+        ax.hist(r["split_miss"], bins=20, alpha=0.5, color=f"C{seed}", label=f"seed {seed}")
+    ax.axvline(ALPHA, color="k", ls=":", label=f"α = {ALPHA}")
+    ax.set_xlabel("miscoverage on the test half")
+    ax.set_ylabel(f"splits (of {SPLITS})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(IMG / "calibration_splits.png")
+    plt.close(fig)
+
+
+def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float) -> list[str]:
+    def ms(key: str, d: int = 2, f=lambda r, k: r[k]) -> str:
+        return P.mean_pm_std([f(rows[s], key) for s in seeds], d)
+
+    cmd = f"benchmarks/calibration.py --method {method} --seeds {' '.join(map(str, seeds))}"
+    lines = [f"## Calibration of the std and the interval ({method}, {P.LONG_STEPS} steps)", "",
+             f"Command: `.venv/bin/python {cmd}` ({seconds:.0f} s; {today()}; {machine()}).", "",
+             "Fitted on 16 validation images (`_protocol.validation_set(2)`), tested on the 16 simulated "
+             "test images of `quality.py` and the real BioSR crop; errors are mean − target in normalised "
+             f"units; mean ± std over seeds {', '.join(map(str, seeds))}.", "",
+             "| | raw std | calibrated |", "|---|---|---|",
+             f"| ±1σ coverage, simulated pooled (0.683) | {ms('cov1_raw')} | {ms('cov1_cal')} |",
+             f"| ±2σ coverage, simulated pooled (0.954 if Gaussian) | {ms('cov2_raw')} | {ms('cov2_cal')} |"]
+
+    def ratio_range(key: str) -> str:
+        lo = [float(np.min(rows[s][key][1] / rows[s][key][0])) for s in seeds]
+        hi = [float(np.max(rows[s][key][1] / rows[s][key][0])) for s in seeds]
+        return f"{min(lo):.2f} – {max(hi):.2f}"
+
+    lines += [f"| RMSE / RMV over the 10 bins (all seeds; [0.8, 1.25] wanted) | {ratio_range('bins_raw')} "
+              f"| {ratio_range('bins_cal')} |", "",
+              "Calibrated ±1σ coverage per structure (pooled: "
+              f"{ms('cov1_cal')}; wanted within ±0.08 of it): " + ", ".join(
+                  f"{st} {P.mean_pm_std([rows[s]['per_structure'][st] for s in seeds])}"
+                  for st in P.STRUCTURES)
+              + ". Fitted maps: " + "; ".join(
+                  f"seed {s}: std → {rows[s]['slope']:.2f}·std {rows[s]['offset']:+.4f}"
+                  for s in seeds) + ".", ""]
+    held = [float(np.mean(np.array(rows[s]["split_miss"]) <= ALPHA)) for s in seeds]
+    lines += [f"Interval (α = δ = {ALPHA}): over {SPLITS} random half splits of the simulated test images, "
+              "the test half's miscoverage was ≤ α in " + ", ".join(f"{h:.0%}" for h in held)
+              + " of the splits "
+              f"(seeds {', '.join(map(str, seeds))}; the promise: ≥ {1 - DELTA:.0%}); mean miscoverage "
+              + ", ".join(f"{np.mean(rows[s]['split_miss']):.3f}" for s in seeds) + ".", "",
+              "![RMSE against RMV in bins of the std, raw and calibrated](img/calibration_bins.png)", "",
+              "![the interval's miscoverage over random splits](img/calibration_splits.png)", "",
+              "Real BioSR pair (calibrated on the left half of the crop, tested on the right half; "
+              "seed means):", "",
+              "| level | ±1σ raw | ±1σ with the simulated calibration | ±1σ calibrated on the left half "
+              "| Spearman(std, \\|err\\|) | interval factor | miscoverage (α = 0.1) |", "|---" * 7 + "|"]
+    for g in ("real-01", "real-09"):
+        if all(g in rows[s]["real"] for s in seeds):
+            vals = [rows[s]["real"][g] for s in seeds]
+
+            def m(k: str, d: int = 2, vals=vals) -> str:
+                return P.mean_pm_std([v[k] if v[k] is not None else np.nan for v in vals], d)
+
+            lines.append(f"| {g} | {m('cov1_raw')} | {m('cov1_sim_cal')} | {m('cov1_cal')} | {m('spearman')} "
+                         f"| {m('factor')} | {m('miss', 3)} |")
+    lines += ["", "The std against proxies a sceptic would try (simulated test images, mean over images and "
+              "seeds): Spearman with |error| (higher is better) and AUSE (lower is better).", "",
+              "| score | Spearman | AUSE |", "|---|---|---|"]
+    for name in ("std", "intensity", "|mean − input|"):
+        sp = P.mean_pm_std([rows[s]["proxies"][name][0] for s in seeds])
+        au = P.mean_pm_std([rows[s]["proxies"][name][1] for s in seeds], 4)
+        lines.append(f"| {name.replace('|', chr(92) + '|')} | {sp} | {au} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="zmd-scaled", choices=list(P.METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    rows = {}
+    for seed in args.seeds:
+        print(f"{args.method} seed {seed}", flush=True)
+        rows[seed] = analyse(args.method, seed, rng_seed=seed)
+    figures(rows)
+    lines = report(args.method, args.seeds, rows, time.perf_counter() - t0)
+    write_section("calibration", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
