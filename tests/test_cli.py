@@ -150,7 +150,8 @@ def test_evaluate_command_writes_metrics_for_model_and_bicubic(tmp_path) -> None
     assert {r["structure"] for r in rows} == {"mt"}  # from manifest.json
     summary = (tmp_path / "ev" / "summary.md").read_text()
     assert "| all | cvdm | 2 |" in summary and "| all | bicubic | 2 |" in summary
-    assert (tmp_path / "ev" / "montage.png").is_file() and (tmp_path / "ev" / "schedule.png").is_file()
+    for name in ("montage.png", "schedule.png", "calibration.png", "sparsification.png"):
+        assert (tmp_path / "ev" / name).is_file(), name
     bogus = _run("evaluate", str(tmp_path / "model"), str(tmp_path / "data"), "--out", str(tmp_path / "ev2"),
                  "--baseline", "wiener")
     assert bogus.returncode == 2 and "unknown baseline 'wiener'" in bogus.stderr

@@ -9,8 +9,10 @@ and ±2σ and the AUSE, with the std scaled by the same affine factor as the mea
 
 Writes ``OUT/metrics.csv`` (one row per image and method, with its structure),
 ``OUT/summary.md`` (means over all images and per structure), ``OUT/montage.png``
-(input | mean | std | |error| | target) and ``OUT/schedule.png`` (γ(t) averaged over
-structure and background pixels). A regression baseline (``model.kind=regression``) gets
+(input | mean | std | |error| | target), ``OUT/calibration.png`` (RMSE against the std in
+bins, raw and calibrated), ``OUT/sparsification.png`` (removing the most uncertain pixels
+first, by std and by |mean − input|, against the oracle) and ``OUT/schedule.png`` (γ(t)
+averaged over structure and background pixels). A regression baseline (``model.kind=regression``) gets
 the quality rows only (method ``regression``). The structure of an image is its ``kind`` in the
 folder's ``manifest.json`` (written by ``microdiff simulate``), else the file-name prefix
 when it names one (``mt_00003.tif``), else ``all``.
@@ -67,6 +69,7 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
     predictor = load(model)
     kinds = _manifest_kinds(data)
     rows, panels, labels, profile = [], [], [], None
+    pooled: dict[str, list[np.ndarray]] = {"std": [], "std_raw": [], "error": [], "proxy": []}
     for name, inp, tgt in tqdm(paired_files(data), desc="evaluating", disable=not progress):
         img, target_img = read_image(inp), read_image(tgt)
         x, axes = as_2d(img)
@@ -95,6 +98,8 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
             rows.append({"image": name, "structure": label, "method": baseline,
                          **image_metrics(img_b, target, px)})
         bic = outputs["bicubic"] if "bicubic" in outputs else apply_baseline("bicubic", x, predictor.scale)
+        if method == "cvdm" and figures:
+            _pool_for_figures(pooled, res, target, bic)
         if figures and len(panels) < 4:
             panels.append(montage_row(bic, res.mean, res.std, target))
             labels.append(name)
@@ -109,7 +114,41 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
         montage(out / "montage.png", panels, row_labels=labels)
     if figures and profile is not None:
         schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")
+    if figures and pooled["std"]:
+        _uncertainty_figures(out, {k: np.concatenate(v) for k, v in pooled.items() if v})
     return rows
+
+
+def _pool_for_figures(pooled: dict[str, list[np.ndarray]], res, target: np.ndarray, bic: np.ndarray) -> None:
+    """One image's pixels for the calibration and sparsification figures: the error after
+    CARE's affine matching and the std scaled alike, both over the target's data range (so
+    images of different brightness pool), and |mean − bicubic input| as a proxy."""
+    a, b = metrics.affine_fit(res.mean, target)
+    scale = abs(a) / metrics.data_range(target)
+    pooled["error"].append(((a * res.mean + b - target) / metrics.data_range(target)).ravel())
+    pooled["std"].append((res.std * scale).ravel())
+    if res.std_raw is not None:
+        pooled["std_raw"].append((res.std_raw * scale).ravel())
+    pooled["proxy"].append(np.abs(metrics.affine_match(res.mean, target) - metrics.affine_match(bic, target)
+                                  ).ravel())
+
+
+def _uncertainty_figures(out: Path, pooled: dict[str, np.ndarray]) -> None:
+    """``calibration.png`` (RMSE against the std in bins: raw and calibrated when the model
+    is calibrated) and ``sparsification.png`` (by std, by |mean − input|, the oracle)."""
+    from .calibration import calibration_bins
+    from .plots import calibration_plot, sparsification_plot
+
+    err = pooled["error"]
+    bins = {"calibrated std" if "std_raw" in pooled else "std": calibration_bins(pooled["std"], err)[:2]}
+    if "std_raw" in pooled:
+        bins = {"raw std (samples' spread)": calibration_bins(pooled["std_raw"], err)[:2]} | bins
+    calibration_plot(out / "calibration.png", bins, "error against std, all images (units: data range)")
+    fractions, by_std, oracle = metrics.sparsification_curves(pooled["std"], err)
+    _, by_proxy, _ = metrics.sparsification_curves(pooled["proxy"], err)
+    sparsification_plot(out / "sparsification.png", fractions,
+                        {"by std": by_std, "by |mean − input|": by_proxy, "oracle": oracle},
+                        "removing the most uncertain pixels first")
 
 
 def _phase_rows(predictor, name: str, x: np.ndarray, axes: str, target: np.ndarray,

@@ -161,10 +161,10 @@ def coverage(std: np.ndarray, error: np.ndarray, k: float) -> float:
     return float(np.mean(np.abs(error) <= k * std))
 
 
-def ause(std: np.ndarray, error: np.ndarray, steps: int = 50) -> float:
-    """Area under the sparsification error curve: removing the most uncertain pixels first
-    (by std) against the oracle order (by |error|), RMSE of the rest, integrated over the
-    removed fraction in [0, 1). 0 when std ranks pixels exactly like the error."""
+def sparsification_curves(std: np.ndarray, error: np.ndarray, steps: int = 50
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(removed fractions in [0, 1), RMSE of the pixels left after removing the most uncertain
+    first (by std), the same removing the largest errors first (the oracle))."""
     e = np.abs(np.ravel(error)).astype(np.float64)
     by_std, by_err = e[np.argsort(-np.ravel(std), kind="stable")], np.sort(e)[::-1]
     fractions = np.linspace(0, 1, steps, endpoint=False)
@@ -173,7 +173,15 @@ def ause(std: np.ndarray, error: np.ndarray, steps: int = 50) -> float:
     def curve(order: np.ndarray) -> np.ndarray:
         return np.array([np.sqrt(np.mean(order[int(f * n):] ** 2)) for f in fractions])
 
-    return float(np.mean(curve(by_std) - curve(by_err)))
+    return fractions, curve(by_std), curve(by_err)
+
+
+def ause(std: np.ndarray, error: np.ndarray, steps: int = 50) -> float:
+    """Area under the sparsification error curve: removing the most uncertain pixels first
+    (by std) against the oracle order (by |error|), RMSE of the rest, integrated over the
+    removed fraction in [0, 1). 0 when std ranks pixels exactly like the error."""
+    _, by_std, oracle = sparsification_curves(std, error, steps)
+    return float(np.mean(by_std - oracle))
 
 
 def phase_metrics(pred: np.ndarray, target: np.ndarray, phase_range: float,

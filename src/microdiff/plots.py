@@ -64,3 +64,36 @@ def schedule_curves(path: str | Path, t: np.ndarray, curves: dict[str, np.ndarra
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, Path(path))
+
+
+def calibration_plot(path: str | Path, bins: dict[str, tuple[np.ndarray, np.ndarray]],
+                     title: str = "std against error") -> Path:
+    """RMSE against RMV (root-mean predicted variance) per bin of the std, one curve per label
+    (e.g. raw and calibrated), with the ideal line RMSE = RMV."""
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    top = 0.0
+    for i, (label, (rmv, rmse)) in enumerate(bins.items()):
+        ax.plot(rmv, rmse, "o-", ms=4, color=f"C{i}", label=label)
+        top = max(top, float(np.max(rmv)), float(np.max(rmse)))
+    ax.plot([0, top], [0, top], "k:", lw=1, label="ideal")
+    ax.set_xlabel("predicted std (RMV of the bin)")
+    ax.set_ylabel("RMSE of the bin")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
+
+
+def sparsification_plot(path: str | Path, fractions: np.ndarray, curves: dict[str, np.ndarray],
+                        title: str = "sparsification") -> Path:
+    """RMSE of the pixels left against the fraction removed (most uncertain first), one curve
+    per ordering (e.g. by std, by a proxy, the oracle by |error|)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    for label, rmse in curves.items():
+        ax.plot(fractions, rmse, label=label, ls=":" if label == "oracle" else "-")
+    ax.set_xlabel("fraction of pixels removed")
+    ax.set_ylabel("RMSE of the rest")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, Path(path))
