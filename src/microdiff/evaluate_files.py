@@ -60,8 +60,6 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
                     figures: bool = True, baselines: tuple[str, ...] = ("bicubic",)) -> list[dict]:
     """Evaluate ``model`` (and the classical ``baselines``) on every pair in ``data``; writes
     the report into ``out``."""
-    from .plots import montage, schedule_curves
-
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise UserError(f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)}")
@@ -89,10 +87,7 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
         px = target_img.pixel_size or res.pixel_size_um
         label = structure_label(name, kinds)
         method = "cvdm" if predictor.model.generative else "regression"
-        raw = ({"coverage_1sigma_raw": image_metrics(res.mean, target, px, res.std_raw)["coverage_1sigma"]}
-               if res.std_raw is not None else {})
-        rows.append({"image": name, "structure": label, "method": method,
-                     **image_metrics(res.mean, target, px, res.std if method == "cvdm" else None), **raw})
+        rows.append(_model_row(name, label, method, res, target, px))
         outputs = {b: apply_baseline(b, x, predictor.scale, img.pixel_size) for b in baselines}
         for baseline, img_b in outputs.items():
             rows.append({"image": name, "structure": label, "method": baseline,
@@ -110,13 +105,30 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
             profile = schedule_profile(predictor.model, cond[None, :, crop, crop], t_norm[crop, crop])
     write_report(rows, out, f"Evaluation of `{model}` on `{data}`",
                  PHASE_NOTE if predictor.task.is_phase else None)
-    if figures and panels:
-        montage(out / "montage.png", panels, row_labels=labels)
-    if figures and profile is not None:
-        schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")
-    if figures and pooled["std"]:
-        _uncertainty_figures(out, {k: np.concatenate(v) for k, v in pooled.items() if v})
+    if figures:
+        _write_figures(out, panels, labels, profile, pooled)
     return rows
+
+
+def _model_row(name: str, label: str, method: str, res, target: np.ndarray, px: float | None) -> dict:
+    """The model's metrics row; with a calibrated std also the raw spread's ±1σ coverage."""
+    row = {"image": name, "structure": label, "method": method,
+           **image_metrics(res.mean, target, px, res.std if method == "cvdm" else None)}
+    if res.std_raw is not None:
+        row["coverage_1sigma_raw"] = image_metrics(res.mean, target, px, res.std_raw)["coverage_1sigma"]
+    return row
+
+
+def _write_figures(out: Path, panels: list, labels: list[str], profile, pooled: dict[str, list]) -> None:
+    """montage.png, schedule.png and the uncertainty figures, where there is something to show."""
+    from .plots import montage, schedule_curves
+
+    if panels:
+        montage(out / "montage.png", panels, row_labels=labels)
+    if profile is not None:
+        schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")
+    if pooled["std"]:
+        _uncertainty_figures(out, {k: np.concatenate(v) for k, v in pooled.items() if v})
 
 
 def _pool_for_figures(pooled: dict[str, list[np.ndarray]], res, target: np.ndarray, bic: np.ndarray) -> None:

@@ -118,7 +118,7 @@ class Predictor:
             if (samples, steps) != (cal.samples, cal.steps):
                 warnings.warn(f"the std was calibrated for {cal.samples} samples × {cal.steps} steps; "
                               f"predicting with {samples} × {steps} changes its spread (recalibrate with "
-                              "microdiff calibrate for these settings)", stacklevel=2)
+                              "microdiff calibrate for these settings)", stacklevel=3)
             out["std_raw"] = out["std"]
             out["std"] = cal.std.apply(out["std"]).astype(np.float32)
             if cal.interval_factor is not None:
