@@ -181,13 +181,7 @@ def test_set(per_cell: int = 1, size: int = 128, real: bool = True, real_crop: i
     """``per_cell`` simulated images per structure and level (``size``² target pixels, a
     stream no training run draws from), plus the real BioSR pair's centre crop at levels
     01 and 09 when ../shared/data is present."""
-    sim = SimulatorConfig(scale=2)
-    out = []
-    for level_name, level in LEVELS.items():
-        for kind in STRUCTURES:
-            for p in simulated(kind, per_cell, size, TEST_SEED + level, level, sim, stream=TEST_STREAM):
-                p.name = f"{p.name}_L{level}"
-                out.append(TestImage(f"sim-{level_name}", kind, p, sim.target_pixel_um))
+    out = _simulated_set(per_cell, size, TEST_SEED, TEST_STREAM)
     if real and REAL.is_dir():
         target = read_image(REAL / "sim_gt.tif").data.squeeze().astype(np.float32)
         h, w = target.shape
@@ -205,11 +199,17 @@ def validation_set(per_cell: int = 1, size: int = 128) -> list[TestImage]:
     """``per_cell`` simulated images per structure and signal level from the validation
     stream (seed VAL_SEED + level): for choosing settings and fitting calibrations, so that
     nothing is tuned on :func:`test_set`."""
+    return _simulated_set(per_cell, size, VAL_SEED, VAL_STREAM)
+
+
+def _simulated_set(per_cell: int, size: int, seed: int, stream: int) -> list[TestImage]:
+    """``per_cell`` pairs per structure and signal level from simulator ``stream``, seed
+    ``seed`` + level, named ``KIND_NNNNN_L<level>``."""
     sim = SimulatorConfig(scale=2)
     out = []
     for level_name, level in LEVELS.items():
         for kind in STRUCTURES:
-            for p in simulated(kind, per_cell, size, VAL_SEED + level, level, sim, stream=VAL_STREAM):
+            for p in simulated(kind, per_cell, size, seed + level, level, sim, stream=stream):
                 p.name = f"{p.name}_L{level}"
                 out.append(TestImage(f"sim-{level_name}", kind, p, sim.target_pixel_um))
     return out

@@ -76,12 +76,7 @@ def calibration_plot(path: str | Path, bins: dict[str, tuple[np.ndarray, np.ndar
         ax.plot(rmv, rmse, "o-", ms=4, color=f"C{i}", label=label)
         top = max(top, float(np.max(rmv)), float(np.max(rmse)))
     ax.plot([0, top], [0, top], "k:", lw=1, label="ideal")
-    ax.set_xlabel("predicted std (RMV of the bin)")
-    ax.set_ylabel("RMSE of the bin")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, Path(path))
+    return _finish_curves(fig, ax, "predicted std (RMV of the bin)", "RMSE of the bin", title, path)
 
 
 def sparsification_plot(path: str | Path, fractions: np.ndarray, curves: dict[str, np.ndarray],
@@ -91,8 +86,14 @@ def sparsification_plot(path: str | Path, fractions: np.ndarray, curves: dict[st
     fig, ax = plt.subplots(figsize=(4.5, 3.4))
     for label, rmse in curves.items():
         ax.plot(fractions, rmse, label=label, ls=":" if label == "oracle" else "-")
-    ax.set_xlabel("fraction of pixels removed")
-    ax.set_ylabel("RMSE of the rest")
+    return _finish_curves(fig, ax, "fraction of pixels removed", "RMSE of the rest", title, path)
+
+
+def _finish_curves(fig: plt.Figure, ax: plt.Axes, xlabel: str, ylabel: str, title: str,
+                   path: str | Path) -> Path:
+    """Labels, title and legend of a curve plot, then :func:`save_figure`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
