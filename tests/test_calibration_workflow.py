@@ -86,6 +86,14 @@ def test_calibrate_command_fits_stores_and_predict_writes_the_interval(model_fol
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(f"mt_0000{i}_{k}.tif" for i in (0, 1)
                            for k in ("mean", "std", "lower", "upper", "std_uncalibrated"))
+    proc = _run("evaluate", str(model_folder), str(data), "--out", str(tmp_path / "ev"))
+    assert proc.returncode == 0, proc.stderr
+    import csv
+
+    rows = [r for r in csv.DictReader((tmp_path / "ev" / "metrics.csv").open()) if r["method"] == "cvdm"]
+    assert rows and all(0 <= float(r["coverage_1sigma_raw"]) <= 1 for r in rows)
+    for name in ("montage.png", "calibration.png", "sparsification.png"):
+        assert (tmp_path / "ev" / name).is_file(), name
 
 
 def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> None:
@@ -125,3 +133,18 @@ def test_training_ends_with_a_calibration_on_the_validation_crops(tmp_path) -> N
     cfg.train.calibrate = False
     train_run(cfg, tmp_path / "plain", progress=False)
     assert read_bundle(tmp_path / "plain" / "model").calibration is None
+
+
+def test_montage_marks_where_the_target_leaves_the_interval() -> None:
+    from microdiff.evaluation import montage_row
+
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0, 10, (32, 32))
+    mean = 2.0 * target + 5.0  # another intensity scale: matched back to the target's
+    lower, upper = mean - 1.0, mean + 1.0  # ±0.5 in target units
+    upper[:4] -= 3.0  # the first rows' interval ends 1 below the target
+    panels = montage_row(target, mean, np.ones_like(mean), target, crop=32, interval=(lower, upper))
+    expected = np.zeros((32, 32))
+    expected[:4] = 1.0
+    assert len(panels) == 6
+    np.testing.assert_array_equal(panels[5], expected)

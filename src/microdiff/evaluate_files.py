@@ -96,7 +96,8 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
         if method == "cvdm" and figures:
             _pool_for_figures(pooled, res, target, bic)
         if figures and len(panels) < 4:
-            panels.append(montage_row(bic, res.mean, res.std, target))
+            interval = (res.lower, res.upper) if res.lower is not None else None
+            panels.append(montage_row(bic, res.mean, res.std, target, interval=interval))
             labels.append(name)
         if figures and profile is None and predictor.model.generative:
             cond, _ = predictor.condition(x)
@@ -121,10 +122,11 @@ def _model_row(name: str, label: str, method: str, res, target: np.ndarray, px: 
 
 def _write_figures(out: Path, panels: list, labels: list[str], profile, pooled: dict[str, list]) -> None:
     """montage.png, schedule.png and the uncertainty figures, where there is something to show."""
-    from .plots import montage, schedule_curves
+    from .plots import MONTAGE_COLUMNS, montage, schedule_curves
 
     if panels:
-        montage(out / "montage.png", panels, row_labels=labels)
+        columns = MONTAGE_COLUMNS + ("outside the interval",) * (len(panels[0]) > len(MONTAGE_COLUMNS))
+        montage(out / "montage.png", panels, columns=columns, row_labels=labels)
     if profile is not None:
         schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")
     if pooled["std"]:

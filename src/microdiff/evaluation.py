@@ -51,11 +51,18 @@ def image_metrics(pred: np.ndarray, target: np.ndarray, pixel_size_um: float | N
 
 
 def montage_row(x: np.ndarray, mean: np.ndarray, std: np.ndarray, target: np.ndarray,
-                crop: int = FIGURE_CROP) -> tuple[np.ndarray, ...]:
-    """input | matched mean | scaled std | |error| | target, centre-cropped to ``crop``."""
+                crop: int = FIGURE_CROP, interval: tuple[np.ndarray, np.ndarray] | None = None
+                ) -> tuple[np.ndarray, ...]:
+    """input | matched mean | scaled std | |error| | target, centre-cropped to ``crop``; with
+    ``interval`` (lower, upper in the mean's units) a sixth panel, 1 where the target falls
+    outside the interval (matched like the mean)."""
     a, b = metrics.affine_fit(mean, target)
     matched = a * mean.astype(np.float64) + b
     panels = (metrics.affine_match(x, target), matched, std * abs(a), np.abs(matched - target), target)
+    if interval is not None:
+        ends = [a * v.astype(np.float64) + b for v in interval]
+        lo, hi = np.minimum(*ends), np.maximum(*ends)
+        panels += (((target < lo) | (target > hi)).astype(np.float64),)
     H, W = target.shape
     r, c = max(0, (H - crop) // 2), max(0, (W - crop) // 2)
     return tuple(p[r: r + crop, c: c + crop] for p in panels)
