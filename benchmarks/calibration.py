@@ -51,32 +51,12 @@ SAMPLED: list[str] = []  # runs whose predictions this invocation computed (not 
 
 def predictions(method: str, seed: int, images: list[P.TestImage], tag: str) -> dict[str, dict]:
     """name → {mean, std, y, x} (2-D, normalised units) of the run's model on ``images``, cached."""
-    cfg = P.method_config(method, P.LONG_STEPS, seed)
-    out = P.run_dir("long", method, seed)
-    if not (out / "train.json").exists():
-        raise SystemExit(f"{out} has no finished {P.LONG_STEPS}-step run: run quality.py --long first")
-    s = cfg.sample
-    cache = out / f"calibration-{tag}-K{s.samples}x{s.steps}-g{s.gamma_min}.npz"
-    names = [im.name for im in images]
-    if cache.exists():
-        saved = np.load(cache)
-        if list(saved["names"]) == names:
-            return {n: {k: saved[f"{n}/{k}"] for k in ("mean", "std", "y", "x")} for n in names}
-    model = P.model_at(out, cfg, P.LONG_STEPS)
-    SAMPLED.append(f"{method} seed {seed} ({tag})")
-    gen = torch.Generator().manual_seed(seed)
-    result = {}
-    for im in images:
-        with torch.no_grad():
-            res = model.sample(im.pair.x[None], steps=s.steps, samples=s.samples, generator=gen,
-                               **s.options())
-        result[im.name] = {"mean": res.mean[0, 0].numpy(), "std": res.std[0, 0].numpy(),
-                           "y": im.pair.y[0].numpy(), "x": im.pair.x[0].numpy()}
-    flat = {f"{n}/{k}": v for n, d in result.items() for k, v in d.items()}
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, names=np.array(names), **flat)
-    tmp.replace(cache)
-    return result
+    k = P.method_config(method, P.LONG_STEPS, seed).sample.samples
+    preds, computed = P.long_run_outputs(method, seed, images, k, f"calibration-{tag}",
+                                         ("mean", "std", "y", "x"))
+    if computed:
+        SAMPLED.append(f"{method} seed {seed} ({tag})")
+    return preds
 
 
 def _maps(preds: dict[str, dict], names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:

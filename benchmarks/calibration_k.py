@@ -31,28 +31,7 @@ from microdiff import metrics  # noqa: E402
 
 def samples(method: str, seed: int, images: list[P.TestImage], k: int, tag: str) -> dict[str, dict]:
     """name → {samples [k, H, W], mean (the point estimate), y}, normalised units, cached."""
-    cfg = P.method_config(method, P.LONG_STEPS, seed)
-    out = P.run_dir("long", method, seed)
-    if not (out / "train.json").exists():
-        raise SystemExit(f"{out} has no finished {P.LONG_STEPS}-step run: run quality.py --long first")
-    s = cfg.sample
-    cache = out / f"samples-{tag}-K{k}x{s.steps}-g{s.gamma_min}.npz"
-    names = [im.name for im in images]
-    if cache.exists() and list((saved := np.load(cache))["names"]) == names:
-        return {n: {key: saved[f"{n}/{key}"] for key in ("samples", "mean", "y")} for n in names}
-    model = P.model_at(out, cfg, P.LONG_STEPS)
-    gen = torch.Generator().manual_seed(seed)
-    result = {}
-    for im in images:
-        with torch.no_grad():
-            res = model.sample(im.pair.x[None], steps=s.steps, samples=k, generator=gen, **s.options())
-        result[im.name] = {"samples": res.samples[0, :, 0].numpy(), "mean": res.mean[0, 0].numpy(),
-                           "y": im.pair.y[0].numpy()}
-    flat = {f"{n}/{key}": v for n, d in result.items() for key, v in d.items()}
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, names=np.array(names), **flat)
-    tmp.replace(cache)
-    return result
+    return P.long_run_outputs(method, seed, images, k, f"samples-{tag}", ("samples", "mean", "y"))[0]
 
 
 def maps(preds: dict[str, dict], k: int) -> list[tuple[np.ndarray, np.ndarray]]:

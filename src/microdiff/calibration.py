@@ -21,6 +21,7 @@ Arrays are in the units of the target (errors and std alike); shapes are free (f
 
 from __future__ import annotations
 
+import datetime
 import math
 from dataclasses import dataclass
 
@@ -28,6 +29,10 @@ import numpy as np
 from scipy.stats import binom
 
 STD_FLOOR = 1e-8  # calibrated std never reaches zero
+
+
+class Uncertifiable(ValueError):
+    """Too few calibration units to certify the interval at the asked alpha and delta."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def fit_interval(units: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1,
             break
         best = float(lam)
     if best is None:
-        raise ValueError(f"{n} calibration units cannot certify miscoverage ≤ {alpha} at confidence "
+        raise Uncertifiable(f"{n} calibration units cannot certify miscoverage ≤ {alpha} at confidence "
                          f"{1 - delta}: use more held-out images or smaller tiles")
     return best
 
@@ -188,8 +193,6 @@ def fit(maps: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1, delta: fl
         *, samples: int, steps: int, source: str) -> Calibration:
     """Fit the std map and the interval on held-out (std, error) 2-D maps in the model's
     normalised target units (error = estimate − target)."""
-    import datetime
-
     if not maps:
         raise ValueError("no held-out images to calibrate on")
     std = np.concatenate([np.ravel(s) for s, _ in maps])
@@ -198,7 +201,7 @@ def fit(maps: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1, delta: fl
     units = [u for s, e in maps for u in tile_units(std_cal.apply(s), e, tile)]
     try:
         factor: float | None = fit_interval(units, alpha, delta)
-    except ValueError:
+    except Uncertifiable:
         factor = None
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return Calibration(std_cal, factor, alpha, delta, tile, samples, steps, source, len(maps), int(std.size),
