@@ -24,7 +24,11 @@ the run folder. Errors are mean − target in the model's normalised target unit
 Writes the ``calibration`` section of docs/benchmarks.md, docs/img/calibration_bins.png and
 docs/img/calibration_splits.png. Usage::
 
-    .venv/bin/python benchmarks/calibration.py [--method zmd-scaled] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/calibration.py [--method zmd-scaled] [--seeds 0 1 2] [--samples K]
+
+``--samples K`` samples K chains instead of the preset's (the guide's advice for a std that
+matters is K ≥ 16); it writes the section ``calibration_k{K}`` and figures with that suffix,
+so the preset's table stays.
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ IMG = P.ROOT / "docs" / "img"
 SAMPLED: list[str] = []  # runs whose predictions this invocation computed (not from the cache)
 
 
-def predictions(method: str, seed: int, images: list[P.TestImage], tag: str) -> dict[str, dict]:
-    """name → {mean, std, y, x} (2-D, normalised units) of the run's model on ``images``, cached."""
-    k = P.method_config(method, P.LONG_STEPS, seed).sample.samples
+def predictions(method: str, seed: int, images: list[P.TestImage], tag: str, k: int) -> dict[str, dict]:
+    """name → {mean, std, y, x} (2-D, normalised units) of the run's model on ``images`` with K =
+    ``k`` samples, cached."""
     preds, computed = P.long_run_outputs(method, seed, images, k, f"calibration-{tag}",
                                          ("mean", "std", "y", "x"))
     if computed:
@@ -68,13 +72,14 @@ def _coverage(maps, std_map=lambda s: s, k: float = 1.0) -> float:
     return float(np.mean(np.concatenate([(np.abs(e) <= k * std_map(s)).ravel() for s, e in maps])))
 
 
-def analyse(method: str, seed: int, rng_seed: int) -> dict:
+def analyse(method: str, seed: int, rng_seed: int, samples: int | None = None) -> dict:
     calib_images, test_images = P.validation_set(2), P.test_set(2)
-    cal_preds = predictions(method, seed, calib_images, "val")
-    test_preds = predictions(method, seed, test_images, "test")
     cfg = P.method_config(method, P.LONG_STEPS, seed)
+    k = samples or cfg.sample.samples
+    cal_preds = predictions(method, seed, calib_images, "val", k)
+    test_preds = predictions(method, seed, test_images, "test", k)
     cal = C.fit(_maps(cal_preds, [im.name for im in calib_images]), ALPHA, DELTA, 32,
-                samples=cfg.sample.samples, steps=cfg.sample.steps, source="validation_set(2)")
+                samples=k, steps=cfg.sample.steps, source="validation_set(2)")
     sims = [im for im in test_images if im.group.startswith("sim")]
     sim_maps = _maps(test_preds, [im.name for im in sims])
     std_all = np.concatenate([s.ravel() for s, _ in sim_maps])
@@ -126,7 +131,7 @@ def analyse(method: str, seed: int, rng_seed: int) -> dict:
     return row
 
 
-def figures(rows: dict[int, dict]) -> None:
+def figures(rows: dict[int, dict], suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +151,7 @@ def figures(rows: dict[int, dict]) -> None:
     ax.set_title("Simulated test images, 10 bins of the std")
     ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(IMG / "calibration_bins.png")
+    fig.savefig(IMG / f"calibration_bins{suffix}.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     for seed, r in rows.items():
@@ -156,16 +161,20 @@ def figures(rows: dict[int, dict]) -> None:
     ax.set_ylabel(f"splits (of {SPLITS})")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(IMG / "calibration_splits.png")
+    fig.savefig(IMG / f"calibration_splits{suffix}.png")
     plt.close(fig)
 
 
-def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float) -> list[str]:
+def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
+           samples: int | None = None) -> list[str]:
     def ms(key: str, d: int = 2, f=lambda r, k: r[k]) -> str:
         return P.mean_pm_std([f(rows[s], key) for s in seeds], d)
 
     cmd = f"benchmarks/calibration.py --method {method} --seeds {' '.join(map(str, seeds))}"
-    lines = [f"## Calibration of the std and the interval ({method}, {P.LONG_STEPS} steps)", "",
+    cmd += f" --samples {samples}" if samples else ""
+    suffix = f"_k{samples}" if samples else ""
+    k_text = f", K = {samples}" if samples else ""
+    lines = [f"## Calibration of the std and the interval ({method}, {P.LONG_STEPS} steps{k_text})", "",
              f"Command: `.venv/bin/python {cmd}` ({seconds:.0f} s"
              + ("" if SAMPLED else ", every prediction from the cache of an earlier run")
              + f"; {today()}; {machine()}).", "",
@@ -196,8 +205,9 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float)
               + " of the splits "
               f"(seeds {', '.join(map(str, seeds))}; the promise: ≥ {1 - DELTA:.0%}); mean miscoverage "
               + ", ".join(f"{np.mean(rows[s]['split_miss']):.3f}" for s in seeds) + ".", "",
-              "![RMSE against RMV in bins of the std, raw and calibrated](img/calibration_bins.png)", "",
-              "![the interval's miscoverage over random splits](img/calibration_splits.png)", "",
+              "![RMSE against RMV in bins of the std, raw and calibrated]"
+              f"(img/calibration_bins{suffix}.png)", "",
+              f"![the interval's miscoverage over random splits](img/calibration_splits{suffix}.png)", "",
               "Real BioSR pair (calibrated on the left half of the crop, tested on the right half; "
               "seed means):", "",
               "| level | ±1σ raw | ±1σ with the simulated calibration | ±1σ calibrated on the left half "
@@ -235,16 +245,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="zmd-scaled", choices=list(P.METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--samples", type=int, help="posterior samples K (default: the preset's)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows = {}
     for seed in args.seeds:
         print(f"{args.method} seed {seed}", flush=True)
-        rows[seed] = analyse(args.method, seed, rng_seed=seed)
-    figures(rows)
-    lines = report(args.method, args.seeds, rows, time.perf_counter() - t0)
-    write_section("calibration", "\n".join(lines))
+        rows[seed] = analyse(args.method, seed, rng_seed=seed, samples=args.samples)
+    suffix = f"_k{args.samples}" if args.samples else ""
+    figures(rows, suffix)
+    lines = report(args.method, args.seeds, rows, time.perf_counter() - t0, args.samples)
+    write_section(f"calibration{suffix}", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -9,6 +9,12 @@ Writes the ``speed`` section of docs/benchmarks.md (``speed_gpu`` on a GPU). Usa
     .venv/bin/python benchmarks/speed.py                 # this machine's device, ~10 min on CPU
     .venv/bin/python benchmarks/speed.py --quick         # demo presets at 64² only
     .venv/bin/python benchmarks/speed.py --sizes 64 256 --presets demo paper
+    .venv/bin/python benchmarks/speed.py --sizes 1024 --phases sample --section speed_1024
+    bash benchmarks/gpu_check.sh                         # on a lent GPU: CUDA tests + GPU tables
+
+``--phases`` times training or sampling alone; ``--section`` writes another section (so the
+default tables stay); ``--child-timeout`` stops one measurement (e.g. a long compile) and
+marks its cells failed.
 
 Training: one optimiser step on the full loss at the preset's batch size, random data,
 after warm-up steps (CPU: the mean of a few steps; the paper preset: one). Sampling: one
@@ -145,7 +151,8 @@ def measure(preset: str, size: int, phase: str, device_name: str, measured_steps
 
 
 def run_child(preset: str, size: int, phase: str, device: str, measured_steps: int,
-              variant: str = "default", steps_k: tuple[int, int] | None = None) -> dict | None:
+              variant: str = "default", steps_k: tuple[int, int] | None = None,
+              timeout: float | None = None) -> dict | None:
     sk = f"{steps_k[0]}x{steps_k[1]}" if steps_k else "preset"
     cmd = [sys.executable, __file__, "--child", preset, str(size), phase, device, str(measured_steps),
            variant, sk]
@@ -154,8 +161,13 @@ def run_child(preset: str, size: int, phase: str, device: str, measured_steps: i
     def cap_memory() -> None:  # a measurement that needs more fails alone, cleanly
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          preexec_fn=cap_memory if device == "cpu" else None)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=cap_memory if device == "cpu" else None)
+    except subprocess.TimeoutExpired:
+        print(f"{preset} {size}² {phase}: over {timeout:.0f} s, stopped", flush=True)
+        return {"preset": preset, "size": size, "phase": phase, "variant": variant,
+                "failed": f"stopped after {timeout:.0f} s (--child-timeout)"}
     if proc.returncode:
         print(f"{preset} {size}² {phase}: failed\n{proc.stderr[-2000:]}", flush=True)
         return {"preset": preset, "size": size, "phase": phase, "variant": variant,
@@ -180,6 +192,11 @@ def main() -> None:
                     help="training variants (default: fp32-eager and fast on a GPU, default on a CPU)")
     ap.add_argument("--sample-steps", type=int, help="sampling steps (default: the preset's)")
     ap.add_argument("--samples", type=int, help="posterior samples K (default: the preset's)")
+    ap.add_argument("--phases", nargs="+", choices=["train", "sample"], default=["train", "sample"],
+                    help="what to time (default: both)")
+    ap.add_argument("--child-timeout", type=float, help="stop a measurement after this many seconds")
+    ap.add_argument("--section", help="the docs/benchmarks.md section to write (default: speed, "
+                    "or speed_gpu on a GPU); another name keeps those tables")
     args = ap.parse_args()
     if args.quick:
         args.sizes, args.presets = [64], ["demo", "demo-regression"]
@@ -193,18 +210,23 @@ def main() -> None:
             slow = preset == "paper" and args.device == "cpu"
             measured = args.paper_steps if slow else steps_k[0]
             for variant in variants:
-                pair = []
-                for phase in ("train", "sample"):
+                pair = {}
+                for phase in args.phases:
                     print(f"{preset} {size}² {phase} {variant} ...", flush=True)
-                    pair.append(run_child(preset, size, phase, args.device, measured, variant, steps_k))
-                    print(pair[-1], flush=True)
-                rows.append(pair)
+                    pair[phase] = run_child(preset, size, phase, args.device, measured, variant, steps_k,
+                                            args.child_timeout)
+                    print(pair[phase], flush=True)
+                rows.append((pair.get("train"), pair.get("sample")))
     peak = gpu_peak() if gpu else None
     flags = " --quick" if args.quick else ""
     if not args.quick:
         flags += f" --sizes {' '.join(map(str, args.sizes))} --presets {' '.join(args.presets)}"
     if args.variants:
         flags += f" --variants {' '.join(args.variants)}"
+    if args.phases != ["train", "sample"]:
+        flags += f" --phases {' '.join(args.phases)}"
+    flags += f" --section {args.section}" if args.section else ""
+    flags += f" --child-timeout {args.child_timeout:g}" if args.child_timeout else ""
     flags += f" --sample-steps {args.sample_steps}" if args.sample_steps else ""
     flags += f" --samples {args.samples}" if args.samples else ""
     lines = [
@@ -233,22 +255,31 @@ def main() -> None:
         text = f"{row['flop_per_s'] / 1e12:.3f}"
         return text + (f" ({row['flop_per_s'] / peak:.0%} of peak)" if peak else "")
 
-    for tr, sa in rows:
-        if "failed" in tr or "failed" in sa:
-            why = (tr.get("failed") or sa.get("failed") or "").splitlines()[-1][:120]
-            cap = f"; each CPU measurement is capped at {MEMORY_LIMIT_GB} GB" if not gpu else ""
-            lines.append(f"| {tr['preset']} | {tr['variant']} | | {tr['size']}² | | failed: {why}{cap} "
-                         "| | | | | | | | |")
-            continue
-        mark = " (extrapolated)" if sa["extrapolated"] else ""
-        lines.append(f"| {tr['preset']} | {tr['variant']} | {tr['params_m']:.1f} | {tr['size']}² | "
-                     f"{tr['batch']} | {tr['step_s']:.2f} | {tr['images_per_s']:.2f} | {tflops(tr)} | "
-                     f"{tr['peak_mb']:.0f} | {sa['steps']} × {sa['samples']} | {sa['calls']} | "
-                     f"{sa['sample_s']:.1f}{mark} | {tflops(sa)} | {sa['peak_mb']:.0f} |")
-    if any(sa.get("extrapolated") for _, sa in rows):
+    def failure(row: dict | None) -> str | None:
+        return None if row is None or "failed" not in row else (row["failed"].splitlines() or [""])[-1][:120]
+
+    cap = f"; each CPU measurement is capped at {MEMORY_LIMIT_GB} GB" if not gpu else ""
+    for tr, sa in rows:  # a phase not timed or failed blanks only its own cells
+        first = next((r for r in (tr, sa) if r and "params_m" in r), tr or sa)
+        train = sample = " | | | | "
+        if failure(tr):
+            train = f" | failed: {failure(tr)}{cap} | | | "
+        elif tr:
+            train = (f"{tr['batch']} | {tr['step_s']:.3g} | {tr['images_per_s']:.3g} | {tflops(tr)} | "
+                     f"{tr['peak_mb']:.0f}")
+        if failure(sa):
+            sample = f" | | failed: {failure(sa)}{cap} | | "
+        elif sa:
+            sample = (f"{sa['steps']} × {sa['samples']} | {sa['calls']} | "
+                      f"{sa['sample_s']:.3g}{' (extrapolated)' if sa['extrapolated'] else ''} | "
+                      f"{tflops(sa)} | {sa['peak_mb']:.0f}")
+        params = f"{first['params_m']:.1f}" if "params_m" in first else ""
+        lines.append(f"| {first['preset']} | {first['variant']} | {params} | {first['size']}² | "
+                     f"{train} | {sample} |")
+    if any(sa and sa.get("extrapolated") for _, sa in rows):
         lines += ["", f"Extrapolated rows: {args.paper_steps} denoiser step(s) of all K samples timed "
                   "and scaled linearly to the preset's steps."]
-    write_section("speed_gpu" if gpu else "speed", "\n".join(lines))
+    write_section(args.section or ("speed_gpu" if gpu else "speed"), "\n".join(lines))
     print("\n".join(lines))
 
 

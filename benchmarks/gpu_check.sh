@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The checks to run when a CUDA GPU is lent (no CI machine has one): the CUDA paths' tests
+# (tests/test_cuda.py: bf16 autocast, fused Adam, channels-last, torch.compile, NCCL with one
+# process, prediction on the GPU against the CPU), then the GPU speed tables of
+# benchmarks/speed.py (sections speed_gpu and speed_gpu_1024 of docs/benchmarks.md).
+#
+#   bash benchmarks/gpu_check.sh [OUTDIR]      # logs and the updated docs/benchmarks.md there
+#
+# Uses the python3 on the PATH with the package from src/ (no install). Wheels in .whl/ (for
+# packages the GPU machine lacks: pydantic, mrcfile, ...) are installed to /tmp/site first.
+set -u
+out=${1:-gpu-check}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1
+python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name())" | tee "$out/torch.txt"
+status=0
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_devices.py 2>&1 \
+    | tee "$out/tests.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
+timeout 290 python3 benchmarks/speed.py --sizes 256 --presets demo demo-regression paper \
+    --child-timeout 120 2>&1 | tee "$out/speed.log"
+timeout 100 python3 benchmarks/speed.py --sizes 1024 --presets demo demo-regression --variants fast \
+    --phases sample --child-timeout 60 --section speed_gpu_1024 2>&1 | tee "$out/speed_1024.log"
+cp docs/benchmarks.md "$out/benchmarks.md"
+exit $status
