@@ -51,7 +51,14 @@ SIZES = {  # at 100 steps the diffusion models still predicted ε ≈ 0 (RMSE 1.
 METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
            "regression": ["model.kind=regression"],
            # not in the default set: the input stack divided by its mean instead of min-max
-           "cvdm-mean": ["data.qpi_input_norm=mean"]}
+           "cvdm-mean": ["data.qpi_input_norm=mean"],
+           # issue 19: the TIE phase of the whole image as a third input channel and the
+           # residual around it (the qpi-2shot-tie preset; two-shot only)
+           "cvdm-tie": [*(TIE_DESIGN := ["data.qpi_input_norm=mean", "data.baseline_channel=true",
+                                         "model.in_channels=3", "model.residual=true",
+                                         "model.target_scale=0.1"])],
+           "regression-tie": [*TIE_DESIGN, "model.kind=regression"]}
+TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie")
 DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,6 +143,8 @@ def main() -> None:
     for task in args.tasks:
         items = test_items(task, z["n"])
         for method in args.methods:
+            if method in TWO_SHOT_ONLY and task != "qpi-2shot":
+                continue
             runs = []
             for seed in z["seeds"]:
                 print(f"{task} {method} seed {seed}", flush=True)

@@ -39,7 +39,7 @@ def test_bad_values_are_rejected() -> None:
     with pytest.raises(ConfigError, match="multiple of data.scale"):
         config_from_dict({"data": {"size": 33, "scale": 2}})
     with pytest.raises(ConfigError, match="residual"):
-        config_from_dict({"model": {"residual": True, "in_channels": 2, "out_channels": 1}})
+        config_from_dict({"model": {"residual": True, "in_channels": 1, "out_channels": 2}})
 
 
 def test_missing_file_and_bad_yaml(tmp_path) -> None:

@@ -67,6 +67,12 @@ class Bundle:
     microdiff_version: str = __version__
     calibration: Calibration | None = None
 
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images a user gives (the model's input channels less those the
+        task computes from them, e.g. the TIE baseline channel)."""
+        return self.model.in_channels - self.task.extra_channels
+
     def to_dict(self) -> dict:
         """The JSON of ``bundle.json``."""
         return {"format": FORMAT, "weights": self.weights, "microdiff_version": self.microdiff_version,

@@ -111,15 +111,18 @@ class ModelConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     zmd: ZMDConfig = Field(default_factory=ZMDConfig)
-    residual: bool = Field(False, description="diffuse y − x and add x back")
+    residual: bool = Field(False, description="diffuse y − b and add b back; b: the condition's last "
+                           "out_channels channels (sr: the upsampled input; qpi with "
+                           "data.baseline_channel: TIE)")
     target_scale: float = Field(
         1.0, gt=0, description="divide the diffused quantity by this (≈ its std; 1 = authors)")
     timesteps: int = Field(200, ge=2, description="T: sets t0 = 1/T and t1 = 1 − 1/T")
 
     @model_validator(mode="after")
     def _residual_channels(self) -> ModelConfig:
-        if self.residual and self.in_channels != self.out_channels:
-            raise ValueError("model.residual needs in_channels == out_channels")
+        if self.residual and self.in_channels < self.out_channels:
+            raise ValueError("model.residual needs in_channels ≥ out_channels (the residual is taken "
+                             "around the condition's last out_channels channels)")
         return self
 
 
@@ -159,6 +162,12 @@ class DataConfig(_Strict):
     qpi_input_norm: InputNorm = Field(
         "minmax", description="qpi: the input stack min-max normalised (the paper) or divided by its "
         "mean (keeps the contrast that sets the phase's scale; needs raw intensities, no camera offset)")
+    baseline_channel: bool = Field(
+        False, description="qpi-2shot: append the physical baseline (the TIE phase of the whole image, "
+        "φ / phase_range) to the condition as its last channel; with model.residual the model learns the "
+        "correction to it (needs data.qpi_input_norm=mean and model.in_channels = 3)")
+    tie_regularization: float = Field(
+        1e-3, gt=0, description="the TIE baseline's Tikhonov weight α (µm⁻⁴; larger damps more noise)")
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:
@@ -166,6 +175,13 @@ class DataConfig(_Strict):
             raise ValueError(f"data.task {self.task} needs data.scale=1 (input and phase share a grid)")
         if not 0 <= self.noise[0] <= self.noise[1]:
             raise ValueError(f"data.noise must satisfy 0 ≤ lo ≤ hi, got {list(self.noise)}")
+        if self.baseline_channel and self.task != "qpi-2shot":
+            raise ValueError(f"data.baseline_channel needs data.task=qpi-2shot (the TIE baseline), not "
+                             f"{self.task}: super-resolution's baseline is the condition itself "
+                             "(model.residual), qpi-poly has no closed-form baseline here")
+        if self.baseline_channel and self.qpi_input_norm != "mean":
+            raise ValueError("data.baseline_channel needs data.qpi_input_norm=mean: TIE's phase scale "
+                             "comes from the contrast (I₊ − I₋)/I₀, which min-max normalisation changes")
         if self.size % self.scale:
             raise ValueError(f"data.size ({self.size}) must be a multiple of data.scale ({self.scale})")
         if self.path is None and self.generator == "simulator":
@@ -259,6 +275,13 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+
+    @model_validator(mode="after")
+    def _baseline_channels(self) -> Config:
+        if self.data.baseline_channel and self.model.in_channels != 2 + self.model.out_channels:
+            raise ValueError(f"data.baseline_channel adds the TIE channel to the 2 intensities: set "
+                             f"model.in_channels={2 + self.model.out_channels}, not {self.model.in_channels}")
+        return self
 
     @model_validator(mode="after")
     def _point_estimate(self) -> Config:

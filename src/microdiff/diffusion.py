@@ -79,6 +79,17 @@ def route_gamma(gamma: Tensor, dgamma_dt: Tensor, mode: str) -> Tensor:
     return scale_grad(gamma, w / w.mean().clamp_min(1e-12))
 
 
+def residual_base(x: Tensor, out_channels: int) -> Tensor:
+    """The baseline a residual model predicts around: the condition's last ``out_channels``
+    channels ``[B, C_out, H, W]`` of ``x`` ``[B, C_in, H, W]`` — the upsampled input for
+    super-resolution (C_in = C_out), the TIE phase channel for phase with
+    ``data.baseline_channel`` (:meth:`~microdiff.data.tasks.Task.condition`)."""
+    if x.shape[1] < out_channels:
+        raise ValueError(f"the residual target needs at least {out_channels} input channel(s), "
+                         f"got {x.shape[1]}")
+    return x[:, x.shape[1] - out_channels:]
+
+
 class CVDM(nn.Module):
     """Conditional Variational Diffusion Model.
 
@@ -200,12 +211,9 @@ class CVDM(nn.Module):
 
     # --- targets ----------------------------------------------------------------------
     def base(self, x: Tensor) -> Tensor | None:
-        """The part of ``y`` not diffused: ``x`` with the residual target (else None)."""
-        if not self.residual:
-            return None
-        if x.shape[1] != self.out_channels:
-            raise ValueError("the residual target needs as many input as output channels")
-        return x
+        """The part of ``y`` not diffused: :func:`residual_base` of ``x`` with the residual
+        target (else None)."""
+        return residual_base(x, self.out_channels) if self.residual else None
 
     def predict_mean(self, x: Tensor) -> Tensor | None:
         """ZMD's μ(x) (None without ZMD), in target units around the residual base."""

@@ -58,8 +58,8 @@ def valid_size(n: int, cap: int = MAX_TEST_SIZE) -> int:
 def _test_input_from_file(path: Path, bundle: Bundle) -> np.ndarray:
     """``[C, Y, X]`` float32 from ``path``, centre-cropped to a size the package declares."""
     chw = as_chw(*as_2d(read_image(path)))
-    if chw.shape[0] != bundle.model.in_channels:
-        raise UserError(f"{path}: the model expects {bundle.model.in_channels} channel(s), "
+    if chw.shape[0] != bundle.image_channels:
+        raise UserError(f"{path}: the model expects {bundle.image_channels} channel(s), "
                         f"the image has {chw.shape[0]}")
     h, w = valid_size(chw.shape[1]), valid_size(chw.shape[2])
     top, left = (chw.shape[1] - h) // 2, (chw.shape[2] - w) // 2
@@ -171,7 +171,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
     net.model.load_state_dict(model.state_dict())
     net.eval()
     x = (_test_input_from_file(Path(test_image), bundle) if test_image
-         else bundle.task.test_input(bundle.scale, bundle.model.in_channels, np.random.default_rng(seed)))
+         else bundle.task.test_input(bundle.scale, bundle.image_channels, np.random.default_rng(seed)))
     with torch.no_grad():
         mean, std = (t.numpy() for t in net(torch.from_numpy(x[None])))
     with tempfile.TemporaryDirectory(prefix="microdiff-bmz-") as tmp_name:
@@ -224,7 +224,7 @@ def _describe(v, tmp: Path, bundle: Bundle, options: dict, title: str, out_chann
     unit = {"unit": "micrometer"} if px else {}
     in_scale = float(px) if px else 1.0
     out_names = [v.Identifier(n) for n in task.output_names(out_channels)]
-    in_names = [v.Identifier(n) for n in task.channel_names(bundle.model.in_channels)]
+    in_names = [v.Identifier(n) for n in task.channel_names(bundle.image_channels)]
 
     def space_in(axis: str) -> object:
         return v.SpaceInputAxis(id=v.AxisId(axis), size=v.ParameterizedSize(min=MIN_SIZE, step=SIZE_STEP),

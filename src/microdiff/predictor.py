@@ -59,7 +59,7 @@ class Predictor:
         self.scale = bundle.scale
         self.percentiles = bundle.percentiles
         self.task = bundle.task
-        self.in_channels = bundle.model.in_channels
+        self.in_channels = bundle.image_channels  # of the images given (the model may add a baseline)
 
     def _check(self, image: np.ndarray, axes: str) -> np.ndarray:
         chw = as_chw(image, axes)
@@ -75,7 +75,7 @@ class Predictor:
         chw = self._check(image, axes)
         norm = self.task.fit_input(chw, self.percentiles)
         x = torch.from_numpy(norm.normalize(chw, channel_axis=0))
-        return (upsample(x[None], self.scale)[0] if self.scale > 1 else x), norm
+        return self.task.condition(upsample(x[None], self.scale)[0] if self.scale > 1 else x), norm
 
     @torch.no_grad()
     def predict(

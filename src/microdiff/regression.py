@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .diffusion import residual_base
 from .nets.unet import UNet
 from .options import REGRESSION_LOSSES, choose
 from .sampling import SampleOutput
@@ -52,7 +53,7 @@ class RegressionModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The prediction ``[B, C_out, H, W]`` for the condition ``x`` ``[B, C_in, H, W]``."""
         out = self.scale * self.net(x)
-        return out + x if self.residual else out
+        return out + residual_base(x, out.shape[1]) if self.residual else out
 
     def draw_noise(self, shape: torch.Size | tuple[int, ...], device: torch.device | str = "cpu",
                    generator: torch.Generator | None = None) -> None:

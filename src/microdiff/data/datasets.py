@@ -58,7 +58,7 @@ def make_pair(name: str, low: np.ndarray, target: np.ndarray, task: Task | None 
     y_n = task.normalize_target(target)
     low_t = torch.from_numpy(low_n)
     x = upsample(low_t[None], scale)[0] if scale > 1 else low_t.clone()
-    return Pair(name, low_t, x, torch.from_numpy(y_n), scale)
+    return Pair(name, low_t, task.condition(x), torch.from_numpy(y_n), scale)
 
 
 def paired_files(folder: str | Path) -> list[tuple[str, Path, Path]]:

@@ -15,6 +15,10 @@ sees any of it, and consumers (prediction, evaluation, export, napari) ask the
   the target is phase in radians, mapped to [0, 1] by the fixed ``phase_range``, so the
   output returns in radians whatever the input's scale; baseline: TIE (two-shot only);
   metrics in radians after removing the mean phase (no method can know it from intensities).
+  With ``baseline_channel`` (qpi-2shot, mean-normalised input) the condition gains a last
+  channel: the TIE phase of the whole image in target units (φ_TIE / ``phase_range``), so
+  a residual model learns the correction to the physics, and every patch carries the low
+  frequencies TIE integrates from the whole field.
 """
 
 from __future__ import annotations
@@ -41,10 +45,14 @@ class Task:
     kind: str = "sr"
     phase_range: float = 3.5
     input_norm: str = "minmax"
+    baseline_channel: bool = False
+    tie_regularization: float = 1e-3
 
     def __post_init__(self) -> None:
         choose(self.kind, TASKS, "task")
         choose(self.input_norm, INPUT_NORMS, "input_norm")
+        if self.baseline_channel and (self.kind != "qpi-2shot" or self.input_norm != "mean"):
+            raise ValueError("the baseline channel needs task qpi-2shot with input_norm=mean")
 
     @property
     def is_phase(self) -> bool:
@@ -57,7 +65,8 @@ class Task:
         return {"sr": "bicubic", "qpi-2shot": "tie"}.get(self.kind)
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "phase_range": self.phase_range, "input_norm": self.input_norm}
+        return {"kind": self.kind, "phase_range": self.phase_range, "input_norm": self.input_norm,
+                "baseline_channel": self.baseline_channel, "tie_regularization": self.tie_regularization}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Task:
@@ -114,6 +123,20 @@ class Task:
             return Normalizer.min_max(image)
         return Normalizer.percentiles(image, *percentiles, channel_axis=0)
 
+    @property
+    def extra_channels(self) -> int:
+        """Channels :meth:`condition` appends to the input's (the baseline channel: 1)."""
+        return 1 if self.baseline_channel else 0
+
+    def condition(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's condition from the normalised input on the target grid ``x``
+        ``[C, H, W]``: ``x`` itself, or with ``baseline_channel`` ``x`` and the TIE phase of
+        the whole image in target units (φ_TIE / ``phase_range``) ``[C + 1, H, W]`` float32."""
+        if not self.baseline_channel:
+            return x
+        tie = self.baseline(x.numpy()) / self.phase_range
+        return torch.cat([x, torch.from_numpy(tie.astype(np.float32))[None]])
+
     def check_channels(self, channels: int) -> None:
         need = QPI_CHANNEL_NAMES.get(self.kind)
         if need is not None and channels != len(need):
@@ -137,9 +160,13 @@ class Task:
 
     # --- target -----------------------------------------------------------------------
     def normalize_target(self, target: np.ndarray) -> np.ndarray:
-        """``[C, H, W]`` → normalised float32: per-channel percentiles (sr) or φ / range (qpi)."""
+        """``[C, H, W]`` → normalised float32: per-channel percentiles (sr) or φ / range (qpi;
+        with the baseline channel, minus its mean first)."""
         if self.is_phase:
-            return (np.asarray(target, np.float64) / self.phase_range).astype(np.float32)
+            phi = np.asarray(target, np.float64)
+            if self.baseline_channel:  # zero mean like TIE: intensities do not determine the mean phase
+                phi = phi - phi.mean(axis=(-2, -1), keepdims=True)
+            return (phi / self.phase_range).astype(np.float32)
         return Normalizer.percentiles(target, channel_axis=0).normalize(target, channel_axis=0)
 
     def output_units(self, mean: np.ndarray, std: np.ndarray, input_norm: Normalizer
@@ -161,8 +188,10 @@ class Task:
     # --- baseline ---------------------------------------------------------------------
     def baseline(self, x: np.ndarray, pixel_um: float | None = None) -> np.ndarray | None:
         """The classical answer from the condition ``x`` ``[C, H, W]`` (normalised, on the
-        target grid): x itself for sr (bicubic-upsampled input), TIE for qpi-2shot (up to an
-        affine change: the stack is min-max normalised), None for qpi-poly."""
+        target grid): x itself for sr (bicubic-upsampled input), TIE in rad for qpi-2shot
+        (the optics of :class:`~microdiff.data.phase.TwoShotConfig`, Tikhonov weight
+        ``tie_regularization``; exact in scale for a mean-normalised stack, up to an affine
+        change for a min-max normalised one), None for qpi-poly."""
         if self.kind == "sr":
             return np.asarray(x[0], np.float64)
         if self.kind == "qpi-2shot":
@@ -171,5 +200,5 @@ class Task:
             cfg = TwoShotConfig()
             t = torch.as_tensor(np.asarray(x, np.float64))
             return tie_phase(t[0], t[1], cfg.defocus_um, pixel_um or cfg.pixel_um, cfg.wavelength_um,
-                             regularization=1e-3).numpy()
+                             regularization=self.tie_regularization).numpy()
         return None
