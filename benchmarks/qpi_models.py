@@ -227,7 +227,7 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
                 return _cell(rs, group, lv, key, digits)
 
             unc = ["–", "–"]
-            if method not in ("regression", "tie"):
+            if all("spearman_std_error" in r for rows in runs for r in rows):  # generative methods
                 unc = [cell("natural", "spearman_std_error", 2), cell("natural", "coverage_1sigma", 2)]
             lines.append(f"| {task} | {method} | {level:g} | {cell('natural', 'rmse_rad', 3)} | "
                          f"{cell('natural', 'psnr', 2)} | {cell('natural', 'ssim', 3)} | "
