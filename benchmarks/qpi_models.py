@@ -57,8 +57,11 @@ METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
            "cvdm-tie": [*(TIE_DESIGN := ["data.qpi_input_norm=mean", "data.baseline_channel=true",
                                          "model.in_channels=3", "model.residual=true",
                                          "model.target_scale=0.1"])],
-           "regression-tie": [*TIE_DESIGN, "model.kind=regression"]}
-TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie")
+           "regression-tie": [*TIE_DESIGN, "model.kind=regression"],
+           # the same with the demo's mean network μ(x) as the point estimate (Zero-Mean Diffusion)
+           "cvdm-tie-mean": [*TIE_DESIGN, "model.zmd.enabled=true", "model.zmd.scaled=true",
+                             "sample.point_estimate=mean-net", "sample.gamma_min=1e-3"]}
+TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean")
 DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
 ROOT = Path(__file__).resolve().parent.parent
