@@ -53,6 +53,11 @@ IMG = P.ROOT / "docs" / "img"
 SAMPLED: list[str] = []  # runs whose predictions this invocation computed (not from the cache)
 
 
+def section_suffix(samples: int | None) -> str:
+    """The suffix of the section and figure names for ``--samples`` (none: the preset's K)."""
+    return f"_k{samples}" if samples else ""
+
+
 def predictions(method: str, seed: int, images: list[P.TestImage], tag: str, k: int) -> dict[str, dict]:
     """name → {mean, std, y, x} (2-D, normalised units) of the run's model on ``images`` with K =
     ``k`` samples, cached."""
@@ -172,7 +177,7 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
 
     cmd = f"benchmarks/calibration.py --method {method} --seeds {' '.join(map(str, seeds))}"
     cmd += f" --samples {samples}" if samples else ""
-    suffix = f"_k{samples}" if samples else ""
+    suffix = section_suffix(samples)
     k_text = f", K = {samples}" if samples else ""
     lines = [f"## Calibration of the std and the interval ({method}, {P.LONG_STEPS} steps{k_text})", "",
              f"Command: `.venv/bin/python {cmd}` ({seconds:.0f} s"
@@ -256,7 +261,7 @@ def main() -> None:
     for seed in args.seeds:
         print(f"{args.method} seed {seed}", flush=True)
         rows[seed] = analyse(args.method, seed, rng_seed=seed, samples=args.samples)
-    suffix = f"_k{args.samples}" if args.samples else ""
+    suffix = section_suffix(args.samples)
     figures(rows, suffix)
     lines = report(args.method, args.seeds, rows, time.perf_counter() - t0, args.samples)
     write_section(f"calibration{suffix}", "\n".join(lines))

@@ -48,15 +48,16 @@ SIZES = {  # at 100 steps the diffusion models still predicted ε ≈ 0 (RMSE 1.
     "default": {"steps": 800, "seeds": [0, 1, 2], "n": 6, "samples": 4},
     "full": {"steps": 5000, "seeds": [0, 1, 2], "n": 32, "samples": 8},
 }
+# issue 19's design (the qpi-2shot-tie preset): the TIE channel and the residual around it
+TIE_DESIGN = ["data.qpi_input_norm=mean", "data.baseline_channel=true", "model.in_channels=3",
+              "model.residual=true", "model.target_scale=0.1"]
 METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
            "regression": ["model.kind=regression"],
            # not in the default set: the input stack divided by its mean instead of min-max
            "cvdm-mean": ["data.qpi_input_norm=mean"],
            # issue 19: the TIE phase of the whole image as a third input channel and the
            # residual around it (the qpi-2shot-tie preset; two-shot only)
-           "cvdm-tie": [*(TIE_DESIGN := ["data.qpi_input_norm=mean", "data.baseline_channel=true",
-                                         "model.in_channels=3", "model.residual=true",
-                                         "model.target_scale=0.1"])],
+           "cvdm-tie": TIE_DESIGN,
            "regression-tie": [*TIE_DESIGN, "model.kind=regression"],
            # the same with the demo's mean network μ(x) as the point estimate (Zero-Mean Diffusion)
            "cvdm-tie-mean": [*TIE_DESIGN, "model.zmd.enabled=true", "model.zmd.scaled=true",
