@@ -18,6 +18,11 @@ Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks
                                                           # can run side by side, then pooled
     .venv/bin/python benchmarks/qpi_models.py --quick     # ~20 min: a check, not a conclusion
     .venv/bin/python benchmarks/qpi_models.py --full      # GPU-sized
+
+``--methods`` picks other methods (issue 19's designs: ``cvdm-tie-mean-cells``, the
+``qpi-2shot-tie`` preset, and its variants), ``--levels`` other noise levels, ``--figure
+METHOD`` the cell figure of that method (docs/img/qpi_cell_METHOD.png); each set writes its
+own section.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from microdiff.config import Config, apply_overrides, load_config  # noqa: E402
 from microdiff.data.datasets import make_pair  # noqa: E402
 from microdiff.data.phase_truth import QPIConfig, cell_phase, simulate_qpi  # noqa: E402
 from microdiff.data.sources import task_of  # noqa: E402
-from microdiff.data.tasks import Task  # noqa: E402
 from microdiff.metrics import phase_metrics  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
 
@@ -62,7 +66,21 @@ METHODS = {"cvdm": [], "fixed-cosine": ["model.schedule.kind=fixed-cosine"],
            # the same with the demo's mean network μ(x) as the point estimate (Zero-Mean Diffusion)
            "cvdm-tie-mean": [*TIE_DESIGN, "model.zmd.enabled=true", "model.zmd.scaled=true",
                              "sample.point_estimate=mean-net", "sample.gamma_min=1e-3"]}
-TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean")
+# TIE at three Tikhonov weights (weak, strong, then the residual's base 1e-3)
+MULTI_TIE = ["data.tie_extra_regularizations=[1e-5, 1e-1]", "model.in_channels=5"]
+METHODS["cvdm-tie3-mean"] = [*METHODS["cvdm-tie-mean"], *MULTI_TIE]
+METHODS["regression-tie3"] = [*METHODS["regression-tie"], *MULTI_TIE]
+# trained on natural maps and synthetic cells, half each (data.phase_source=natural+cells)
+CELLS = ["data.phase_source=natural+cells"]
+METHODS["cvdm-tie-mean-cells"] = [*METHODS["cvdm-tie-mean"], *CELLS]
+METHODS["cvdm-tie3-mean-cells"] = [*METHODS["cvdm-tie3-mean"], *CELLS]
+METHODS["regression-tie-cells"] = [*METHODS["regression-tie"], *CELLS]
+# the TIE channel's α from each image's noise (data.tie_regularization=auto)
+METHODS["cvdm-tieauto-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "data.tie_regularization=auto"]
+METHODS["fixed-cosine-tie-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "model.schedule.kind=fixed-cosine"]
+TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean", "cvdm-tie3-mean", "regression-tie3",
+                 "cvdm-tie-mean-cells", "cvdm-tie3-mean-cells", "regression-tie-cells",
+                 "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells")
 DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,13 +92,14 @@ def method_config(task: str, method: str, steps: int, seed: int) -> Config:
                                                f"train.seed={seed}"])
 
 
-def test_items(task: str, n: int) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
+def test_items(task: str, n: int, levels: tuple[float, ...] = LEVELS
+               ) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
     """(group, ℓ, phase truth, acquisition ``[C, H, W]`` min-max normalised, the same raw)
     for every test image and level."""
     truths = [("natural", phi) for phi in Q.maps(n, 128, Q.TEST_SEED)]
     truths.append(("cell", cell_phase(Q.PHASE_RANGE, 256)))
     items = []
-    for level in LEVELS:
+    for level in levels:
         acq = QPIConfig(task=task, noise=(level, level))
         for i, (group, phi) in enumerate(truths):
             seed = [Q.TEST_SEED, i, int(level * 1000)]
@@ -95,7 +114,8 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int)
     out = P.run_dir(f"qpi-{steps}/{task}", method, seed)
     info = P.train_cached(cfg, out)
     cache = out / "qpi.json"
-    key = {"n": len(items), "samples": samples}
+    levels = sorted({lv for _, lv, *_ in items})
+    key = {"n": len(items), "samples": samples, **({"levels": levels} if levels != sorted(LEVELS) else {})}
     if cache.exists() and json.loads(cache.read_text())["key"] == key:
         return json.loads(cache.read_text())["rows"]
     model = load(out / "model").model
@@ -117,15 +137,12 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int)
 
 
 def tie_rows(items) -> list[dict]:
-    """TIE on the raw two-shot intensities of the same phase maps, α tuned per level."""
-    rows = []
-    for level in LEVELS:
-        alpha = Q.tuned_alpha(level)
-        for i, (group, lv, phi, *_) in enumerate(items):
-            if lv == level:
-                est = Q.tie(Q.acquire(phi, level, Q.TEST_SEED + i), alpha)
-                rows.append({"group": group, "level": level, **phase_metrics(est, phi, Q.PHASE_RANGE)})
-    return rows
+    """TIE on the very raw two-shot intensities the trained methods get, α tuned per level."""
+    alphas = {lv: Q.tuned_alpha(lv) for lv in sorted({lv for _, lv, *_ in items})}
+    return [{"group": group, "level": level,
+             **phase_metrics(Q.tie(torch.from_numpy(np.asarray(raw, np.float64)), alphas[level]), phi,
+                             Q.PHASE_RANGE)}
+            for group, level, phi, _, raw in items]
 
 
 def main() -> None:
@@ -138,6 +155,10 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(METHODS),
                     help="a set other than the default writes its own section")
+    ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS),
+                    help="noise levels ℓ (others than the default: their own section)")
+    ap.add_argument("--figure", choices=list(METHODS), help="draw the cell figure of this method "
+                    "(seed 0; default: cvdm when it is in --methods, to docs/img/qpi_cell.png)")
     args = ap.parse_args()
     sizing = "quick" if args.quick else "full" if args.full else "default"
     z = dict(SIZES[sizing])
@@ -145,7 +166,7 @@ def main() -> None:
     z["seeds"] = args.seeds or z["seeds"]
     table = {}
     for task in args.tasks:
-        items = test_items(task, z["n"])
+        items = test_items(task, z["n"], tuple(args.levels))
         for method in args.methods:
             if method in TWO_SHOT_ONLY and task != "qpi-2shot":
                 continue
@@ -157,28 +178,32 @@ def main() -> None:
         if task == "qpi-2shot":
             table[(task, "tie")] = [tie_rows(items)]
     report(args, sizing, z, table)
-    if "qpi-2shot" in args.tasks and "cvdm" in args.methods:
-        cell_figure(z["steps"], z["seeds"][0], ROOT / "docs" / "img" / "qpi_cell.png")
+    figure = args.figure or ("cvdm" if "cvdm" in args.methods else None)
+    if "qpi-2shot" in args.tasks and figure:
+        name = "qpi_cell.png" if figure == "cvdm" else f"qpi_cell_{figure}.png"
+        cell_figure(figure, z["steps"], z["seeds"][0], ROOT / "docs" / "img" / name, tuple(args.levels))
 
 
-def cell_figure(steps: int, seed: int, path: Path, samples: int = 8) -> None:
-    """Rows: the noise levels; columns: the raw intensities at ∓Δz, TIE (α tuned), the CVDM
-    posterior mean and std (``samples`` × the preset's steps) and the truth, all in rad."""
+def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[float, ...] = LEVELS,
+                samples: int = 8) -> None:
+    """Rows: the noise levels; columns: the raw intensities at ∓Δz, TIE (α tuned), the
+    ``method``'s point estimate and std (``samples`` × the preset's steps) and the truth, all in rad."""
     import matplotlib.pyplot as plt
 
     from microdiff.plots import save_figure
 
-    cfg = method_config("qpi-2shot", "cvdm", steps, seed)
-    model = load(P.run_dir(f"qpi-{steps}/qpi-2shot", "cvdm", seed) / "model").model
+    cfg = method_config("qpi-2shot", method, steps, seed)
+    model = load(P.run_dir(f"qpi-{steps}/qpi-2shot", method, seed) / "model").model
+    task = task_of(cfg.data)
     truth = cell_phase(Q.PHASE_RANGE, 256)
     gen = torch.Generator().manual_seed(seed)
     lo, hi = float(truth.min()), float(truth.max())
-    fig, axes = plt.subplots(len(LEVELS), 6, figsize=(17, 3.1 * len(LEVELS)), dpi=100)
-    for row, level in zip(axes, LEVELS, strict=True):
+    fig, axes = plt.subplots(len(levels), 6, figsize=(17, 3.1 * len(levels)), dpi=100)
+    for row, level in zip(axes, levels, strict=True):
         raw = Q.acquire(truth, level, Q.TEST_SEED)  # the same noisy intensities for both;
         # make_pair min-max normalises them for CVDM as in training
         tie = Q.tie(raw, Q.tuned_alpha(level))
-        pair = make_pair("cell", raw.numpy(), truth[None], Task("qpi-2shot", Q.PHASE_RANGE))
+        pair = make_pair("cell", raw.numpy(), truth[None], task)
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=samples, generator=gen,
                                **cfg.sample.options())
@@ -190,11 +215,11 @@ def cell_figure(steps: int, seed: int, path: Path, samples: int = 8) -> None:
         panels = [(raw[0].numpy(), f"ℓ = {level:g}: intensity at −1 µm", "gray", None),
                   (raw[1].numpy(), "intensity at +1 µm", "gray", None),
                   (shift(tie), f"TIE [rad], RMSE {m_tie:.2f}", "viridis", (lo, hi)),
-                  (shift(mean), f"CVDM mean [rad], RMSE {m_cvdm:.2f}", "viridis", (lo, hi)),
-                  (std, "CVDM std [rad]", "magma", None),
+                  (shift(mean), f"{method} estimate [rad], RMSE {m_cvdm:.2f}", "viridis", (lo, hi)),
+                  (std, f"{method} std [rad]", "magma", None),
                   (truth, "truth [rad]", "viridis", (lo, hi))]
         Q.draw_panels(fig, row, panels)
-    fig.suptitle(f"scikit-image `cell` as held-out phase truth: CVDM ({steps} training steps, "
+    fig.suptitle(f"scikit-image `cell` as held-out phase truth: {method} ({steps} training steps, "
                  f"posterior of {samples} samples) against TIE", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
@@ -213,6 +238,10 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
     flags += f" --tasks {' '.join(args.tasks)}" if list(args.tasks) != list(TASKS) else ""
     custom = list(args.methods) != list(DEFAULT_METHODS)
     flags += f" --methods {' '.join(args.methods)}" if custom else ""
+    level_list = ", ".join(f"{lv:g}" for lv in args.levels)
+    if sorted(args.levels) != sorted(LEVELS):
+        flags += " --levels " + level_list.replace(",", "")
+    flags += f" --figure {args.figure}" if args.figure else ""
     lines = [f"## QPI on equal budgets ({sizing} sizing)", "",
              f"Command: `.venv/bin/python benchmarks/qpi_models.py{flags}`  ", f"Machine: {machine()}  ",
              f"Date: {today()}", "",
@@ -220,13 +249,13 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
              f"{z['steps']} steps of batch 8 on 64² patches of simulated natural-image phase maps, seeds "
              f"{', '.join(map(str, z['seeds']))}; only the method option differs. Test: {z['n']} held-out "
              "natural phase maps (128²) and scikit-image's real phase image `cell` (256²) at noise "
-             f"ℓ = {LEVELS[0]} and {LEVELS[1]}. CVDM and DDPM: posterior mean of {z['samples']} samples × 20 "
+             f"ℓ = {level_list}. CVDM and DDPM: posterior mean of {z['samples']} samples × 20 "
              "steps. TIE: raw intensities, α tuned per level. Metrics after removing the mean phase; "
              "each cell: mean ± std over seeds of the mean over images.", "",
              "| task | method | ℓ | RMSE natural [rad] | PSNR natural [dB] | SSIM natural | RMSE cell [rad] "
              "| SSIM cell | Spearman(std, \\|err\\|) | ±1σ coverage |", "|---" * 10 + "|"]
     for (task, method), runs in table.items():
-        for level in LEVELS:
+        for level in args.levels:
             def cell(group: str, key: str, digits: int, lv: float = level, rs: list = runs) -> str:
                 return _cell(rs, group, lv, key, digits)
 
@@ -237,6 +266,8 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
                          f"{cell('natural', 'psnr', 2)} | {cell('natural', 'ssim', 3)} | "
                          f"{cell('cell', 'rmse_rad', 3)} | {cell('cell', 'ssim', 3)} | {unc[0]} | {unc[1]} |")
     name = f"qpi_models_{sizing}" + ("_" + "_".join(args.methods).replace("-", "_") if custom else "")
+    if sorted(args.levels) != sorted(LEVELS):
+        name += "_l" + "_".join(f"{lv:g}" for lv in args.levels).replace(".", "")
     write_section(name, "\n".join(lines))
     print("\n".join(lines))
 

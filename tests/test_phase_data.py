@@ -23,7 +23,7 @@ from microdiff.data.phase_truth import (
 )
 
 
-@pytest.mark.parametrize("source", ["natural", "structures"])
+@pytest.mark.parametrize("source", ["natural", "structures", "cells"])
 def test_phase_maps_span_the_phase_range_and_are_seeded(source) -> None:
     a, info = phase_map(source, 48, np.random.default_rng(3), phase_range=2.0)
     b, _ = phase_map(source, 48, np.random.default_rng(3), phase_range=2.0)
@@ -31,6 +31,22 @@ def test_phase_maps_span_the_phase_range_and_are_seeded(source) -> None:
     assert a.shape == (48, 48) and np.array_equal(a, b) and not np.array_equal(a, c)
     assert a.min() == pytest.approx(0.0) and a.max() == pytest.approx(2.0)
     assert info["source"].startswith(source)
+
+
+def test_cell_phantoms_are_smooth_bodies_on_a_flat_background() -> None:
+    """The property natural crops lack and QPI's objects have: the field's border carries no
+    phase, the cells cover a sizeable area, and the phase lives in the low frequencies."""
+    for seed in range(6):
+        phi, _ = phase_map("cells", 128, np.random.default_rng([9, seed]), phase_range=3.5)
+        border = np.concatenate([phi[:3].ravel(), phi[-3:].ravel(), phi[:, :3].ravel(), phi[:, -3:].ravel()])
+        assert np.abs(border).max() < 0.02 * 3.5
+        assert 0.01 < np.mean(phi > 0.05 * 3.5) < 0.9  # one small cell to several large ones
+        power = np.abs(np.fft.fft2(phi - phi.mean())) ** 2
+        f = np.hypot(*np.meshgrid(np.fft.fftfreq(128), np.fft.fftfreq(128), indexing="ij"))
+        assert power[f < 0.05].sum() > 0.8 * power.sum()  # within 1/20 of the sampling rate
+    drawn = {phase_map("natural+cells", 32, np.random.default_rng(i))[1]["source"].split(":")[0]
+             for i in range(12)}
+    assert drawn == {"natural", "cells"}
 
 
 def test_every_natural_image_ships_with_scikit_image_and_cell_is_held_out() -> None:

@@ -112,3 +112,86 @@ def test_train_and_predict_with_the_baseline_channel(tmp_path) -> None:
     _, raw = _raw_two_shot(40, noise=0.02, seed=5)
     res = pred.predict(raw, axes="CYX", samples=2, steps=3, tile=32, overlap=8)
     assert res.mean.shape == res.std.shape == (40, 40) and np.isfinite(res.mean).all()
+
+
+def test_extra_tie_channels_come_first_each_at_its_weight() -> None:
+    """``tie_extra_regularizations`` adds TIE at those α before the base channel (the residual's)."""
+    phi, raw = _raw_two_shot(noise=0.05, seed=2)
+    task = Task("qpi-2shot", RANGE, "mean", baseline_channel=True, tie_regularization=1e-3,
+                tie_extra_regularizations=(1e-5, 1e-1))
+    pair = make_pair("p", raw, phi[None], task)
+    assert pair.x.shape == (5, 64, 64) and task.extra_channels == 3
+    for channel, alpha in zip((2, 3, 4), (1e-5, 1e-1, 1e-3), strict=True):
+        np.testing.assert_allclose(pair.x[channel].numpy(), _tie_rad(raw, alpha) / RANGE, atol=1e-5)
+    # the weights matter: weak regularisation keeps more of the (noisy) low frequencies
+    assert np.abs(pair.x[2].numpy() - pair.x[3].numpy()).max() > 0.05
+    # a bundle's JSON turns the tuple into a list; the task reads back equal
+    assert Task.from_dict(task.to_dict()) == task
+    assert Task.from_dict({**task.to_dict(), "tie_extra_regularizations": [1e-5, 0.1]}) == task
+    with pytest.raises(ValueError, match="need the baseline channel"):
+        Task("qpi-2shot", RANGE, "mean", tie_extra_regularizations=(1e-5,))
+
+
+def test_config_rules_for_extra_tie_channels() -> None:
+    base = apply_overrides(tiny_qpi_config("qpi-2shot"), ["data.qpi_input_norm=mean"])
+    cfg = apply_overrides(base, ["data.baseline_channel=true", "data.tie_extra_regularizations=[1e-5, 0.1]",
+                                 "model.in_channels=5"])
+    assert cfg.data.tie_extra_regularizations == [1e-5, 0.1]
+    with pytest.raises(ConfigError, match="model.in_channels=5"):
+        apply_overrides(base, ["data.baseline_channel=true", "data.tie_extra_regularizations=[1e-5, 0.1]",
+                               "model.in_channels=3"])
+    with pytest.raises(ConfigError, match="needs data.baseline_channel"):
+        apply_overrides(base, ["data.tie_extra_regularizations=[1e-5]"])
+    with pytest.raises(ConfigError, match="greater than 0"):
+        apply_overrides(base, ["data.baseline_channel=true", "data.tie_extra_regularizations=[0]",
+                               "model.in_channels=4"])
+
+
+def test_a_model_with_extra_tie_channels_takes_two_intensities(tmp_path) -> None:
+    cfg = apply_overrides(_baseline_config(steps=2), ["data.tie_extra_regularizations=[1e-5]",
+                                                      "model.in_channels=4"])
+    train_run(cfg, tmp_path / "run", progress=False)
+    pred = load(tmp_path / "run" / "model")
+    assert pred.in_channels == 2 and pred.task.tie_extra_regularizations == (1e-5,)
+    _, raw = _raw_two_shot(32, noise=0.02, seed=6)
+    res = pred.predict(raw, axes="CYX", samples=2, steps=3)
+    assert res.mean.shape == (32, 32) and np.isfinite(res.mean).all()
+
+
+@pytest.mark.parametrize("level", [0.02, 0.1])
+def test_the_noise_estimate_from_the_pairs_sum(level: float) -> None:
+    """Flat phase: the relative noise of one shot is exactly ℓ / (1 + ℓ) (noise N(ℓ, ℓ²) on
+    unit intensity, then divided by the mean); a smooth cell barely biases the estimate."""
+    from microdiff.data.phase import ADAPTIVE_TIE_FLOOR, adaptive_tie_regularization, two_shot_noise
+
+    cell = phase_map("cells", 128, np.random.default_rng(4))[0]
+    for phi, tol in ((np.zeros((128, 128)), 0.05), (cell, 0.15)):
+        raw, _ = simulate_qpi(phi, QPIConfig(noise=(level, level)), np.random.default_rng(5), normalize=False)
+        t = torch.from_numpy(raw.astype(np.float64))
+        sigma = two_shot_noise(t[0], t[1])
+        assert sigma == pytest.approx(level / (1 + level), rel=tol)
+        assert two_shot_noise(7 * t[0], 7 * t[1]) == pytest.approx(sigma)  # any intensity scale
+        assert adaptive_tie_regularization(t[0], t[1]) == pytest.approx(0.1 * sigma**2)
+    clean = torch.ones(64, 64, dtype=torch.float64)
+    assert adaptive_tie_regularization(clean, clean) == ADAPTIVE_TIE_FLOOR  # no noise: the floor
+
+
+def test_the_auto_tie_channel_uses_the_images_own_weight() -> None:
+    from microdiff.data.phase import adaptive_tie_regularization
+
+    phi, _ = phase_map("cells", 64, np.random.default_rng(8), RANGE)
+    raw, _ = simulate_qpi(phi, QPIConfig(noise=(0.02, 0.02)), np.random.default_rng(9), normalize=False)
+    task = Task("qpi-2shot", RANGE, "mean", baseline_channel=True, tie_regularization="auto")
+    pair = make_pair("p", raw, phi[None], task)
+    t = torch.from_numpy(raw.astype(np.float64))
+    alpha = adaptive_tie_regularization(t[0], t[1])
+    assert alpha < 1e-4  # low noise: far weaker than the fixed default 1e-3
+    np.testing.assert_allclose(pair.x[2].numpy(), _tie_rad(raw, alpha) / RANGE, atol=1e-5)
+    assert not np.allclose(pair.x[2].numpy(), _tie_rad(raw, 1e-3) / RANGE, atol=1e-3)
+    assert Task.from_dict(task.to_dict()) == task
+    cfg = apply_overrides(_baseline_config(), ["data.tie_regularization=auto"])
+    assert cfg.data.tie_regularization == "auto"
+    with pytest.raises(ConfigError, match="tie_regularization"):
+        apply_overrides(_baseline_config(), ["data.tie_regularization=sometimes"])
+    with pytest.raises(ValueError, match="or 'auto'"):
+        Task("qpi-2shot", RANGE, "mean", baseline_channel=True, tie_regularization="sometimes")

@@ -88,7 +88,8 @@ def simulate(
     size: Annotated[int, typer.Option(help="target size in pixels (sr input: size / 2)")] = 256,
     level: Annotated[int | None, typer.Option(help="sr: signal level 1..9 (default: drawn)")] = None,
     source: Annotated[str, typer.Option(
-        help="qpi: phase maps from natural (scikit-image's sample images) or structures")] = "natural",
+        help="qpi: phase maps from natural (scikit-image's sample images), structures, cells or "
+        "natural+cells")] = "natural",
     phase_range: Annotated[float, typer.Option(help="qpi: phase range in rad (the paper: 3.5)")] = 3.5,
     raw: Annotated[bool, typer.Option(
         help="qpi: raw intensities (unit illumination) instead of min-max normalised stacks "

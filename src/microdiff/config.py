@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
 from .errors import ConfigError
 from .nets.unet import UNetSpec
@@ -155,19 +155,20 @@ class DataConfig(_Strict):
         "sr", description="sr: super-resolution; qpi-*: phase (rad) from defocused intensities "
         "(data.path pairs, or simulated from data.phase_source when unset)")
     phase_source: PhaseSource = Field(
-        "natural", description="qpi without data.path: phase maps from scikit-image's images or "
-        "the simulator's structures (data.structure)")
+        "natural", description="qpi without data.path: phase maps from scikit-image's images, "
+        "the simulator's structures (data.structure), synthetic cells, or natural+cells (half each)")
     phase_range: float = Field(3.5, gt=0, description="qpi: phase range in rad (targets are φ / range)")
     noise: tuple[float, float] = Field((0.0, 0.2), description="qpi simulation: noise level ℓ ~ U(lo, hi)")
     qpi_input_norm: InputNorm = Field(
         "minmax", description="qpi: the input stack min-max normalised (the paper) or divided by its "
         "mean (keeps the contrast that sets the phase's scale; needs raw intensities, no camera offset)")
-    baseline_channel: bool = Field(
-        False, description="qpi-2shot: append the physical baseline (the TIE phase of the whole image, "
-        "φ / phase_range) to the condition as its last channel; with model.residual the model learns the "
-        "correction to it (needs data.qpi_input_norm=mean and model.in_channels = 3)")
-    tie_regularization: float = Field(
-        1e-3, gt=0, description="the TIE baseline's Tikhonov weight α (µm⁻⁴; larger damps more noise)")
+    baseline_channel: bool = Field(False, description="qpi-2shot: append the TIE phase of the whole image "
+        "(φ / phase_range) to the condition as its last channel; model.residual learns the correction to "
+        "it (needs data.qpi_input_norm=mean and model.in_channels = 3)")
+    tie_regularization: PositiveFloat | Literal["auto"] = Field(1e-3, description="the TIE baseline's "
+        "Tikhonov weight α (µm⁻⁴; larger damps more noise), or auto: α = 0.1 σ̂², σ̂ the image's noise")
+    tie_extra_regularizations: list[PositiveFloat] = Field(default_factory=list, description="more TIE "
+        "channels at these α (µm⁻⁴) before the baseline's; each adds one to model.in_channels")
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:
@@ -278,9 +279,12 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _baseline_channels(self) -> Config:
-        if self.data.baseline_channel and self.model.in_channels != 2 + self.model.out_channels:
-            raise ValueError(f"data.baseline_channel adds the TIE channel to the 2 intensities: set "
-                             f"model.in_channels={2 + self.model.out_channels}, not {self.model.in_channels}")
+        need = 2 + len(self.data.tie_extra_regularizations) + self.model.out_channels
+        if self.data.tie_extra_regularizations and not self.data.baseline_channel:
+            raise ValueError("data.tie_extra_regularizations needs data.baseline_channel=true")
+        if self.data.baseline_channel and self.model.in_channels != need:
+            raise ValueError(f"data.baseline_channel adds {need - 2} TIE channel(s) to the 2 intensities: "
+                             f"set model.in_channels={need}, not {self.model.in_channels}")
         return self
 
     @model_validator(mode="after")

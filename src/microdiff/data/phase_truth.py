@@ -6,6 +6,8 @@ Phase maps ``φ = phase_range · minmax(image)`` rad (the paper: 3.5 rad) from t
   (no download), rescaled, rotated and flipped at random;
 - ``structures``: the simulator's microscopy structures (``mt``, ``factin``, ``ccp``,
   ``er``, ``mixed``), smoothed by one pixel;
+- ``cells``: synthetic adherent cells (:mod:`~microdiff.data.cell_phantoms`): smooth domes
+  with nuclei on a flat background; ``natural+cells``: either, half and half;
 - a folder of images (``folder=``), each used as it is after min-max scaling.
 
 scikit-image's ``cell`` image is a real quantitative phase image: it is never among the
@@ -28,6 +30,7 @@ from scipy.ndimage import gaussian_filter
 from ..errors import UserError
 from ..options import PHASE_SOURCES, QPI_TASKS
 from . import phase
+from .cell_phantoms import cell_phantom
 from .structures import DEFAULT_DENSITY, structure
 
 NATURAL_IMAGES = ("astronaut", "brick", "camera", "cat", "chelsea", "clock", "coffee", "coins", "grass",
@@ -93,6 +96,10 @@ def _random_view(img: np.ndarray, size: int, rng: np.random.Generator) -> np.nda
 def phase_map(source: str, size: int, rng: np.random.Generator, phase_range: float = 3.5,
               kind: str = "mixed", pixel_um: float = 0.21) -> tuple[np.ndarray, dict]:
     """One phase map ``[size, size]`` rad from ``source`` and what was drawn for it."""
+    if source == "natural+cells":  # half and half, drawn per map
+        source = "cells" if rng.random() < 0.5 else "natural"
+    if source == "cells":
+        return phase_range * minmax01(cell_phantom(size, rng)), {"source": "cells"}
     if source == "natural":
         name = NATURAL_IMAGES[int(rng.integers(len(NATURAL_IMAGES)))]
         img = _random_view(natural_image(name), size, rng)

@@ -18,7 +18,10 @@ sees any of it, and consumers (prediction, evaluation, export, napari) ask the
   With ``baseline_channel`` (qpi-2shot, mean-normalised input) the condition gains a last
   channel: the TIE phase of the whole image in target units (φ_TIE / ``phase_range``), so
   a residual model learns the correction to the physics, and every patch carries the low
-  frequencies TIE integrates from the whole field.
+  frequencies TIE integrates from the whole field. ``tie_extra_regularizations`` adds TIE
+  at more Tikhonov weights before it (one channel each): a weakly regularised TIE keeps the
+  low frequencies a smooth object needs, a strongly regularised one is robust to noise, and
+  the network weighs them pixel by pixel.
 """
 
 from __future__ import annotations
@@ -46,13 +49,20 @@ class Task:
     phase_range: float = 3.5
     input_norm: str = "minmax"
     baseline_channel: bool = False
-    tie_regularization: float = 1e-3
+    tie_regularization: float | str = 1e-3  # or "auto": from the pair's noise
+    tie_extra_regularizations: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         choose(self.kind, TASKS, "task")
         choose(self.input_norm, INPUT_NORMS, "input_norm")
         if self.baseline_channel and (self.kind != "qpi-2shot" or self.input_norm != "mean"):
             raise ValueError("the baseline channel needs task qpi-2shot with input_norm=mean")
+        if isinstance(self.tie_regularization, str) and self.tie_regularization != "auto":
+            raise ValueError(f"tie_regularization is a weight > 0 or 'auto', not {self.tie_regularization!r}")
+        if self.tie_extra_regularizations and not self.baseline_channel:
+            raise ValueError("extra TIE channels need the baseline channel")
+        object.__setattr__(self, "tie_extra_regularizations",  # a list from a bundle's JSON
+                           tuple(float(a) for a in self.tie_extra_regularizations))
 
     @property
     def is_phase(self) -> bool:
@@ -66,7 +76,8 @@ class Task:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "phase_range": self.phase_range, "input_norm": self.input_norm,
-                "baseline_channel": self.baseline_channel, "tie_regularization": self.tie_regularization}
+                "baseline_channel": self.baseline_channel, "tie_regularization": self.tie_regularization,
+                "tie_extra_regularizations": list(self.tie_extra_regularizations)}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Task:
@@ -125,17 +136,20 @@ class Task:
 
     @property
     def extra_channels(self) -> int:
-        """Channels :meth:`condition` appends to the input's (the baseline channel: 1)."""
-        return 1 if self.baseline_channel else 0
+        """Channels :meth:`condition` appends to the input's (the TIE channels)."""
+        return 1 + len(self.tie_extra_regularizations) if self.baseline_channel else 0
 
     def condition(self, x: torch.Tensor) -> torch.Tensor:
         """The model's condition from the normalised input on the target grid ``x``
         ``[C, H, W]``: ``x`` itself, or with ``baseline_channel`` ``x`` and the TIE phase of
-        the whole image in target units (φ_TIE / ``phase_range``) ``[C + 1, H, W]`` float32."""
+        the whole image in target units (φ_TIE / ``phase_range``), first at each of
+        ``tie_extra_regularizations``, last (the residual's base) at ``tie_regularization``:
+        ``[C + extra_channels, H, W]`` float32."""
         if not self.baseline_channel:
             return x
-        tie = self.baseline(x.numpy()) / self.phase_range
-        return torch.cat([x, torch.from_numpy(tie.astype(np.float32))[None]])
+        alphas = (*self.tie_extra_regularizations, self.tie_regularization)
+        ties = [self.baseline(x.numpy(), regularization=a) / self.phase_range for a in alphas]
+        return torch.cat([x, torch.from_numpy(np.stack(ties).astype(np.float32))])
 
     def check_channels(self, channels: int) -> None:
         need = QPI_CHANNEL_NAMES.get(self.kind)
@@ -186,19 +200,25 @@ class Task:
         return np.stack([input_norm.denormalize(s, channel_axis=0) for s in samples])
 
     # --- baseline ---------------------------------------------------------------------
-    def baseline(self, x: np.ndarray, pixel_um: float | None = None) -> np.ndarray | None:
+    def baseline(self, x: np.ndarray, pixel_um: float | None = None,
+                 regularization: float | None = None) -> np.ndarray | None:
         """The classical answer from the condition ``x`` ``[C, H, W]`` (normalised, on the
         target grid): x itself for sr (bicubic-upsampled input), TIE in rad for qpi-2shot
         (the optics of :class:`~microdiff.data.phase.TwoShotConfig`, Tikhonov weight
-        ``tie_regularization``; exact in scale for a mean-normalised stack, up to an affine
-        change for a min-max normalised one), None for qpi-poly."""
+        ``regularization``, default ``tie_regularization``, "auto": from the pair's noise,
+        :func:`~microdiff.data.phase.adaptive_tie_regularization`; exact in scale for a
+        mean-normalised stack, up to an affine change for a min-max normalised one), None
+        for qpi-poly."""
         if self.kind == "sr":
             return np.asarray(x[0], np.float64)
         if self.kind == "qpi-2shot":
-            from .phase import TwoShotConfig, tie_phase
+            from .phase import TwoShotConfig, adaptive_tie_regularization, tie_phase
 
             cfg = TwoShotConfig()
             t = torch.as_tensor(np.asarray(x, np.float64))
+            alpha = regularization or self.tie_regularization
+            if alpha == "auto":
+                alpha = adaptive_tie_regularization(t[0], t[1])
             return tie_phase(t[0], t[1], cfg.defocus_um, pixel_um or cfg.pixel_um, cfg.wavelength_um,
-                             regularization=self.tie_regularization).numpy()
+                             regularization=alpha).numpy()
         return None
