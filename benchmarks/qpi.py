@@ -15,6 +15,7 @@ mean (TIE cannot know it): RMSE in rad, PSNR over the 3.5 rad range, SSIM. Write
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -52,6 +53,7 @@ def scores(est: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {"rmse": m["rmse_rad"], "psnr": m["psnr"], "ssim": m["ssim"]}
 
 
+@functools.cache
 def tuned_alpha(level: float, size: int = 128, n: int = 8) -> float:
     """The Tikhonov weight of :data:`ALPHAS` with the lowest mean RMSE on ``n`` tuning maps
     (a stream apart from the test maps) at noise level ℓ."""

@@ -19,8 +19,10 @@ Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks
     .venv/bin/python benchmarks/qpi_models.py --quick     # ~20 min: a check, not a conclusion
     .venv/bin/python benchmarks/qpi_models.py --full      # GPU-sized
 
-``--methods`` picks other methods (issue 19's designs: ``cvdm-tie-mean-cells``, the
-``qpi-2shot-tie`` preset, and its variants), ``--levels`` other noise levels, ``--figure
+``--methods`` picks other methods (issue 19's designs: ``cvdm-tieauto-mean-cells-dc``, the
+``qpi-2shot-tie`` preset, and its variants; ``-dc``: the same trained run with data
+consistency at prediction), ``--levels`` other noise levels, ``--cell-draws`` noise draws
+of the ``cell``, ``--figure
 METHOD`` the cell figure of that method (docs/img/qpi_cell_METHOD.png); each set writes its
 own section.
 """
@@ -78,9 +80,18 @@ METHODS["regression-tie-cells"] = [*METHODS["regression-tie"], *CELLS]
 # the TIE channel's α from each image's noise (data.tie_regularization=auto)
 METHODS["cvdm-tieauto-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "data.tie_regularization=auto"]
 METHODS["fixed-cosine-tie-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "model.schedule.kind=fixed-cosine"]
+METHODS["fixed-cosine-tieauto-mean-cells"] = [*METHODS["cvdm-tieauto-mean-cells"],
+                                             "model.schedule.kind=fixed-cosine"]
+# prediction-time variants of trained runs: data consistency (data.data_consistency=true: one
+# TIE-preconditioned Gauss-Newton step towards the intensities) on the same trained models
+TRAINED_AS = {f"{m}-dc": m for m in ("cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
+                                     "cvdm-tie-mean-cells", "regression-tie-cells")}
+for _dc, _base in TRAINED_AS.items():
+    METHODS[_dc] = [*METHODS[_base], "data.data_consistency=true"]
 TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean", "cvdm-tie3-mean", "regression-tie3",
                  "cvdm-tie-mean-cells", "cvdm-tie3-mean-cells", "regression-tie-cells",
-                 "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells")
+                 "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
+                 *TRAINED_AS)
 DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,48 +103,71 @@ def method_config(task: str, method: str, steps: int, seed: int) -> Config:
                                                f"train.seed={seed}"])
 
 
-def test_items(task: str, n: int, levels: tuple[float, ...] = LEVELS
+def test_items(task: str, n: int, levels: tuple[float, ...] = LEVELS, cell_draws: int = 1
                ) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
     """(group, ℓ, phase truth, acquisition ``[C, H, W]`` min-max normalised, the same raw)
-    for every test image and level."""
-    truths = [("natural", phi) for phi in Q.maps(n, 128, Q.TEST_SEED)]
-    truths.append(("cell", cell_phase(Q.PHASE_RANGE, 256)))
+    for every test image and level; the one ``cell`` is acquired ``cell_draws`` times (noise
+    draws; the first is the single draw of the default)."""
+    truths = [("natural", phi, 0) for phi in Q.maps(n, 128, Q.TEST_SEED)]
+    cell = cell_phase(Q.PHASE_RANGE, 256)
+    truths += [("cell", cell, draw) for draw in range(cell_draws)]
     items = []
     for level in levels:
         acq = QPIConfig(task=task, noise=(level, level))
-        for i, (group, phi) in enumerate(truths):
-            seed = [Q.TEST_SEED, i, int(level * 1000)]
+        for i, (group, phi, draw) in enumerate(truths):
+            i = i - draw  # every draw of the cell is image n, as with one draw
+            seed = [Q.TEST_SEED, i, int(level * 1000)] + ([draw] if draw else [])
             stack, _ = simulate_qpi(phi, acq, np.random.default_rng(seed))
             raw, _ = simulate_qpi(phi, acq, np.random.default_rng(seed), normalize=False)
             items.append((group, level, phi, stack, raw))
     return items
 
 
-def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int) -> list[dict]:
-    cfg = method_config(task, method, steps, seed)
-    out = P.run_dir(f"qpi-{steps}/{task}", method, seed)
-    info = P.train_cached(cfg, out)
-    cache = out / "qpi.json"
+def run_dir(task: str, method: str, steps: int, seed: int) -> Path:
+    """Where ``method``'s run is trained (a prediction-time variant shares its base's)."""
+    return P.run_dir(f"qpi-{steps}/{task}", TRAINED_AS.get(method, method), seed)
+
+
+def _cache_key(items, samples: int) -> dict:
     levels = sorted({lv for _, lv, *_ in items})
     key = {"n": len(items), "samples": samples, **({"levels": levels} if levels != sorted(LEVELS) else {})}
-    if cache.exists() and json.loads(cache.read_text())["key"] == key:
-        return json.loads(cache.read_text())["rows"]
+    draws = sum(g == "cell" for g, *_ in items) // len(levels)
+    return key | ({"cell_draws": draws} if draws != 1 else {})
+
+
+def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int,
+             variants: tuple[str, ...] = ()) -> list[dict]:
+    """``method``'s rows (cached per method); ``variants``, prediction-time variants of the
+    same run (``TRAINED_AS``), are scored on the very same samples and cached too."""
+    cfg = method_config(task, method, steps, seed)
+    out = run_dir(task, method, steps, seed)
+    info = P.train_cached(cfg, out)
+    names = (method, *variants)
+    caches = {m: out / ("qpi.json" if m not in TRAINED_AS else f"qpi_{m}.json") for m in names}
+    key = _cache_key(items, samples)
+    if all(c.exists() and json.loads(c.read_text())["key"] == key for c in caches.values()):
+        return json.loads(caches[method].read_text())["rows"]
     model = load(out / "model").model
-    t = task_of(cfg.data)
+    tasks = {m: task_of(method_config(task, m, steps, seed).data) for m in names}
     gen = torch.Generator().manual_seed(seed)
-    rows = []
+    rows: dict[str, list[dict]] = {m: [] for m in names}
     for group, level, phi, stack, raw in items:
+        t = tasks[method]
         pair = make_pair("test", raw if t.input_norm == "mean" else stack, phi[None], t)
         k = samples if model.generative else 1
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=k, generator=gen,
                                **cfg.sample.options())
-        mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
-        std = res.std[0, 0].numpy() * Q.PHASE_RANGE if model.generative else None
-        rows.append({"group": group, "level": level, "train_s": info["seconds"],
-                     **phase_metrics(mean, phi, Q.PHASE_RANGE, std)})
-    P._write_json(cache, {"key": key, "rows": rows, "train": info})
-    return rows
+        for m in names:
+            point, std, _ = tasks[m].refine(pair.x[None], res.mean, res.samples)
+            std = res.std if std is None else std
+            mean = point[0, 0].numpy() * Q.PHASE_RANGE
+            std = std[0, 0].numpy() * Q.PHASE_RANGE if model.generative else None
+            rows[m].append({"group": group, "level": level, "train_s": info["seconds"],
+                            **phase_metrics(mean, phi, Q.PHASE_RANGE, std)})
+    for m in names:
+        P._write_json(caches[m], {"key": key, "rows": rows[m], "train": info})
+    return rows[method]
 
 
 def tie_rows(items) -> list[dict]:
@@ -157,6 +191,8 @@ def main() -> None:
                     help="a set other than the default writes its own section")
     ap.add_argument("--levels", type=float, nargs="+", default=list(LEVELS),
                     help="noise levels ℓ (others than the default: their own section)")
+    ap.add_argument("--cell-draws", type=int, default=1, help="noise draws of the `cell` per level "
+                    "(its RMSE is their mean; more than 1: their own section)")
     ap.add_argument("--figure", choices=list(METHODS), help="draw the cell figure of this method "
                     "(seed 0; default: cvdm when it is in --methods, to docs/img/qpi_cell.png)")
     args = ap.parse_args()
@@ -166,14 +202,15 @@ def main() -> None:
     z["seeds"] = args.seeds or z["seeds"]
     table = {}
     for task in args.tasks:
-        items = test_items(task, z["n"], tuple(args.levels))
+        items = test_items(task, z["n"], tuple(args.levels), args.cell_draws)
         for method in args.methods:
             if method in TWO_SHOT_ONLY and task != "qpi-2shot":
                 continue
             runs = []
             for seed in z["seeds"]:
                 print(f"{task} {method} seed {seed}", flush=True)
-                runs.append(evaluate(task, method, z["steps"], seed, items, z["samples"]))
+                variants = tuple(m for m in args.methods if TRAINED_AS.get(m) == method)
+                runs.append(evaluate(task, method, z["steps"], seed, items, z["samples"], variants))
             table[(task, method)] = runs
         if task == "qpi-2shot":
             table[(task, "tie")] = [tie_rows(items)]
@@ -193,7 +230,7 @@ def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[fl
     from microdiff.plots import save_figure
 
     cfg = method_config("qpi-2shot", method, steps, seed)
-    model = load(P.run_dir(f"qpi-{steps}/qpi-2shot", method, seed) / "model").model
+    model = load(run_dir("qpi-2shot", method, steps, seed) / "model").model
     task = task_of(cfg.data)
     truth = cell_phase(Q.PHASE_RANGE, 256)
     gen = torch.Generator().manual_seed(seed)
@@ -207,8 +244,9 @@ def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[fl
         with torch.no_grad():
             res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=samples, generator=gen,
                                **cfg.sample.options())
-        mean = res.mean[0, 0].numpy() * Q.PHASE_RANGE
-        std = res.std[0, 0].numpy() * Q.PHASE_RANGE
+        point, std, _ = task.refine(pair.x[None], res.mean, res.samples)
+        mean = point[0, 0].numpy() * Q.PHASE_RANGE
+        std = (res.std if std is None else std)[0, 0].numpy() * Q.PHASE_RANGE
         shift = lambda est: est - est.mean() + truth.mean()  # noqa: E731  (mean phase is free)
         m_tie = phase_metrics(tie, truth, Q.PHASE_RANGE)["rmse_rad"]
         m_cvdm = phase_metrics(mean, truth, Q.PHASE_RANGE)["rmse_rad"]
@@ -241,16 +279,22 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
     level_list = ", ".join(f"{lv:g}" for lv in args.levels)
     if sorted(args.levels) != sorted(LEVELS):
         flags += " --levels " + level_list.replace(",", "")
+    flags += f" --cell-draws {args.cell_draws}" if args.cell_draws != 1 else ""
     flags += f" --figure {args.figure}" if args.figure else ""
     lines = [f"## QPI on equal budgets ({sizing} sizing)", "",
              f"Command: `.venv/bin/python benchmarks/qpi_models.py{flags}`  ", f"Machine: {machine()}  ",
              f"Date: {today()}", "",
-             f"Each trained method: the `qpi-2shot` / `qpi-poly` preset (1.0 M-parameter U-Net), "
-             f"{z['steps']} steps of batch 8 on 64² patches of simulated natural-image phase maps, seeds "
-             f"{', '.join(map(str, z['seeds']))}; only the method option differs. Test: {z['n']} held-out "
+             f"Each trained method: the `qpi-2shot` / `qpi-poly` preset (1.0 M-parameter U-Net) with the "
+             "method's overrides (`METHODS` in the script: the `-tie` designs add the TIE channel, "
+             "`-mean` a mean network (2.0 M parameters in all), `-cells` synthetic cells to the "
+             f"natural-image phase maps in training), {z['steps']} steps of batch 8 on 64² patches, seeds "
+             f"{', '.join(map(str, z['seeds']))}. Test: {z['n']} held-out "
              "natural phase maps (128²) and scikit-image's real phase image `cell` (256²) at noise "
-             f"ℓ = {level_list}. CVDM and DDPM: posterior mean of {z['samples']} samples × 20 "
-             "steps. TIE: raw intensities, α tuned per level. Metrics after removing the mean phase; "
+             f"ℓ = {level_list}" + (f" (the `cell`: {args.cell_draws} noise draws per level, RMSE their mean)"
+                                    if args.cell_draws != 1 else "") +
+             f". Generative methods: their preset's point estimate (`sample.point_estimate`: the mean of "
+             f"{z['samples']} samples × 20 steps, or the mean network's μ(x)) and the std of the samples. "
+             "TIE: raw intensities, α tuned per level. Metrics after removing the mean phase; "
              "each cell: mean ± std over seeds of the mean over images.", "",
              "| task | method | ℓ | RMSE natural [rad] | PSNR natural [dB] | SSIM natural | RMSE cell [rad] "
              "| SSIM cell | Spearman(std, \\|err\\|) | ±1σ coverage |", "|---" * 10 + "|"]
@@ -268,6 +312,7 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
     name = f"qpi_models_{sizing}" + ("_" + "_".join(args.methods).replace("-", "_") if custom else "")
     if sorted(args.levels) != sorted(LEVELS):
         name += "_l" + "_".join(f"{lv:g}" for lv in args.levels).replace(".", "")
+    name += f"_draws{args.cell_draws}" if args.cell_draws != 1 else ""
     write_section(name, "\n".join(lines))
     print("\n".join(lines))
 

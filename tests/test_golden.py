@@ -27,7 +27,9 @@ from microdiff.regression import RegressionModel  # noqa: E402
 from microdiff.train import Trainer  # noqa: E402
 
 GOLDEN = Path(__file__).with_name("golden.json")
-RTOL, ATOL = 1e-5, 1e-7
+# float32 kernels differ between CPUs: the learned schedule's terms moved by up to 7e-5 (relative)
+# between two x86 machines with the same torch; a real change of the numerics moves them far more
+RTOL, ATOL = 2e-4, 1e-7
 
 
 def _perturb(model: torch.nn.Module, seed: int) -> torch.nn.Module:

@@ -91,6 +91,27 @@ def test_tie_recovers_a_smooth_phase_from_noise_free_data() -> None:
     assert float(flat.abs().max()) == 0.0  # no intensity change: no phase
 
 
+def test_tie_data_consistency_follows_the_data_where_it_determines_the_phase() -> None:
+    """One Gauss-Newton step from a wrong estimate: a weight α below the frequencies' q²
+    recovers the truth (sign and scale of the step), an α above them keeps the estimate, and
+    an estimate that explains the intensities is kept whatever α."""
+    phi = _smooth_phase(amplitude=0.5)
+    phi = phi - phi.mean()
+    cfg = P.TwoShotConfig(defocus_um=0.5)
+    pair = P.two_shot(phi, cfg)
+    rmse = lambda est: float((est - phi).square().mean().sqrt())  # noqa: E731
+    start = 0.5 * phi  # half the phase: the step must add the other half, not subtract it
+    assert rmse(P.tie_data_consistency(start, pair[0], pair[1], cfg, 1e-6)) < 0.1 * rmse(start)
+    kept = P.tie_data_consistency(start, pair[0], pair[1], cfg, 1e6)
+    assert float((kept - start).abs().max()) < 1e-3 * float(start.abs().max())
+    exact = P.tie_data_consistency(phi + 2.0, 3 * pair[0], 3 * pair[1], cfg, 1e-6)  # any offset, scale
+    assert float((exact - phi).abs().max()) < 1e-9
+    # from zero, the step is TIE of the intensities
+    tie = P.tie_phase(pair[0], pair[1], cfg.defocus_um, cfg.pixel_um, cfg.wavelength_um, regularization=1e-4)
+    from_zero = P.tie_data_consistency(torch.zeros_like(phi), pair[0], pair[1], cfg, 1e-4)
+    assert torch.allclose(from_zero, tie, atol=1e-6)
+
+
 def test_two_shot_shapes_and_symmetry() -> None:
     phi = _smooth_phase(amplitude=1.0).expand(3, 64, 64)
     pair = P.two_shot(phi)

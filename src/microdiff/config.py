@@ -169,6 +169,7 @@ class DataConfig(_Strict):
         "Tikhonov weight α (µm⁻⁴; larger damps more noise), or auto: α = 0.1 σ̂², σ̂ the image's noise")
     tie_extra_regularizations: list[PositiveFloat] = Field(default_factory=list, description="more TIE "
         "channels at these α (µm⁻⁴) before the baseline's; each adds one to model.in_channels")
+    data_consistency: bool = Field(False, description="qpi-2shot: move the output towards the intensities")
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:
@@ -178,8 +179,7 @@ class DataConfig(_Strict):
             raise ValueError(f"data.noise must satisfy 0 ≤ lo ≤ hi, got {list(self.noise)}")
         if self.baseline_channel and self.task != "qpi-2shot":
             raise ValueError(f"data.baseline_channel needs data.task=qpi-2shot (the TIE baseline), not "
-                             f"{self.task}: super-resolution's baseline is the condition itself "
-                             "(model.residual), qpi-poly has no closed-form baseline here")
+                             f"{self.task}: sr's baseline is the condition, qpi-poly has no closed-form one")
         if self.baseline_channel and self.qpi_input_norm != "mean":
             raise ValueError("data.baseline_channel needs data.qpi_input_norm=mean: TIE's phase scale "
                              "comes from the contrast (I₊ − I₋)/I₀, which min-max normalisation changes")
@@ -280,8 +280,9 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _baseline_channels(self) -> Config:
         need = 2 + len(self.data.tie_extra_regularizations) + self.model.out_channels
-        if self.data.tie_extra_regularizations and not self.data.baseline_channel:
-            raise ValueError("data.tie_extra_regularizations needs data.baseline_channel=true")
+        for name in ("tie_extra_regularizations", "data_consistency"):
+            if getattr(self.data, name) and not self.data.baseline_channel:
+                raise ValueError(f"data.{name} needs data.baseline_channel=true (the TIE physics)")
         if self.data.baseline_channel and self.model.in_channels != need:
             raise ValueError(f"data.baseline_channel adds {need - 2} TIE channel(s) to the 2 intensities: "
                              f"set model.in_channels={need}, not {self.model.in_channels}")
@@ -289,10 +290,9 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _point_estimate(self) -> Config:
-        if (self.sample.point_estimate == "mean-net" and self.model.kind == "cvdm"
-                and not self.model.zmd.enabled):
-            raise ValueError("sample.point_estimate=mean-net needs the mean network: "
-                             "set model.zmd.enabled=true")
+        s, m = self.sample, self.model
+        if s.point_estimate == "mean-net" and m.kind == "cvdm" and not m.zmd.enabled:
+            raise ValueError("sample.point_estimate=mean-net needs the mean network (model.zmd.enabled=true)")
         return self
 
 

@@ -162,11 +162,13 @@ def validate(model: ImageModel, x: torch.Tensor, y: torch.Tensor, cfg: Config, s
     s = cfg.sample
     gen = torch.Generator(device=device).manual_seed(seed)
     out = model.sample(x.to(device), steps=steps, samples=samples, generator=gen, **s.options())
-    mean, std = out.mean.float().cpu().numpy(), out.std.float().cpu().numpy()
+    task = task_of(cfg.data)
+    point, refined_std, _ = task.refine(x, out.mean.float().cpu(), out.samples.float().cpu())
+    std = out.std if refined_std is None else refined_std
+    mean, std = point.float().cpu().numpy(), std.float().cpu().numpy()
     xs, ys = x.numpy(), y.numpy()
     if error_maps is not None:
         error_maps += [(std[i, c], mean[i, c] - ys[i, c]) for i in range(len(ys)) for c in range(ys.shape[1])]
-    task = task_of(cfg.data)
     res = {"val_psnr": [], "val_ssim": [], "val_psnr_baseline": [], "val_ssim_baseline": []}
     for i in range(len(ys)):
         res["val_psnr"].append(metrics.psnr(mean[i, 0], ys[i, 0]))

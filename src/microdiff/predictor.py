@@ -111,8 +111,12 @@ class Predictor:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
         samples, steps = samples or self.bundle.sample.samples, steps or self.bundle.sample.steps
-        out = self.sample_normalized(x, samples, steps, seed, tile, overlap, return_samples, return_schedule,
+        refine = self.task.data_consistency
+        out = self.sample_normalized(x, samples, steps, seed, tile, overlap,
+                                     return_samples or (refine and self.model.generative), return_schedule,
                                      tile_batch, progress)
+        if refine:
+            out = self._refined(x, out, samples, return_samples)
         cal = self.bundle.calibration if calibrated and self.model.generative else None
         if cal is not None:
             if (samples, steps) != (cal.samples, cal.steps):
@@ -154,6 +158,21 @@ class Predictor:
             blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch)  # networks in
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         return {k: v.numpy() for k, v in blended.items()}
+
+    def _refined(self, x: torch.Tensor, out: dict[str, np.ndarray], samples: int, return_samples: bool
+                 ) -> dict[str, np.ndarray]:
+        """The task's data-consistency step on the whole image's point estimate and samples
+        (:meth:`~microdiff.data.tasks.Task.refine`); the std becomes the refined samples'."""
+        mean = torch.from_numpy(out["mean"])[None]
+        k = out["samples"].reshape(1, samples, *mean.shape[1:]) if "samples" in out else None
+        point, std, k = self.task.refine(x[None], mean, torch.from_numpy(k) if k is not None else None)
+        out = {**out, "mean": point[0].numpy()}
+        if std is not None:
+            out["std"] = std[0].numpy()
+        out.pop("samples", None)
+        if return_samples and k is not None:
+            out["samples"] = k[0].flatten(0, 1).numpy()
+        return out
 
     def _prediction(self, out: dict[str, np.ndarray], norm: Normalizer, samples: int, axes: str,
                     pixel_size_um: float | None) -> Prediction:

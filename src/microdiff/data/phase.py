@@ -200,6 +200,10 @@ def tie_phase(i_minus: Tensor, i_plus: Tensor, defocus_um: float, pixel_um: floa
 #: fitted on synthetic cells (``benchmarks``' validation stream, never a test image), whose
 #: best α per noise level follows σ² (Wiener's rule) within half a decade for ℓ = 0.02–0.2
 ADAPTIVE_TIE_GAIN, ADAPTIVE_TIE_FLOOR = 0.1, 1e-7
+#: the weight of a network's estimate against the intensities in :func:`tie_data_consistency`,
+#: α = DATA_CONSISTENCY_GAIN · σ̂²: fitted on validation maps (natural and synthetic cells,
+#: ``benchmarks/qpi_validation.py``), never a test image
+DATA_CONSISTENCY_GAIN = 100.0
 
 
 def two_shot_noise(i_minus: Tensor, i_plus: Tensor) -> float:
@@ -216,9 +220,28 @@ def two_shot_noise(i_minus: Tensor, i_plus: Tensor) -> float:
     return float(diagonal.abs().median() / 0.6745 / math.sqrt(2))
 
 
-def adaptive_tie_regularization(i_minus: Tensor, i_plus: Tensor) -> float:
+def adaptive_tie_regularization(i_minus: Tensor, i_plus: Tensor, gain: float = ADAPTIVE_TIE_GAIN) -> float:
     """TIE's Tikhonov weight α (µm⁻⁴) for this pair's noise: ``max(gain · σ̂², floor)``."""
-    return max(ADAPTIVE_TIE_GAIN * two_shot_noise(i_minus, i_plus) ** 2, ADAPTIVE_TIE_FLOOR)
+    return max(gain * two_shot_noise(i_minus, i_plus) ** 2, ADAPTIVE_TIE_FLOOR)
+
+
+def tie_data_consistency(phi: Tensor, i_minus: Tensor, i_plus: Tensor, cfg: TwoShotConfig | None = None,
+                         regularization: float = 1e-3) -> Tensor:
+    """One Gauss-Newton step of ``min_φ ‖I − two_shot(φ)‖² + α ‖φ − φ₀‖²`` from an estimate
+    ``φ₀ = phi`` ``[..., H, W]`` (rad), with TIE as the approximate inverse Jacobian:
+    ``φ₀ + TIE_α(I − two_shot(φ₀))`` (the pair normalised by its mean intensity first). In
+    TIE's linear regime this is the per-frequency blend ``(q² TIE₀ + α φ₀) / (q² + α)`` of
+    the data's answer (TIE without regularisation) and ``φ₀``: frequencies the intensities
+    determine (q² ≫ α) follow the data, the rest keep ``φ₀``; a ``φ₀`` that explains the
+    intensities is returned unchanged. Zero mean, like TIE. float64."""
+    cfg = cfg or TwoShotConfig()
+    pair = torch.stack([i_minus, i_plus], dim=-3).to(torch.float64)
+    pair = pair / pair.mean(dim=(-3, -2, -1), keepdim=True).clamp_min(1e-12)
+    phi = phi.to(torch.float64)
+    residual = pair - two_shot(phi, cfg)
+    step = tie_phase(1 + residual[..., 0, :, :], 1 + residual[..., 1, :, :], cfg.defocus_um, cfg.pixel_um,
+                     cfg.wavelength_um, cfg.medium_index, regularization)
+    return phi - phi.mean(dim=(-2, -1), keepdim=True) + step
 
 
 def laplacian(img: Tensor, pixel_um: float) -> Tensor:

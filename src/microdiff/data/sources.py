@@ -101,7 +101,7 @@ def _filament_pairs(cfg: DataConfig, n: int, seed: int, prefix: str) -> list[Pai
 def task_of(cfg: DataConfig) -> Task:
     """The :class:`~microdiff.data.tasks.Task` of a data config."""
     return Task(cfg.task, cfg.phase_range, cfg.qpi_input_norm, cfg.baseline_channel, cfg.tie_regularization,
-                tuple(cfg.tie_extra_regularizations))
+                tuple(cfg.tie_extra_regularizations), cfg.data_consistency)
 
 
 def qpi_pairs(cfg: DataConfig, n: int, seed: int, stream: int, progress: bool = False) -> list[Pair]:

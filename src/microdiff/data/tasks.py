@@ -51,6 +51,7 @@ class Task:
     baseline_channel: bool = False
     tie_regularization: float | str = 1e-3  # or "auto": from the pair's noise
     tie_extra_regularizations: tuple[float, ...] = ()
+    data_consistency: bool = False  # refine the output towards the intensities (needs the baseline)
 
     def __post_init__(self) -> None:
         choose(self.kind, TASKS, "task")
@@ -59,8 +60,8 @@ class Task:
             raise ValueError("the baseline channel needs task qpi-2shot with input_norm=mean")
         if isinstance(self.tie_regularization, str) and self.tie_regularization != "auto":
             raise ValueError(f"tie_regularization is a weight > 0 or 'auto', not {self.tie_regularization!r}")
-        if self.tie_extra_regularizations and not self.baseline_channel:
-            raise ValueError("extra TIE channels need the baseline channel")
+        if (self.tie_extra_regularizations or self.data_consistency) and not self.baseline_channel:
+            raise ValueError("extra TIE channels and data consistency need the baseline channel")
         object.__setattr__(self, "tie_extra_regularizations",  # a list from a bundle's JSON
                            tuple(float(a) for a in self.tie_extra_regularizations))
 
@@ -77,7 +78,8 @@ class Task:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "phase_range": self.phase_range, "input_norm": self.input_norm,
                 "baseline_channel": self.baseline_channel, "tie_regularization": self.tie_regularization,
-                "tie_extra_regularizations": list(self.tie_extra_regularizations)}
+                "tie_extra_regularizations": list(self.tie_extra_regularizations),
+                "data_consistency": self.data_consistency}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> Task:
@@ -198,6 +200,33 @@ class Task:
         if self.is_phase:
             return (samples * self.phase_range).astype(np.float32)
         return np.stack([input_norm.denormalize(s, channel_axis=0) for s in samples])
+
+    def refine(self, x: torch.Tensor, point: torch.Tensor, samples: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Data consistency (``data_consistency``; otherwise the inputs unchanged): the
+        model's point estimate ``[B, 1, H, W]`` and samples ``[B, K, 1, H, W]`` (normalised
+        target units, whole images) each moved by one TIE-preconditioned Gauss-Newton step
+        towards the intensities of the condition ``x`` ``[B, C, H, W]``
+        (:func:`~microdiff.data.phase.tie_data_consistency`, weight α = gain · σ̂² from each
+        image's noise): frequencies the intensities determine follow them, the rest keep the
+        network's answer. Returns (point, std of the refined samples or None, samples)."""
+        if not self.data_consistency:
+            return point, None, samples
+        from ..sampling import sample_statistics
+        from .phase import DATA_CONSISTENCY_GAIN, adaptive_tie_regularization, tie_data_consistency
+
+        def step(phi: torch.Tensor, i: int) -> torch.Tensor:  # [..., H, W] normalised
+            pair = x[i, :2].double().cpu()
+            alpha = adaptive_tie_regularization(pair[0], pair[1], DATA_CONSISTENCY_GAIN)
+            out = tie_data_consistency(phi.double().cpu() * self.phase_range, pair[0], pair[1],
+                                       regularization=alpha)
+            return (out / self.phase_range).to(phi.dtype).to(phi.device)
+
+        point = torch.stack([step(point[i], i) for i in range(len(point))])
+        if samples is None:
+            return point, None, None
+        samples = torch.stack([step(samples[i], i) for i in range(len(samples))])
+        return point, sample_statistics(samples)[1], samples
 
     # --- baseline ---------------------------------------------------------------------
     def baseline(self, x: np.ndarray, pixel_um: float | None = None,

@@ -1,0 +1,109 @@
+"""QPI design choices on validation maps only: the data-consistency weight of issue 19.
+
+A trained two-shot model (a ``qpi_models.py`` method and seed, trained there first) predicts
+validation phase maps that no training or test run draws: natural-image maps (128², the
+tuning stream of ``qpi.py``) and synthetic cells (256², ``cell_phantoms``, their own stream),
+at noise ℓ = 0, 0.02, 0.05, 0.1, 0.2. Its point estimate is then moved towards the
+intensities by one TIE-preconditioned Gauss-Newton step (``phase.tie_data_consistency``) with
+weight α = gain · σ̂² (σ̂ the pair's estimated noise), for each ``--gains``; the table gives
+RMSE [rad] of the network, TIE with the noise-adaptive α, and each gain.
+``phase.DATA_CONSISTENCY_GAIN`` is the gain with the lowest mean over the table. Usage::
+
+    .venv/bin/python benchmarks/qpi_validation.py --method cvdm-tieauto-mean-cells --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import qpi as Q  # noqa: E402
+import qpi_models as M  # noqa: E402
+from _report import machine, today, write_section  # noqa: E402
+
+from microdiff.data import phase  # noqa: E402
+from microdiff.data.cell_phantoms import cell_phantom  # noqa: E402
+from microdiff.data.datasets import make_pair  # noqa: E402
+from microdiff.data.sources import task_of  # noqa: E402
+from microdiff.metrics import phase_metrics  # noqa: E402
+from microdiff.predictor import load  # noqa: E402
+
+LEVELS = (0.0, 0.02, 0.05, 0.1, 0.2)
+CELL_SEED = 3000  # synthetic validation cells: default_rng([CELL_SEED, i])
+
+
+def validation_maps(n_natural: int, n_cells: int) -> list[tuple[str, np.ndarray]]:
+    """(group, phase [rad]) of the validation set."""
+    maps = [("natural", p) for p in Q.maps(n_natural, 128, Q.TUNE_SEED)]
+    for i in range(n_cells):
+        c = cell_phantom(256, np.random.default_rng([CELL_SEED, i]))
+        maps.append(("cells", Q.PHASE_RANGE * (c - c.min()) / (c.max() - c.min())))
+    return maps
+
+
+def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800) -> dict:
+    """{(group, ℓ): {estimate name: [RMSE per map]}} for one trained run."""
+    cfg = M.method_config("qpi-2shot", method, steps, seed)
+    model = load(M.run_dir("qpi-2shot", method, steps, seed) / "model").model
+    task = task_of(cfg.data)
+    out: dict = {}
+    for level in LEVELS:
+        for i, (group, phi) in enumerate(maps):
+            raw = Q.acquire(phi, level, Q.TUNE_SEED + 500 + i).to(torch.float64)
+            pair = make_pair("val", raw.numpy().astype(np.float32), phi[None].astype(np.float32), task)
+            with torch.no_grad():
+                res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=1,
+                                   generator=torch.Generator().manual_seed(seed), **cfg.sample.options())
+            net = res.mean[0, 0].double() * Q.PHASE_RANGE
+            sigma2 = phase.two_shot_noise(raw[0], raw[1]) ** 2
+            est = {"network": net.numpy(),
+                   "TIE (auto α)": Q.tie(raw, phase.adaptive_tie_regularization(raw[0], raw[1]))}
+            for g in gains:
+                alpha = max(g * sigma2, phase.ADAPTIVE_TIE_FLOOR)
+                step = phase.tie_data_consistency(net, raw[0], raw[1], regularization=alpha)
+                est[f"gain {g:g}"] = step.numpy()
+            cell = out.setdefault((group, level), {})
+            for name, e in est.items():
+                cell.setdefault(name, []).append(phase_metrics(e, phi, Q.PHASE_RANGE)["rmse_rad"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", default="cvdm-tieauto-mean-cells", choices=list(M.METHODS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--gains", type=float, nargs="+", default=[1, 10, 30, 100, 300, 1000])
+    ap.add_argument("--n", type=int, default=6, help="natural maps (and half as many synthetic cells)")
+    args = ap.parse_args()
+    maps = validation_maps(args.n, max(1, args.n // 2))
+    runs = [rows_of(args.method, s, args.gains, maps) for s in args.seeds]
+    names = list(runs[0][("natural", LEVELS[0])])
+    keys = sorted(runs[0], key=lambda k: (k[0] != "natural", k[1]))
+    per_name = {n: np.mean([np.mean(r[k][n]) for r in runs for k in keys]) for n in names}
+    best = min((n for n in names if n.startswith("gain")), key=per_name.get)
+    lines = ["## QPI validation: the data-consistency weight", "",
+             f"Command: `.venv/bin/python benchmarks/qpi_validation.py --method {args.method} --seeds "
+             f"{' '.join(map(str, args.seeds))} --gains {' '.join(f'{g:g}' for g in args.gains)}"
+             f"{f' --n {args.n}' if args.n != 6 else ''}`  ", f"Machine: {machine()}  ",
+             f"Date: {today()}", "", f"Validation maps only ({args.n} natural 128², {max(1, args.n // 2)} "
+             "synthetic cells 256²; no test image). RMSE [rad], mean over maps and seeds "
+             f"{', '.join(map(str, args.seeds))}, of "
+             f"`{args.method}`'s point estimate, TIE with the noise-adaptive α, and the estimate after one "
+             "data-consistency step with α = gain · σ̂². Lowest mean over the table: "
+             f"**{best}** ({per_name[best]:.3f}; network {per_name['network']:.3f}).", "",
+             "| maps | ℓ | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
+    for group, level in keys:
+        vals = [np.mean([np.mean(r[(group, level)][n]) for r in runs]) for n in names]
+        lines.append(f"| {group} | {level:g} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    lines.append("| mean | | " + " | ".join(f"{per_name[n]:.3f}" for n in names) + " |")
+    write_section(f"qpi_validation_{args.method.replace('-', '_')}", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
