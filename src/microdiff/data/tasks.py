@@ -215,11 +215,12 @@ class Task:
         from ..sampling import sample_statistics
         from .phase import DATA_CONSISTENCY_GAIN, adaptive_tie_regularization, tie_data_consistency
 
+        pairs = x[:, :2].double().cpu()
+        alphas = [adaptive_tie_regularization(p[0], p[1], DATA_CONSISTENCY_GAIN) for p in pairs]
+
         def step(phi: torch.Tensor, i: int) -> torch.Tensor:  # [..., H, W] normalised
-            pair = x[i, :2].double().cpu()
-            alpha = adaptive_tie_regularization(pair[0], pair[1], DATA_CONSISTENCY_GAIN)
-            out = tie_data_consistency(phi.double().cpu() * self.phase_range, pair[0], pair[1],
-                                       regularization=alpha)
+            out = tie_data_consistency(phi.double().cpu() * self.phase_range, pairs[i, 0], pairs[i, 1],
+                                       regularization=alphas[i])
             return (out / self.phase_range).to(phi.dtype).to(phi.device)
 
         point = torch.stack([step(point[i], i) for i in range(len(point))])
