@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +84,16 @@ METHODS["cvdm-tieauto-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "data.tie
 METHODS["fixed-cosine-tie-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "model.schedule.kind=fixed-cosine"]
 METHODS["fixed-cosine-tieauto-mean-cells"] = [*METHODS["cvdm-tieauto-mean-cells"],
                                              "model.schedule.kind=fixed-cosine"]
-# prediction-time variants of trained runs: data consistency (data.data_consistency=true: one
-# TIE-preconditioned Gauss-Newton step towards the intensities) on the same trained models
-TRAINED_AS = {f"{m}-dc": m for m in ("cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
-                                     "cvdm-tie-mean-cells", "regression-tie-cells")}
-for _dc, _base in TRAINED_AS.items():
-    METHODS[_dc] = [*METHODS[_base], "data.data_consistency=true"]
+# prediction-time variants of trained runs, data consistency on the same trained models:
+# -dc, one TIE-preconditioned Gauss-Newton step towards the intensities (data_consistency=tie);
+# -wdc, that step and then the Wiener step through the pair's transfer function (tie+wiener)
+_DC_BASES = ("cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells", "cvdm-tie-mean-cells",
+             "regression-tie-cells")
+_DC = {"dc": "tie", "wdc": "tie+wiener"}
+TRAINED_AS = {f"{m}-{v}": m for m in _DC_BASES for v in _DC}
+for _m in _DC_BASES:
+    for _v, _how in _DC.items():
+        METHODS[f"{_m}-{_v}"] = [*METHODS[_m], f"data.data_consistency={_how}"]
 TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean", "cvdm-tie3-mean", "regression-tie3",
                  "cvdm-tie-mean-cells", "cvdm-tie3-mean-cells", "regression-tie-cells",
                  "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
@@ -104,10 +110,10 @@ def method_config(task: str, method: str, steps: int, seed: int) -> Config:
 
 
 def test_items(task: str, n: int, levels: tuple[float, ...] = LEVELS, cell_draws: int = 1
-               ) -> list[tuple[str, float, np.ndarray, np.ndarray]]:
-    """(group, ℓ, phase truth, acquisition ``[C, H, W]`` min-max normalised, the same raw)
-    for every test image and level; the one ``cell`` is acquired ``cell_draws`` times (noise
-    draws; the first is the single draw of the default)."""
+               ) -> list[tuple[str, float, np.ndarray, np.ndarray, np.ndarray, str]]:
+    """(group, ℓ, phase truth, acquisition ``[C, H, W]`` min-max normalised, the same raw, a
+    name) for every test image and level; the one ``cell`` is acquired ``cell_draws`` times
+    (noise draws; the first is the single draw of the default)."""
     truths = [("natural", phi, 0) for phi in Q.maps(n, 128, Q.TEST_SEED)]
     cell = cell_phase(Q.PHASE_RANGE, 256)
     truths += [("cell", cell, draw) for draw in range(cell_draws)]
@@ -119,7 +125,7 @@ def test_items(task: str, n: int, levels: tuple[float, ...] = LEVELS, cell_draws
             seed = [Q.TEST_SEED, i, int(level * 1000)] + ([draw] if draw else [])
             stack, _ = simulate_qpi(phi, acq, np.random.default_rng(seed))
             raw, _ = simulate_qpi(phi, acq, np.random.default_rng(seed), normalize=False)
-            items.append((group, level, phi, stack, raw))
+            items.append((group, level, phi, stack, raw, f"{task}_{i}_l{level:g}_d{draw}"))
     return items
 
 
@@ -129,10 +135,29 @@ def run_dir(task: str, method: str, steps: int, seed: int) -> Path:
 
 
 def _cache_key(items, samples: int) -> dict:
-    levels = sorted({lv for _, lv, *_ in items})
-    key = {"n": len(items), "samples": samples, **({"levels": levels} if levels != sorted(LEVELS) else {})}
-    draws = sum(g == "cell" for g, *_ in items) // len(levels)
+    levels = sorted({item[1] for item in items})
+    key = {"n": len(items), "samples": samples, "sampling": "per-item",  # see cached_sample
+           **({"levels": levels} if levels != sorted(LEVELS) else {})}
+    draws = sum(item[0] == "cell" for item in items) // len(levels)
     return key | ({"cell_draws": draws} if draws != 1 else {})
+
+
+def cached_sample(model, out: Path, name: str, x: torch.Tensor, steps: int, samples: int, seed: int,
+                  options: dict) -> dict[str, torch.Tensor]:
+    """The model's point estimate, std and samples of one test item, drawn once (its own
+    generator, from the seed and the item's name) and cached under ``out``/samples, so that a
+    new prediction-time variant of the run costs no sampling."""
+    path = out / "samples" / f"{name}_k{samples}_s{steps}.pt"
+    if path.exists():
+        return torch.load(path)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+    with torch.no_grad():
+        res = model.sample(x[None], steps=steps, samples=samples, generator=gen, **options)
+    drawn = {"mean": res.mean, "std": res.std, "samples": res.samples}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(drawn, path.with_suffix(".tmp"))
+    os.replace(path.with_suffix(".tmp"), path)
+    return drawn
 
 
 def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int,
@@ -149,18 +174,15 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int,
         return json.loads(caches[method].read_text())["rows"]
     model = load(out / "model").model
     tasks = {m: task_of(method_config(task, m, steps, seed).data) for m in names}
-    gen = torch.Generator().manual_seed(seed)
     rows: dict[str, list[dict]] = {m: [] for m in names}
-    for group, level, phi, stack, raw in items:
+    for group, level, phi, stack, raw, name in items:
         t = tasks[method]
         pair = make_pair("test", raw if t.input_norm == "mean" else stack, phi[None], t)
-        k = samples if model.generative else 1
-        with torch.no_grad():
-            res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=k, generator=gen,
-                               **cfg.sample.options())
+        res = cached_sample(model, out, name, pair.x, cfg.sample.steps, samples if model.generative else 1,
+                            seed, cfg.sample.options())
         for m in names:
-            point, std, _ = tasks[m].refine(pair.x[None], res.mean, res.samples)
-            std = res.std if std is None else std
+            point, std, _ = tasks[m].refine(pair.x[None], res["mean"], res["samples"])
+            std = res["std"] if std is None else std
             mean = point[0, 0].numpy() * Q.PHASE_RANGE
             std = std[0, 0].numpy() * Q.PHASE_RANGE if model.generative else None
             rows[m].append({"group": group, "level": level, "train_s": info["seconds"],
@@ -176,7 +198,7 @@ def tie_rows(items) -> list[dict]:
     return [{"group": group, "level": level,
              **phase_metrics(Q.tie(torch.from_numpy(np.asarray(raw, np.float64)), alphas[level]), phi,
                              Q.PHASE_RANGE)}
-            for group, level, phi, _, raw in items]
+            for group, level, phi, _, raw, _ in items]
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""QPI design choices on validation maps only: the data-consistency weight of issue 19.
+"""QPI design choices on validation maps only: the data-consistency steps of issue 19.
 
 A trained two-shot model (a ``qpi_models.py`` method and seed, trained there first) predicts
 validation phase maps that no training or test run draws: natural-image maps (128², the
@@ -7,7 +7,10 @@ at noise ℓ = 0, 0.02, 0.05, 0.1, 0.2. Its point estimate is then moved towards
 intensities by one TIE-preconditioned Gauss-Newton step (``phase.tie_data_consistency``) with
 weight α = gain · σ̂² (σ̂ the pair's estimated noise), for each ``--gains``; the table gives
 RMSE [rad] of the network, TIE with the noise-adaptive α, and each gain.
-``phase.DATA_CONSISTENCY_GAIN`` is the gain with the lowest mean over the table. Usage::
+``phase.DATA_CONSISTENCY_GAIN`` is the gain with the lowest mean over the table. Then the
+Wiener step through the pair's transfer function (``phase_consistency``) alone and after the
+TIE step at that gain, for each ring threshold ``--thresholds`` z
+(``phase_consistency.WIENER_THRESHOLD``: the best z of the TIE + Wiener columns). Usage::
 
     .venv/bin/python benchmarks/qpi_validation.py --method cvdm-tieauto-mean-cells --seeds 0
 """
@@ -29,6 +32,7 @@ from _report import machine, today, write_section  # noqa: E402
 from microdiff.data import phase  # noqa: E402
 from microdiff.data.cell_phantoms import cell_phantom  # noqa: E402
 from microdiff.data.datasets import make_pair  # noqa: E402
+from microdiff.data.phase_consistency import WIENER_THRESHOLD, wiener_data_consistency  # noqa: E402
 from microdiff.data.sources import task_of  # noqa: E402
 from microdiff.metrics import phase_metrics  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
@@ -46,7 +50,8 @@ def validation_maps(n_natural: int, n_cells: int) -> list[tuple[str, np.ndarray]
     return maps
 
 
-def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800) -> dict:
+def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800,
+            thresholds: tuple[float, ...] = ()) -> dict:
     """{(group, ℓ): {estimate name: [RMSE per map]}} for one trained run."""
     cfg = M.method_config("qpi-2shot", method, steps, seed)
     model = load(M.run_dir("qpi-2shot", method, steps, seed) / "model").model
@@ -67,6 +72,12 @@ def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800) 
                 alpha = max(g * sigma2, phase.ADAPTIVE_TIE_FLOOR)
                 step = phase.tie_data_consistency(net, raw[0], raw[1], regularization=alpha)
                 est[f"gain {g:g}"] = step.numpy()
+            tie_step = phase.tie_data_consistency(net, raw[0], raw[1], regularization=max(
+                phase.DATA_CONSISTENCY_GAIN * sigma2, phase.ADAPTIVE_TIE_FLOOR))
+            est[f"Wiener z {WIENER_THRESHOLD:g} alone"] = wiener_data_consistency(net, raw[0], raw[1]).numpy()
+            for z in thresholds:
+                est[f"tie+Wiener z {z:g}"] = wiener_data_consistency(tie_step, raw[0], raw[1],
+                                                                     threshold=z).numpy()
             cell = out.setdefault((group, level), {})
             for name, e in est.items():
                 cell.setdefault(name, []).append(phase_metrics(e, phi, Q.PHASE_RANGE)["rmse_rad"])
@@ -79,23 +90,29 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--gains", type=float, nargs="+", default=[1, 10, 30, 100, 300, 1000])
     ap.add_argument("--n", type=int, default=6, help="natural maps (and half as many synthetic cells)")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[2, 4, 10],
+                    help="ring thresholds z of the Wiener step after the TIE step (at the chosen gain)")
     args = ap.parse_args()
     maps = validation_maps(args.n, max(1, args.n // 2))
-    runs = [rows_of(args.method, s, args.gains, maps) for s in args.seeds]
+    runs = [rows_of(args.method, s, args.gains, maps, thresholds=tuple(args.thresholds)) for s in args.seeds]
     names = list(runs[0][("natural", LEVELS[0])])
     keys = sorted(runs[0], key=lambda k: (k[0] != "natural", k[1]))
     per_name = {n: np.mean([np.mean(r[k][n]) for r in runs for k in keys]) for n in names}
     best = min((n for n in names if n.startswith("gain")), key=per_name.get)
-    lines = ["## QPI validation: the data-consistency weight", "",
+    best_z = min((n for n in names if n.startswith("tie+Wiener")), key=per_name.get)
+    lines = ["## QPI validation: the data-consistency weights", "",
              f"Command: `.venv/bin/python benchmarks/qpi_validation.py --method {args.method} --seeds "
              f"{' '.join(map(str, args.seeds))} --gains {' '.join(f'{g:g}' for g in args.gains)}"
+             f" --thresholds {' '.join(f'{z:g}' for z in args.thresholds)}"
              f"{f' --n {args.n}' if args.n != 6 else ''}`  ", f"Machine: {machine()}  ",
              f"Date: {today()}", "", f"Validation maps only ({args.n} natural 128², {max(1, args.n // 2)} "
              "synthetic cells 256²; no test image). RMSE [rad], mean over maps and seeds "
              f"{', '.join(map(str, args.seeds))}, of "
              f"`{args.method}`'s point estimate, TIE with the noise-adaptive α, and the estimate after one "
-             "data-consistency step with α = gain · σ̂². Lowest mean over the table: "
-             f"**{best}** ({per_name[best]:.3f}; network {per_name['network']:.3f}).", "",
+             "TIE-preconditioned step with α = gain · σ̂², then the Wiener step (alone, and after the "
+             f"TIE step at gain {phase.DATA_CONSISTENCY_GAIN:g}) at ring thresholds z. Lowest mean of "
+             f"the gains: **{best}** ({per_name[best]:.3f}; network {per_name['network']:.3f}); of "
+             f"TIE + Wiener: **{best_z}** ({per_name[best_z]:.3f}).", "",
              "| maps | ℓ | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for group, level in keys:
         vals = [np.mean([np.mean(r[(group, level)][n]) for r in runs]) for n in names]

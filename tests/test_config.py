@@ -106,3 +106,15 @@ def test_base_key_errors_are_one_sentence(tmp_path) -> None:
 def test_the_removed_sampler_key_says_what_replaced_it() -> None:
     with pytest.raises(ConfigError, match="sample.eta"):
         apply_overrides(load_config("demo"), ["sample.sampler=ddim"])
+
+
+def test_a_value_fitting_no_member_of_a_union_names_every_accepted_form() -> None:
+    cases = {"data.data_consistency=newton": ("data.data_consistency: got 'newton'", "boolean", "'tie'"),
+             "data.tie_regularization=fast": ("data.tie_regularization: got 'fast'", "number", "'auto'")}
+    for override, parts in cases.items():
+        with pytest.raises(ConfigError) as err:
+            apply_overrides(load_config("qpi-2shot-tie"), [override])
+        message = str(err.value)
+        assert all(p in message for p in parts) and ".bool" not in message and "\n" not in message
+    with pytest.raises(ConfigError, match=r"^--set: train.steps: Input should be greater than or equal to 1"):
+        apply_overrides(load_config("demo"), ["train.steps=0"])  # plain fields keep pydantic's sentence

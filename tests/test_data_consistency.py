@@ -1,6 +1,8 @@
 """Data consistency for phase (issue 19): the model's estimate and samples moved towards the
-measured intensities by one TIE-preconditioned Gauss-Newton step, with a weight from the
-image's noise. Against independent computations with the physics functions."""
+measured intensities by one TIE-preconditioned Gauss-Newton step (``tie``) and then the
+Wiener step through the pair's transfer function (``tie+wiener``, the default), with
+weights from the image's noise. Against independent computations with the physics functions (the Wiener
+step's own math: tests/test_phase_consistency.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from scipy.ndimage import gaussian_filter
 from microdiff.checkpoint import Bundle
 from microdiff.config import ConfigError, apply_overrides, load_config
 from microdiff.data import phase
+from microdiff.data.phase_consistency import wiener_data_consistency
 from microdiff.data.phase_truth import QPIConfig, phase_map, simulate_qpi
 from microdiff.data.tasks import Task
 from microdiff.models import build_model
@@ -28,16 +31,18 @@ def _raw(size: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return phi, raw
 
 
-def _task(consistency: bool) -> Task:
+def _task(consistency: bool | str) -> Task:
     return Task("qpi-2shot", RANGE, "mean", baseline_channel=True, tie_regularization=1e-3,
                 data_consistency=consistency)
 
 
-def _step(phi_rad: torch.Tensor, raw: np.ndarray) -> torch.Tensor:
-    """The expected step, in rad: weight 100 σ̂² (floored) from the raw pair."""
+def _step(phi_rad: torch.Tensor, raw: np.ndarray, method: str = "tie") -> torch.Tensor:
+    """The expected step, in rad: ``tie`` with weight 100 σ̂² (floored) from the raw pair, then
+    for ``tie+wiener`` the Wiener step (the pair's own noise estimate)."""
     r = torch.as_tensor(raw, dtype=torch.float64)
     alpha = max(phase.DATA_CONSISTENCY_GAIN * phase.two_shot_noise(r[0], r[1]) ** 2, phase.ADAPTIVE_TIE_FLOOR)
-    return phase.tie_data_consistency(phi_rad, r[0], r[1], regularization=alpha)
+    tie = phase.tie_data_consistency(phi_rad, r[0], r[1], regularization=alpha)
+    return wiener_data_consistency(tie, r[0], r[1]) if method == "tie+wiener" else tie
 
 
 def test_config_and_task_rules() -> None:
@@ -50,9 +55,19 @@ def test_config_and_task_rules() -> None:
     assert Task.from_dict(_task(True).to_dict()).data_consistency
     assert not Task.from_dict({k: v for k, v in _task(True).to_dict().items() if k != "data_consistency"}
                               ).data_consistency  # bundles saved before the option
+    assert preset.data.data_consistency == "tie+wiener" and _task(True).data_consistency == "tie+wiener"
+    assert _task("tie").data_consistency == "tie" and _task(False).data_consistency == ""
+    assert Task.from_dict(_task("tie").to_dict()).data_consistency == "tie"
+    with pytest.raises(ValueError, match="data_consistency is one of"):
+        _task("newton")
+    tie = apply_overrides(load_config("qpi-2shot-tie"), ["data.data_consistency=tie"])
+    assert tie.data.data_consistency == "tie"
+    with pytest.raises(ConfigError):
+        apply_overrides(load_config("qpi-2shot-tie"), ["data.data_consistency=newton"])
 
 
-def test_refine_is_the_identity_when_off_and_one_step_per_image_when_on() -> None:
+@pytest.mark.parametrize("method", ["tie", "tie+wiener"])
+def test_refine_is_the_identity_when_off_and_one_step_per_image_when_on(method: str) -> None:
     phi, raw = _raw(48, 0.02, seed=1)
     x = _task(True).condition(torch.from_numpy(raw / raw.mean()).float())[None]
     g = torch.Generator().manual_seed(0)
@@ -61,23 +76,25 @@ def test_refine_is_the_identity_when_off_and_one_step_per_image_when_on() -> Non
     samples = point[:, None] + torch.from_numpy(smooth / smooth.std() * 0.05).float()  # smooth spread
     same = _task(False).refine(x, point, samples)
     assert same[0] is point and same[1] is None and same[2] is samples
-    p2, std2, s2 = _task(True).refine(x, point, samples)
+    p2, std2, s2 = _task(method).refine(x, point, samples)
     norm = x[0, :2].double()  # the step sees the normalised pair; its weight is scale-free
-    expect = _step(point[0, 0].double() * RANGE, norm.numpy()) / RANGE
+    expect = _step(point[0, 0].double() * RANGE, norm.numpy(), method) / RANGE
     torch.testing.assert_close(p2[0, 0].double(), expect, atol=1e-6, rtol=0)
-    each = torch.stack([_step(samples[0, k, 0].double() * RANGE, norm.numpy()) / RANGE for k in range(3)])
+    each = torch.stack([_step(samples[0, k, 0].double() * RANGE, norm.numpy(), method) / RANGE
+                        for k in range(3)])
     torch.testing.assert_close(s2[0, :, 0].double(), each, atol=1e-6, rtol=0)
     torch.testing.assert_close(std2[0, 0].double(), each.std(0, correction=1), atol=1e-6, rtol=0)
     # the intensities pin the smooth spread (TIE's regime, q² ≫ α): the refined samples agree
     assert float(std2.mean()) < 0.5 * float(samples.std(1).mean())
 
 
-def test_the_step_moves_a_wrong_estimate_to_the_truth_on_clean_data() -> None:
+@pytest.mark.parametrize("method", ["tie", "tie+wiener"])
+def test_the_step_moves_a_wrong_estimate_to_the_truth_on_clean_data(method: str) -> None:
     phi, raw = _raw(64, 0.0, seed=2)
     truth = torch.as_tensor(phi - phi.mean())
-    x = _task(True).condition(torch.from_numpy(raw / raw.mean()).float())[None]
+    x = _task(method).condition(torch.from_numpy(raw / raw.mean()).float())[None]
     wrong = 0.6 * truth  # a network that under-shoots by 40 %
-    point, _, _ = _task(True).refine(x, (wrong / RANGE).float()[None, None])
+    point, _, _ = _task(method).refine(x, (wrong / RANGE).float()[None, None])
     before = float((wrong - truth).square().mean().sqrt())
     after = float((point[0, 0].double() * RANGE - truth).square().mean().sqrt())
     assert after < 0.2 * before
@@ -94,7 +111,7 @@ def test_predict_applies_the_step_in_radians() -> None:
     out = predictor.predict(20 * raw, axes="CYX")  # any intensity scale
     plain = Predictor(predictor.model, Bundle(cfg.model, cfg.sample, 1, task=_task(False)))
     plain = plain.predict(raw, axes="CYX")
-    expect = _step(torch.as_tensor(plain.mean, dtype=torch.float64), raw / raw.mean()).numpy()
+    expect = _step(torch.as_tensor(plain.mean, dtype=torch.float64), raw / raw.mean(), "tie+wiener").numpy()
     np.testing.assert_allclose(out.mean, expect, atol=2e-5)
     assert float(np.abs(out.mean - plain.mean).max()) > 1e-2  # the step did something
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from .errors import ConfigError
+from .errors import ConfigError, first_error
 from .nets.unet import UNetSpec
 from .options import (
     Device,
@@ -149,8 +149,7 @@ class DataConfig(_Strict):
     photons: float = Field(200.0, gt=0, description="filaments: photon count of bright pixels")
     min_contrast: float = Field(0.0, ge=0, le=1, description="reject patches emptier than this")
     augment: bool = Field(True, description="random 90° rotations and flips")
-    pixel_size_um: float | None = Field(
-        None, gt=0, description="input pixel size when the files do not carry one")
+    pixel_size_um: float | None = Field(None, gt=0, description="input pixel size if the files carry none")
     task: TaskKind = Field(
         "sr", description="sr: super-resolution; qpi-*: phase (rad) from defocused intensities "
         "(data.path pairs, or simulated from data.phase_source when unset)")
@@ -169,7 +168,8 @@ class DataConfig(_Strict):
         "Tikhonov weight α (µm⁻⁴; larger damps more noise), or auto: α = 0.1 σ̂², σ̂ the image's noise")
     tie_extra_regularizations: list[PositiveFloat] = Field(default_factory=list, description="more TIE "
         "channels at these α (µm⁻⁴) before the baseline's; each adds one to model.in_channels")
-    data_consistency: bool = Field(False, description="qpi-2shot: move the output towards the intensities")
+    data_consistency: bool | Literal["tie", "tie+wiener"] = Field(False, description="qpi-2shot: move the "
+        "output towards the intensities: tie (a TIE Gauss-Newton step), tie+wiener (= true; then CTF Wiener)")
 
     @model_validator(mode="after")
     def _sizes(self) -> DataConfig:
@@ -294,13 +294,6 @@ class Config(_Strict):
         if s.point_estimate == "mean-net" and m.kind == "cvdm" and not m.zmd.enabled:
             raise ValueError("sample.point_estimate=mean-net needs the mean network (model.zmd.enabled=true)")
         return self
-
-
-def first_error(err: ValidationError, source: str) -> str:
-    """One sentence for a pydantic error: ``source: where: what``."""
-    e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-    return f"{source}: {where}: {e['msg']}"
 
 
 def config_from_dict(data: dict, source: str = "config") -> Config:

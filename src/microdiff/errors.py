@@ -1,5 +1,7 @@
 """Errors a user can cause. The CLI prints them as one sentence and exits non-zero."""
 
+import re
+
 import numpy as np
 
 
@@ -26,3 +28,20 @@ def check_finite(image, name: str = "") -> None:
         where = f"{name}: " if name else ""
         raise PixelValueError(f"{where}{bad} of {np.size(image)} pixels are NaN or infinite; "
                               "replace them (e.g. with the image's median) before using it")
+
+
+#: how pydantic tags the members of a union field in an error's location (``bool``,
+#: ``constrained-float``, ``literal['tie','tie+wiener']``, ...)
+_UNION_MEMBER = re.compile(r"^(bool|int|float|str|none|constrained-[a-z]+|(literal|list|tuple|dict)\[.*\])$")
+
+
+def first_error(err, source: str) -> str:
+    """One sentence for a pydantic ``ValidationError``: ``source: where: what``. A value that
+    fits none of a union field's types gets one sentence naming every accepted form."""
+    errors = [(tuple(str(p) for p in x["loc"]), x) for x in err.errors()]
+    loc, e = errors[0]
+    if len(loc) > 1 and _UNION_MEMBER.match(loc[-1]):
+        forms = [x["msg"].split(", unable")[0] for where, x in errors
+                 if where[:-1] == loc[:-1] and _UNION_MEMBER.match(where[-1])]
+        return f"{source}: {'.'.join(loc[:-1])}: got {e['input']!r}; {' or '.join(forms)}"
+    return f"{source}: {'.'.join(loc) or '(top level)'}: {e['msg']}"

@@ -37,6 +37,7 @@ from .normalize import PERCENTILES, Normalizer
 
 #: input channel names of the phase tasks (their channel count is fixed)
 QPI_CHANNEL_NAMES = {"qpi-2shot": ("defocus_minus", "defocus_plus"), "qpi-poly": ("red", "green", "blue")}
+DATA_CONSISTENCY = ("", "tie", "tie+wiener")  # off, TIE Gauss-Newton step, then the CTF Wiener step
 TEST_SIZE = {False: 32, True: 64}  # side of a simulated test input (is_phase → pixels)
 
 
@@ -51,7 +52,7 @@ class Task:
     baseline_channel: bool = False
     tie_regularization: float | str = 1e-3  # or "auto": from the pair's noise
     tie_extra_regularizations: tuple[float, ...] = ()
-    data_consistency: bool = False  # refine the output towards the intensities (needs the baseline)
+    data_consistency: bool | str = False  # towards the intensities: tie+wiener (= True), tie, off
 
     def __post_init__(self) -> None:
         choose(self.kind, TASKS, "task")
@@ -60,6 +61,11 @@ class Task:
             raise ValueError("the baseline channel needs task qpi-2shot with input_norm=mean")
         if isinstance(self.tie_regularization, str) and self.tie_regularization != "auto":
             raise ValueError(f"tie_regularization is a weight > 0 or 'auto', not {self.tie_regularization!r}")
+        consistency = self.data_consistency
+        consistency = {True: "tie+wiener", False: "", None: ""}.get(consistency, consistency)
+        if consistency not in DATA_CONSISTENCY:
+            raise ValueError(f"data_consistency is one of {DATA_CONSISTENCY} or a bool, not {consistency!r}")
+        object.__setattr__(self, "data_consistency", consistency)
         if (self.tie_extra_regularizations or self.data_consistency) and not self.baseline_channel:
             raise ValueError("extra TIE channels and data consistency need the baseline channel")
         object.__setattr__(self, "tie_extra_regularizations",  # a list from a bundle's JSON
@@ -205,22 +211,32 @@ class Task:
                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Data consistency (``data_consistency``; otherwise the inputs unchanged): the
         model's point estimate ``[B, 1, H, W]`` and samples ``[B, K, 1, H, W]`` (normalised
-        target units, whole images) each moved by one TIE-preconditioned Gauss-Newton step
-        towards the intensities of the condition ``x`` ``[B, C, H, W]``
-        (:func:`~microdiff.data.phase.tie_data_consistency`, weight α = gain · σ̂² from each
-        image's noise): frequencies the intensities determine follow them, the rest keep the
-        network's answer. Returns (point, std of the refined samples or None, samples)."""
+        target units, whole images) each moved towards the intensities of the condition
+        ``x`` ``[B, C, H, W]``: ``tie``, one TIE-preconditioned Gauss-Newton step, weight
+        α = gain · σ̂² from the image's noise (:func:`~microdiff.data.phase.tie_data_consistency`:
+        the smooth, strong part of the error, where TIE's geometric optics hold); ``tie+wiener``,
+        then a Wiener step through the pair's transfer function with the remaining error's
+        spectrum estimated from the residual
+        (:func:`~microdiff.data.phase_consistency.wiener_data_consistency`: the weak, fine part,
+        where TIE's small-angle transfer is wrong). Frequencies the intensities determine
+        follow them, the rest keep the network's answer. Returns (point, std of the refined
+        samples or None, samples)."""
         if not self.data_consistency:
             return point, None, samples
         from ..sampling import sample_statistics
-        from .phase import DATA_CONSISTENCY_GAIN, adaptive_tie_regularization, tie_data_consistency
+        from . import phase as ph
+        from .phase_consistency import wiener_data_consistency
 
         pairs = x[:, :2].double().cpu()
-        alphas = [adaptive_tie_regularization(p[0], p[1], DATA_CONSISTENCY_GAIN) for p in pairs]
+        sigmas = [ph.two_shot_noise(p[0], p[1]) for p in pairs]
 
         def step(phi: torch.Tensor, i: int) -> torch.Tensor:  # [..., H, W] normalised
-            out = tie_data_consistency(phi.double().cpu() * self.phase_range, pairs[i, 0], pairs[i, 1],
-                                       regularization=alphas[i])
+            alpha = max(ph.DATA_CONSISTENCY_GAIN * sigmas[i] ** 2, ph.ADAPTIVE_TIE_FLOOR)
+            out = ph.tie_data_consistency(phi.double().cpu() * self.phase_range, pairs[i, 0], pairs[i, 1],
+                                          regularization=alpha)
+            if self.data_consistency == "tie+wiener":
+                out = torch.stack([wiener_data_consistency(p, pairs[i, 0], pairs[i, 1], noise_std=sigmas[i])
+                                   for p in out.reshape(-1, *out.shape[-2:])]).reshape(out.shape)
             return (out / self.phase_range).to(phi.dtype).to(phi.device)
 
         point = torch.stack([step(point[i], i) for i in range(len(point))])
