@@ -19,12 +19,12 @@ Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks
     .venv/bin/python benchmarks/qpi_models.py --quick     # ~20 min: a check, not a conclusion
     .venv/bin/python benchmarks/qpi_models.py --full      # GPU-sized
 
-``--methods`` picks other methods (issue 19's designs: ``cvdm-tieauto-mean-cells-dc``, the
-``qpi-2shot-tie`` preset, and its variants; ``-dc``: the same trained run with data
-consistency at prediction), ``--levels`` other noise levels, ``--cell-draws`` noise draws
-of the ``cell``, ``--figure
-METHOD`` the cell figure of that method (docs/img/qpi_cell_METHOD.png); each set writes its
-own section.
+``--methods`` picks other methods (issue 19's designs: ``cvdm-tieauto-mean-cells-wdc``, the
+``qpi-2shot-tie`` preset, and its variants; ``-dc`` / ``-wdc``: the same trained run with
+data consistency ``tie`` / ``tie+wiener`` at prediction, scored on the same samples: each
+test item's samples are cached in the run folder), ``--levels`` other noise levels,
+``--cell-draws`` noise draws of the ``cell``, ``--figure METHOD`` the cell figure of that
+method (docs/img/qpi_cell_METHOD.png); each set writes its own section.
 """
 
 from __future__ import annotations
@@ -246,7 +246,8 @@ def main() -> None:
 def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[float, ...] = LEVELS,
                 samples: int = 8) -> None:
     """Rows: the noise levels; columns: the raw intensities at ∓Δz, TIE (α tuned), the
-    ``method``'s point estimate and std (``samples`` × the preset's steps) and the truth, all in rad."""
+    ``method``'s point estimate, std (``samples`` × the preset's steps) and error, and the
+    truth, all in rad."""
     import matplotlib.pyplot as plt
 
     from microdiff.plots import save_figure
@@ -257,7 +258,7 @@ def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[fl
     truth = cell_phase(Q.PHASE_RANGE, 256)
     gen = torch.Generator().manual_seed(seed)
     lo, hi = float(truth.min()), float(truth.max())
-    fig, axes = plt.subplots(len(levels), 6, figsize=(17, 3.1 * len(levels)), dpi=100)
+    fig, axes = plt.subplots(len(levels), 7, figsize=(19.5, 3.1 * len(levels)), dpi=100)
     for row, level in zip(axes, levels, strict=True):
         raw = Q.acquire(truth, level, Q.TEST_SEED)  # the same noisy intensities for both;
         # make_pair min-max normalises them for CVDM as in training
@@ -274,9 +275,10 @@ def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[fl
         m_cvdm = phase_metrics(mean, truth, Q.PHASE_RANGE)["rmse_rad"]
         panels = [(raw[0].numpy(), f"ℓ = {level:g}: intensity at −1 µm", "gray", None),
                   (raw[1].numpy(), "intensity at +1 µm", "gray", None),
-                  (shift(tie), f"TIE [rad], RMSE {m_tie:.2f}", "viridis", (lo, hi)),
-                  (shift(mean), f"{method} estimate [rad], RMSE {m_cvdm:.2f}", "viridis", (lo, hi)),
-                  (std, f"{method} std [rad]", "magma", None),
+                  (shift(tie), f"TIE [rad], RMSE {m_tie:.3f}", "viridis", (lo, hi)),
+                  (shift(mean), f"estimate [rad], RMSE {m_cvdm:.3f}", "viridis", (lo, hi)),
+                  (std, "std [rad]", "magma", None),
+                  (shift(mean) - truth, "estimate − truth [rad]", "RdBu_r", (-0.5, 0.5)),
                   (truth, "truth [rad]", "viridis", (lo, hi))]
         Q.draw_panels(fig, row, panels)
     fig.suptitle(f"scikit-image `cell` as held-out phase truth: {method} ({steps} training steps, "
@@ -309,7 +311,9 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
              f"Each trained method: the `qpi-2shot` / `qpi-poly` preset (1.0 M-parameter U-Net) with the "
              "method's overrides (`METHODS` in the script: the `-tie` designs add the TIE channel, "
              "`-mean` a mean network (2.0 M parameters in all), `-cells` synthetic cells to the "
-             f"natural-image phase maps in training), {z['steps']} steps of batch 8 on 64² patches, seeds "
+             "natural-image phase maps in training; `-dc` / `-wdc`: the same trained run and the same "
+             "samples with data consistency `tie` / `tie+wiener` at prediction), "
+             f"{z['steps']} steps of batch 8 on 64² patches, seeds "
              f"{', '.join(map(str, z['seeds']))}. Test: {z['n']} held-out "
              "natural phase maps (128²) and scikit-image's real phase image `cell` (256²) at noise "
              f"ℓ = {level_list}" + (f" (the `cell`: {args.cell_draws} noise draws per level, RMSE their mean)"
