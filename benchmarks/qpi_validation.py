@@ -32,7 +32,11 @@ from _report import machine, today, write_section  # noqa: E402
 from microdiff.data import phase  # noqa: E402
 from microdiff.data.cell_phantoms import cell_phantom  # noqa: E402
 from microdiff.data.datasets import make_pair  # noqa: E402
-from microdiff.data.phase_consistency import WIENER_THRESHOLD, wiener_data_consistency  # noqa: E402
+from microdiff.data.phase_consistency import (  # noqa: E402
+    WIENER_THRESHOLD,
+    data_consistency,
+    wiener_data_consistency,
+)
 from microdiff.data.sources import task_of  # noqa: E402
 from microdiff.metrics import phase_metrics  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
@@ -72,8 +76,7 @@ def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800,
                 alpha = max(g * sigma2, phase.ADAPTIVE_TIE_FLOOR)
                 step = phase.tie_data_consistency(net, raw[0], raw[1], regularization=alpha)
                 est[f"gain {g:g}"] = step.numpy()
-            tie_step = phase.tie_data_consistency(net, raw[0], raw[1], regularization=max(
-                phase.DATA_CONSISTENCY_GAIN * sigma2, phase.ADAPTIVE_TIE_FLOOR))
+            tie_step = data_consistency(net, raw[0], raw[1], "tie")
             est[f"Wiener z {WIENER_THRESHOLD:g} alone"] = wiener_data_consistency(net, raw[0], raw[1]).numpy()
             for z in thresholds:
                 est[f"tie+Wiener z {z:g}"] = wiener_data_consistency(tie_step, raw[0], raw[1],

@@ -27,7 +27,15 @@ import math
 import torch
 from torch import Tensor
 
-from .phase import TwoShotConfig, frequencies, two_shot, two_shot_noise
+from .phase import (
+    ADAPTIVE_TIE_FLOOR,
+    DATA_CONSISTENCY_GAIN,
+    TwoShotConfig,
+    frequencies,
+    tie_data_consistency,
+    two_shot,
+    two_shot_noise,
+)
 
 #: a ring of frequencies is trusted when its residual power exceeds the noise's by z/√m
 #: (m its number of frequencies); z = 3–10 within 0.002 rad on validation maps, 4 the best
@@ -84,3 +92,19 @@ def wiener_data_consistency(phi: Tensor, i_minus: Tensor, i_plus: Tensor, cfg: T
     gain = ctf * error_power / (ctf.square() * error_power + noise).clamp_min(1e-30)
     gain[0, 0] = 0.0  # the mean phase is not determined
     return phi + torch.fft.ifft2(r_hat * gain).real
+
+
+def data_consistency(phi: Tensor, i_minus: Tensor, i_plus: Tensor, method: str = "tie+wiener",
+                     noise_std: float | None = None, cfg: TwoShotConfig | None = None) -> Tensor:
+    """``phi`` ``[..., H, W]`` (rad, one pair's estimates) moved towards the pair ``[H, W]``:
+    ``tie``, one TIE Gauss-Newton step (:func:`~microdiff.data.phase.tie_data_consistency`,
+    α = ``DATA_CONSISTENCY_GAIN`` · σ̂², floored); ``tie+wiener``, then the Wiener step on each
+    estimate. ``noise_std``: σ̂ (default: :func:`~microdiff.data.phase.two_shot_noise`). float64."""
+    sigma = two_shot_noise(i_minus, i_plus) if noise_std is None else noise_std
+    alpha = max(DATA_CONSISTENCY_GAIN * sigma**2, ADAPTIVE_TIE_FLOOR)
+    out = tie_data_consistency(phi, i_minus, i_plus, cfg, alpha)
+    if method == "tie+wiener":
+        flat = out.reshape(-1, *out.shape[-2:])
+        each = [wiener_data_consistency(p, i_minus, i_plus, cfg, sigma) for p in flat]
+        out = torch.stack(each).reshape(out.shape)
+    return out

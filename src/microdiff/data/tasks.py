@@ -224,19 +224,15 @@ class Task:
         if not self.data_consistency:
             return point, None, samples
         from ..sampling import sample_statistics
-        from . import phase as ph
-        from .phase_consistency import wiener_data_consistency
+        from .phase import two_shot_noise
+        from .phase_consistency import data_consistency
 
         pairs = x[:, :2].double().cpu()
-        sigmas = [ph.two_shot_noise(p[0], p[1]) for p in pairs]
+        sigmas = [two_shot_noise(p[0], p[1]) for p in pairs]
 
         def step(phi: torch.Tensor, i: int) -> torch.Tensor:  # [..., H, W] normalised
-            alpha = max(ph.DATA_CONSISTENCY_GAIN * sigmas[i] ** 2, ph.ADAPTIVE_TIE_FLOOR)
-            out = ph.tie_data_consistency(phi.double().cpu() * self.phase_range, pairs[i, 0], pairs[i, 1],
-                                          regularization=alpha)
-            if self.data_consistency == "tie+wiener":
-                out = torch.stack([wiener_data_consistency(p, pairs[i, 0], pairs[i, 1], noise_std=sigmas[i])
-                                   for p in out.reshape(-1, *out.shape[-2:])]).reshape(out.shape)
+            out = data_consistency(phi.double().cpu() * self.phase_range, pairs[i, 0], pairs[i, 1],
+                                   self.data_consistency, sigmas[i])
             return (out / self.phase_range).to(phi.dtype).to(phi.device)
 
         point = torch.stack([step(point[i], i) for i in range(len(point))])
