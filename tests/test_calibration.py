@@ -1,4 +1,4 @@
-"""Calibration of the std and risk-controlling intervals (issue 18), against closed forms and
+"""Calibration of the std and conformal intervals (issue 18), against closed forms and
 synthetic data with a known error scale."""
 
 from __future__ import annotations
@@ -85,3 +85,85 @@ def test_interval_refuses_too_few_units_and_tiles_refuse_small_images() -> None:
     assert len(tiles) == 2 * 4 and tiles[0][0].shape == (16, 16)
     with pytest.raises(ValueError, match="no 16×16"):
         C.tile_units(np.ones((8, 70)), np.zeros((8, 70)), 16)
+
+
+def test_unit_score_is_the_order_statistic_that_leaves_alpha_outside() -> None:
+    std = np.ones(100)
+    error = np.arange(1.0, 101.0)  # ratios 1 … 100
+    score = float(C.unit_scores([(std, error)], 0.1)[0])
+    assert score == 90.0  # 10 of 100 pixels (91 … 100) outside: exactly α
+    assert C.miscoverage(std, error, score) == pytest.approx(0.1)
+    assert C.miscoverage(std, error, score - 1e-6) > 0.1  # any smaller factor leaves more outside
+    assert float(C.unit_scores([(2 * std, error)], 0.1)[0]) == 45.0  # ratios, not errors
+
+
+def _images(n: int, rng: np.random.Generator, pixels: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Exchangeable images whose std is mis-scaled by an image-specific factor (the errors of
+    one image are correlated through it) and whose errors are heavy-tailed."""
+    out = []
+    for _ in range(n):
+        sigma = rng.uniform(0.05, 0.5, pixels)
+        out.append((sigma, rng.lognormal(0.0, 0.4) * sigma * rng.standard_t(3, pixels)))
+    return out
+
+
+def test_conformal_interval_holds_for_a_new_unit_with_the_promised_probability() -> None:
+    """Over 3000 draws of 19 calibration images and one new image, the new image's
+    miscoverage is ≤ α with probability in [1 − δ, 1 − δ + 1/(n + 1)] (= [0.90, 0.95]): a
+    rank one too low or one too high leaves that band."""
+    rng = np.random.default_rng(4)
+    alpha, delta, n, trials = 0.1, 0.1, 19, 3000
+    held = 0
+    for _ in range(trials):
+        imgs = _images(n + 1, rng)
+        lam = C.fit_interval_conformal(imgs[:n], alpha, delta)
+        held += C.miscoverage(*imgs[n], lam) <= alpha
+    rate = held / trials
+    assert 0.90 - 0.015 <= rate <= 0.95 + 0.015  # ± 2.7 binomial std
+    assert 0.90 - 0.015 <= rate <= 0.90 + 0.015  # continuous scores: exactly ⌈(n+1)(1−δ)⌉/(n+1) = 0.90
+
+
+def test_conformal_interval_needs_enough_units() -> None:
+    rng = np.random.default_rng(5)
+    assert C.min_conformal_units(0.1) == 9 and C.min_conformal_units(0.05) == 19
+    C.fit_interval_conformal(_images(9, rng), 0.1, 0.1)  # rank ⌈10 · 0.9⌉ = 9 ≤ 9
+    with pytest.raises(C.Uncertifiable, match="at least 9"):
+        C.fit_interval_conformal(_images(8, rng), 0.1, 0.1)
+    with pytest.raises(ValueError, match="alpha and delta"):
+        C.fit_interval_conformal(_images(9, rng), 0.1, 1.0)
+
+
+def test_fit_takes_images_as_units_when_there_are_enough() -> None:
+    rng = np.random.default_rng(6)
+    maps = [(s.reshape(16, 16), e.reshape(16, 16)) for s, e in _images(12, rng)]
+    auto = C.fit(maps, samples=8, steps=20, source="synthetic")
+    assert auto.unit == "image" and auto.units == 12 and auto.interval_method == "conformal"
+    calibrated = [(auto.std.apply(s), e) for s, e in maps]
+    assert auto.interval_factor == C.fit_interval_conformal(calibrated, 0.1, 0.1)
+    few = C.fit(maps[:8], tile=8, samples=8, steps=20, source="synthetic")  # 8 < 9 images: 4 tiles each
+    assert few.unit == "tile" and few.units == 32 and few.interval_factor is not None
+    assert "new 8×8 tile" in few.promise() and "new image" in auto.promise()
+    forced = C.fit(maps[:8], unit="image", samples=8, steps=20, source="synthetic")
+    assert forced.interval_factor is None and "cannot certify" in forced.promise()
+    with pytest.raises(ValueError, match="unit must be"):
+        C.fit(maps, unit="pixel", samples=8, steps=20, source="synthetic")
+
+
+def test_std_targets_match_their_closed_forms_on_gaussian_and_laplace_errors() -> None:
+    rng = np.random.default_rng(7)
+    sigma = rng.uniform(0.05, 0.5, 400_000)  # the error's RMS per pixel, given as the std
+    gauss = rng.normal(0.0, sigma)
+    for target in C.STD_TARGETS:  # Gaussian: RMS, 68.27 % quantile and their mean coincide
+        cal = C.fit_std_calibration(sigma, gauss, target=target)
+        assert cal.slope == pytest.approx(1.0, rel=0.03) and abs(cal.offset) < 0.005
+    laplace = rng.laplace(0.0, sigma / math.sqrt(2))  # scale b = RMS/√2
+    q = math.log(1 / (1 - C.ONE_SIGMA)) / math.sqrt(2)  # P(|e| ≤ q·RMS) = 0.6827 for a Laplace
+    expected = {"rms": 1.0, "coverage": q, "balanced": math.sqrt(q)}
+    for target, slope in expected.items():
+        cal = C.fit_std_calibration(sigma, laplace, target=target)
+        assert cal.slope == pytest.approx(slope, rel=0.03) and abs(cal.offset) < 0.005, target
+        inside = float(np.mean(np.abs(laplace) <= cal.apply(sigma)))
+        assert inside == pytest.approx(1 - math.exp(-math.sqrt(2) * slope), abs=0.01), target
+    assert 0.72 < 1 - math.exp(-math.sqrt(2) * math.sqrt(q)) < 0.73  # balanced: ±1σ between the two
+    with pytest.raises(ValueError, match="target must be"):
+        C.calibration_bins(sigma, gauss, target="mad")

@@ -46,6 +46,11 @@ def test_calibration_round_trips_through_the_bundle(model_folder) -> None:
     assert read_bundle(model_folder).calibration == CAL
     meta = json.loads((model_folder / "bundle.json").read_text())
     assert meta["calibration"]["method"] == "binned-linear" and meta["calibration"]["source"] == "held-out"
+    new = replace(CAL, unit="image", interval_method="conformal", target="balanced")
+    write_calibration(model_folder, new)
+    assert read_bundle(model_folder).calibration == new
+    older = {k: v for k, v in new.to_dict().items() if k not in ("unit", "interval_method", "target")}
+    assert Calibration.from_dict(older) == replace(new, unit="tile", interval_method="rcps", target="rms")
     write_calibration(model_folder, None)
     assert read_bundle(model_folder).calibration is None
 
@@ -75,9 +80,10 @@ def test_calibrate_command_fits_stores_and_predict_writes_the_interval(model_fol
     write_simulated_pairs(data, "mt", 2, 64, level=9, seed=5, progress=False)
     proc = _run("calibrate", str(model_folder), str(data), "--tile", "8")
     assert proc.returncode == 0, proc.stderr
-    assert "±1σ coverage" in proc.stdout and "interval: mean ±" in proc.stdout
+    assert "±1σ coverage" in proc.stdout and "mean ±" in proc.stdout and "8×8 tile's pixels" in proc.stdout
     cal = read_bundle(model_folder).calibration
     assert cal is not None and cal.images == 2 and cal.pixels == 2 * 64 * 64 and cal.units == 2 * 64
+    assert cal.unit == "tile" and cal.interval_method == "conformal"  # 2 images < 9: tiles
     assert cal.samples == 3 and cal.steps == 2 and cal.source == str(data)
     assert cal.interval_factor is not None and 0.6 < cal.coverage_after < 0.76  # the fit's own pixels
     out = tmp_path / "pred"
@@ -106,6 +112,8 @@ def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> 
     write_simulated_pairs(data, "mt", 1, 16, level=9, seed=5, progress=False)
     proc = _run("calibrate", str(model_folder), str(data))
     assert proc.returncode != 0 and "no 32×32 calibration tile" in proc.stderr
+    proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--unit", "pixel")
+    assert proc.returncode != 0 and "unit must be one of auto, image, tile" in proc.stderr
     proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--alpha", "1.5")
     assert proc.returncode != 0 and "alpha and delta" in proc.stderr
     proc = _run("predict", str(model_folder), str(data / "input"), "--out", str(tmp_path / "p"), "--raw-std")

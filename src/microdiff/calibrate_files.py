@@ -2,7 +2,7 @@
 
 The model samples each held-out input as ``predict`` would (same K, steps, tiling), in
 its normalised target units; the errors against the targets (normalised as in training)
-fit the std map and the risk-controlling interval of :mod:`microdiff.calibration`, which
+fit the std map and the conformal interval of :mod:`microdiff.calibration`, which
 are stored in the model folder's ``bundle.json``. ``predict``, ``evaluate``, napari and
 the BioImage Model Zoo export then use them. The held-out pairs must not be training
 files, and should be like the images the model will be used on: the interval's promise
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import Calibration, fit
+from .calibration import UNITS, Calibration, fit, min_conformal_units
 from .checkpoint import write_calibration
 from .data.axes import as_2d, as_chw
 from .data.datasets import paired_files
@@ -43,15 +43,18 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
 
 def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
               samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
-              delta: float = 0.1, tile: int = 32, progress: bool = False) -> Calibration:
+              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "auto") -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
-    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's."""
+    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's; ``unit``
+    as :func:`microdiff.calibration.fit`."""
     if not predictor.model.generative:
         raise UserError("this model is a regression baseline: it has no std to calibrate")
     if not (0 < alpha < 1 and 0 < delta < 1):
         raise UserError(f"alpha and delta must lie in (0, 1), got {alpha} and {delta}")
     if tile < 4:
         raise UserError(f"tile must be at least 4 pixels, got {tile}")
+    if unit not in UNITS:
+        raise UserError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     samples = samples or predictor.bundle.sample.samples
     steps = steps or predictor.bundle.sample.steps
     if samples < 2:
@@ -59,11 +62,12 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
     maps = held_out_maps(predictor, pairs, samples, steps, seed, progress)
     if not maps:
         raise UserError(f"{source}: no held-out pairs to calibrate on")
+    tiles = unit == "tile" or (unit == "auto" and len(maps) < min_conformal_units(delta))
     small = [m[0].shape for m in maps if min(m[0].shape) < tile]
-    if small:
+    if tiles and small:
         raise UserError(f"{source}: an image of {small[0][0]}×{small[0][1]} pixels holds no {tile}×{tile} "
                         "calibration tile; use --tile with a smaller value")
-    return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source)
+    return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source, unit=unit)
 
 
 def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, np.ndarray]]:
@@ -86,11 +90,11 @@ def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, n
 
 def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
                      seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-                     progress: bool = True) -> Calibration:
+                     progress: bool = True, unit: str = "auto") -> Calibration:
     """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
     in its ``bundle.json``."""
     predictor = load(model)
     cal = calibrate(predictor, folder_pairs(predictor, data), str(data), samples, steps, seed, alpha, delta,
-                    tile, progress)
+                    tile, progress, unit)
     write_calibration(model, cal)
     return cal

@@ -174,23 +174,22 @@ def calibrate(
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     alpha: Annotated[float, typer.Option(help="interval: allowed fraction of pixels outside it")] = 0.1,
     delta: Annotated[float, typer.Option(help="interval: allowed chance that the promise fails")] = 0.1,
-    tile: Annotated[int, typer.Option(help="side of the calibration units (output pixels)")] = 32,
+    tile: Annotated[int, typer.Option(help="side of the calibration tiles (output pixels)")] = 32,
+    unit: Annotated[str, typer.Option(help="interval units: image, tile, or auto (images when there "
+                                            "are enough to certify it: 9 at delta 0.1)")] = "auto",
 ) -> None:
-    """Fit the std calibration and the risk-controlling interval on held-out pairs and store
+    """Fit the std calibration and the conformal interval on held-out pairs and store
     them in the model (used by predict, evaluate, napari and export)."""
     from .calibrate_files import calibrate_folder
 
-    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile)
-    print(f"calibrated {model} on {cal.images} image(s) of {data} ({cal.pixels} pixels, {cal.units} tiles of "
-          f"{cal.tile}², {cal.samples} samples × {cal.steps} steps): std → {cal.std.slope:.3g}·std + "
+    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit)
+    units = f"{cal.units} images" if cal.unit == "image" else f"{cal.units} tiles of {cal.tile}²"
+    print(f"calibrated {model} on {cal.images} image(s) of {data} ({cal.pixels} pixels, {units}, "
+          f"{cal.samples} samples × {cal.steps} steps): std → {cal.std.slope:.3g}·std + "
           f"{cal.std.offset:.3g}; ±1σ coverage {cal.coverage_before:.3f} → {cal.coverage_after:.3f} "
           "(0.683 if Gaussian)")
-    if cal.interval_factor is None:
-        print(f"no interval: {cal.units} tiles cannot certify ≤ {alpha:g} of pixels outside at confidence "
-              f"{1 - delta:g}; calibrate on more images or use a smaller --tile")
-    else:
-        print(f"interval: mean ± {cal.interval_factor:.3g}·std holds all but ≤ {alpha:g} of a tile's pixels "
-              f"in expectation, with confidence {1 - delta:g} (for images like these)")
+    print(cal.promise() + ("" if cal.interval_factor is not None
+                           else "; calibrate on more images or use a smaller --tile"))
 
 
 @app.command()

@@ -41,7 +41,7 @@ class Prediction:
     std_raw: np.ndarray | None = None
     """The uncalibrated std (the K samples' spread) when ``std`` is calibrated, else None."""
     lower: np.ndarray | None = None
-    """Lower end of the risk-controlling interval (the bundle's calibration), else None."""
+    """Lower end of the conformal interval (the bundle's calibration), else None."""
     upper: np.ndarray | None = None
     """Upper end of the interval, else None."""
     schedule: np.ndarray | None = None
@@ -104,7 +104,7 @@ class Predictor:
         ``progress(done, total)`` is called after each network step (sampling steps × tile
         batches), e.g. to drive a progress bar. When the bundle holds a calibration and
         ``calibrated`` (default), ``std`` is the calibrated std (``std_raw`` the samples'
-        spread) and ``lower``/``upper`` the risk-controlling interval.
+        spread) and ``lower``/``upper`` the conformal interval.
         """
         _check_options(samples, steps, tile_batch, tile, overlap)
         if return_schedule and not self.model.generative:

@@ -201,7 +201,7 @@ class _Run:
         write_calibration(self.out / "model", cal)
         if self.progress:
             interval = (f"interval ±{cal.interval_factor:.2f}·std" if cal.interval_factor is not None
-                        else f"no interval ({cal.units} tiles are too few to certify it)")
+                        else f"no interval ({cal.units} {cal.unit}s are too few to certify it)")
             print(f"calibrated on {cal.images} validation crops: ±1σ coverage {cal.coverage_before:.2f} → "
                   f"{cal.coverage_after:.2f}; {interval} (microdiff calibrate refits it on held-out pairs)")
 
