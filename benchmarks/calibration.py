@@ -303,13 +303,18 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
     spread = max(float(ause["std"].std()), float(ause["intensity"].std()))
     verdict = ("ranks errors better than" if gap > spread else "does *not* rank errors better than"
                if gap < -spread else "ties (within the seed spread) with")
-    lines += ["", "How to read it: the calibration matches the RMS error to the std in bins (CAREamics' "
-              "convention), so `NAME_std.tif` is an error scale; with heavy-tailed errors (most pixels "
-              "small, a few missed or invented filament pieces large) that puts more than 68 % of pixels "
-              "inside ±1σ, and the interval, not ±1σ, is the coverage statement. The interval's promise "
-              "counts 32² tiles as exchangeable units; tiles of one image are correlated, which is why it "
-              "can hold in somewhat fewer splits than 1 − δ. On the real cell the simulated calibration "
-              "does not transfer; calibrating on half of the field of view does. The std "
+    lines += ["", f"How to read it: the std map is fitted to the bins' *{target}* scale of the error (the "
+              "std-target table above compares the three), so `NAME_std.tif` is an error scale; errors are "
+              "heavy-tailed (most pixels small, a few missed or invented filament pieces large), so a std "
+              "matched to the RMS error holds more than 68 % of pixels within ±1σ, one matched to the 68 % "
+              "quantile under-states the RMS error, and neither is a coverage promise. The interval is: "
+              "split conformal over held-out *images* (the default with ≥ 9 of them) promises that a new "
+              "image exchangeable with them has at most α of its pixels outside with probability ≥ 1 − δ, "
+              "and the splits table checks it on images no fit saw; over *tiles* (32²) the same rank "
+              "treats the tiles of one image as exchangeable with each other, which errors that share an "
+              "image's noise and content are not, and the Hoeffding–Bentkus risk control bounds only the "
+              "tiles' average. On the real cell the simulated calibration does not transfer; calibrating "
+              "on half of the field of view (16² tiles) does. The std "
               + verdict + " the local intensity of the estimate by AUSE here."]
     return lines
 

@@ -84,11 +84,20 @@ METHODS["cvdm-tieauto-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "data.tie
 METHODS["fixed-cosine-tie-mean-cells"] = [*METHODS["cvdm-tie-mean-cells"], "model.schedule.kind=fixed-cosine"]
 METHODS["fixed-cosine-tieauto-mean-cells"] = [*METHODS["cvdm-tieauto-mean-cells"],
                                              "model.schedule.kind=fixed-cosine"]
+# issue 19's low frequencies: 256² training images (cells 51-115 px across, like the real
+# `cell`'s ~100-px body) cut into 128² patches, batch 2: the pixels, and so the CPU time, of a
+# step stay those of 64² × 8, but a patch holds a whole cell and its background
+METHODS["cvdm-tieauto-mean-cells-field"] = [*METHODS["cvdm-tieauto-mean-cells"], "data.image_size=256",
+                                            "data.size=128", "train.batch_size=2"]
+# the same pixels per step on the 128² training images whole (cells 26-58 px): the field
+# of a test map, without rescaling the natural maps' content
+METHODS["cvdm-tieauto-mean-cells-whole"] = [*METHODS["cvdm-tieauto-mean-cells"], "data.size=128",
+                                            "train.batch_size=2"]
 # prediction-time variants of trained runs, data consistency on the same trained models:
 # -dc, one TIE-preconditioned Gauss-Newton step towards the intensities (data_consistency=tie);
 # -wdc, that step and then the Wiener step through the pair's transfer function (tie+wiener)
 _DC_BASES = ("cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells", "cvdm-tie-mean-cells",
-             "regression-tie-cells")
+             "regression-tie-cells", "cvdm-tieauto-mean-cells-field", "cvdm-tieauto-mean-cells-whole")
 _DC = {"dc": "tie", "wdc": "tie+wiener"}
 TRAINED_AS = {f"{m}-{v}": m for m in _DC_BASES for v in _DC}
 for _m in _DC_BASES:
@@ -97,6 +106,7 @@ for _m in _DC_BASES:
 TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean", "cvdm-tie3-mean", "regression-tie3",
                  "cvdm-tie-mean-cells", "cvdm-tie3-mean-cells", "regression-tie-cells",
                  "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
+                 "cvdm-tieauto-mean-cells-field", "cvdm-tieauto-mean-cells-whole",
                  *TRAINED_AS)
 DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
@@ -313,7 +323,9 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
              "`-mean` a mean network (2.0 M parameters in all), `-cells` synthetic cells to the "
              "natural-image phase maps in training; `-dc` / `-wdc`: the same trained run and the same "
              "samples with data consistency `tie` / `tie+wiener` at prediction), "
-             f"{z['steps']} steps of batch 8 on 64² patches, seeds "
+             f"{z['steps']} steps of batch 8 on 64² patches (`-field`: 256² training images cut into "
+             "128² patches, batch 2; `-whole`: the 128² training images whole, batch 2: the same pixels "
+             "per step), seeds "
              f"{', '.join(map(str, z['seeds']))}. Test: {z['n']} held-out "
              "natural phase maps (128²) and scikit-image's real phase image `cell` (256²) at noise "
              f"ℓ = {level_list}" + (f" (the `cell`: {args.cell_draws} noise draws per level, RMSE their mean)"
