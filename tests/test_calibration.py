@@ -136,11 +136,12 @@ def test_conformal_interval_needs_enough_units() -> None:
 def test_fit_takes_images_as_units_when_there_are_enough() -> None:
     rng = np.random.default_rng(6)
     maps = [(s.reshape(16, 16), e.reshape(16, 16)) for s, e in _images(12, rng)]
-    auto = C.fit(maps, samples=8, steps=20, source="synthetic")
+    auto = C.fit(maps, samples=8, steps=20, source="synthetic", unit="auto")
     assert auto.unit == "image" and auto.units == 12 and auto.interval_method == "conformal"
     calibrated = [(auto.std.apply(s), e) for s, e in maps]
     assert auto.interval_factor == C.fit_interval_conformal(calibrated, 0.1, 0.1)
-    few = C.fit(maps[:8], tile=8, samples=8, steps=20, source="synthetic")  # 8 < 9 images: 4 tiles each
+    few = C.fit(maps[:8], tile=8, samples=8, steps=20, source="synthetic", unit="auto")  # 8 < 9: tiles
+    assert C.fit(maps, tile=8, samples=8, steps=20, source="synthetic").unit == "tile"  # the default
     assert few.unit == "tile" and few.units == 32 and few.interval_factor is not None
     assert "new 8×8 tile" in few.promise() and "new image" in auto.promise()
     forced = C.fit(maps[:8], unit="image", samples=8, steps=20, source="synthetic")

@@ -43,7 +43,7 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
 
 def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
               samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
-              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "auto") -> Calibration:
+              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "tile") -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
     ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's; ``unit``
     as :func:`microdiff.calibration.fit`."""
@@ -90,7 +90,7 @@ def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, n
 
 def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
                      seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-                     progress: bool = True, unit: str = "auto") -> Calibration:
+                     progress: bool = True, unit: str = "tile") -> Calibration:
     """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
     in its ``bundle.json``."""
     predictor = load(model)

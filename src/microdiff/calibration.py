@@ -268,12 +268,13 @@ class Calibration:
 
 
 def fit(maps: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-        *, samples: int, steps: int, source: str, unit: str = "auto", target: str = "rms") -> Calibration:
+        *, samples: int, steps: int, source: str, unit: str = "tile", target: str = "rms") -> Calibration:
     """Fit the std map and the interval on held-out (std, error) 2-D maps in the model's
     normalised target units (error = estimate − target). The interval is split conformal
-    over ``unit``s: each map (``"image"``), its ``tile``² tiles (``"tile"``), or
+    over ``unit``s: its ``tile``² tiles (``"tile"``, the default), each map (``"image"``), or
     (``"auto"``) images when there are at least :func:`min_conformal_units` of them, else
-    tiles."""
+    tiles. Images as units give the per-image promise, but with few images λ̂ is the largest
+    score, which one image with a near-zero std makes vacuous (docs/benchmarks.md)."""
     if not maps:
         raise ValueError("no held-out images to calibrate on")
     if unit not in UNITS:

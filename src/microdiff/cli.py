@@ -175,8 +175,8 @@ def calibrate(
     alpha: Annotated[float, typer.Option(help="interval: allowed fraction of pixels outside it")] = 0.1,
     delta: Annotated[float, typer.Option(help="interval: allowed chance that the promise fails")] = 0.1,
     tile: Annotated[int, typer.Option(help="side of the calibration tiles (output pixels)")] = 32,
-    unit: Annotated[str, typer.Option(help="interval units: image, tile, or auto (images when there "
-                                            "are enough to certify it: 9 at delta 0.1)")] = "auto",
+    unit: Annotated[str, typer.Option(help="interval units: tile, image (a per-image promise; needs 9 "
+                                            "images at delta 0.1 and can be very wide), or auto")] = "tile",
 ) -> None:
     """Fit the std calibration and the conformal interval on held-out pairs and store
     them in the model (used by predict, evaluate, napari and export)."""
