@@ -315,8 +315,8 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
               "image with a near-zero std makes it vacuous (the half-width column: a mean over splits "
               "dragged up by such splits); the Hoeffding–Bentkus risk control bounds only the tiles' "
               "average and held in fewer splits than promised. On the real cell the simulated "
-              "calibration does not transfer; calibrating "
-              "on half of the field of view (16² tiles) does. The std "
+              "calibration does not transfer; calibrating on half of the field of view (16² tiles) "
+              "does. The std "
               + verdict + " the local intensity of the estimate by AUSE here."]
     return lines
 

@@ -152,12 +152,17 @@ def _cache_key(items, samples: int) -> dict:
     return key | ({"cell_draws": draws} if draws != 1 else {})
 
 
+def sample_path(out: Path, name: str, steps: int, samples: int) -> Path:
+    """Where :func:`cached_sample` keeps one test item's draws in the run folder ``out``."""
+    return out / "samples" / f"{name}_k{samples}_s{steps}.pt"
+
+
 def cached_sample(model, out: Path, name: str, x: torch.Tensor, steps: int, samples: int, seed: int,
                   options: dict) -> dict[str, torch.Tensor]:
     """The model's point estimate, std and samples of one test item, drawn once (its own
     generator, from the seed and the item's name) and cached under ``out``/samples, so that a
     new prediction-time variant of the run costs no sampling."""
-    path = out / "samples" / f"{name}_k{samples}_s{steps}.pt"
+    path = sample_path(out, name, steps, samples)
     if path.exists():
         return torch.load(path)
     gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))

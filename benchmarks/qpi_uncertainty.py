@@ -57,7 +57,7 @@ def item_maps(method: str, seed: int, items) -> list[dict]:
     task = task_of(cfg.data)
     rows = []
     for group, level, phi, stack, raw, name in items:
-        path = out / "samples" / f"{name}_k{M.SIZES['default']['samples']}_s{cfg.sample.steps}.pt"
+        path = M.sample_path(out, name, cfg.sample.steps, M.SIZES["default"]["samples"])
         if not path.exists():
             raise SystemExit(f"{path} is missing: run qpi_models.py for {method} seed {seed} at these "
                              "levels first")

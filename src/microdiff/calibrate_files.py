@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import UNITS, Calibration, fit, min_conformal_units
+from .calibration import UNITS, Calibration, fit, resolve_unit
 from .checkpoint import write_calibration
 from .data.axes import as_2d, as_chw
 from .data.datasets import paired_files
@@ -62,9 +62,8 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
     maps = held_out_maps(predictor, pairs, samples, steps, seed, progress)
     if not maps:
         raise UserError(f"{source}: no held-out pairs to calibrate on")
-    tiles = unit == "tile" or (unit == "auto" and len(maps) < min_conformal_units(delta))
     small = [m[0].shape for m in maps if min(m[0].shape) < tile]
-    if tiles and small:
+    if small and resolve_unit(unit, len(maps), delta) == "tile":
         raise UserError(f"{source}: an image of {small[0][0]}×{small[0][1]} pixels holds no {tile}×{tile} "
                         "calibration tile; use --tile with a smaller value")
     return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source, unit=unit)

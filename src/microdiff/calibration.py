@@ -32,6 +32,7 @@ import numpy as np
 from scipy.stats import binom
 
 STD_FLOOR = 1e-8  # calibrated std never reaches zero
+UNITS = ("auto", "image", "tile")  # the interval's exchangeable units (see fit)
 
 
 class Uncertifiable(ValueError):
@@ -173,6 +174,16 @@ def min_conformal_units(delta: float) -> int:
     return math.ceil((1 - delta) / delta - 1e-9)
 
 
+def resolve_unit(unit: str, images: int, delta: float) -> str:
+    """``"image"`` or ``"tile"`` for the asked ``unit`` (``"auto"``: images when there are at
+    least :func:`min_conformal_units` of them)."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    if unit == "auto":
+        return "image" if images >= min_conformal_units(delta) else "tile"
+    return unit
+
+
 def fit_interval_conformal(units: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1,
                            delta: float = 0.1) -> float:
     """λ̂: split conformal prediction on the per-unit scores of :func:`unit_scores`, the
@@ -189,9 +200,6 @@ def fit_interval_conformal(units: list[tuple[np.ndarray, np.ndarray]], alpha: fl
         raise Uncertifiable(f"{n} calibration units cannot certify miscoverage ≤ {alpha} at confidence "
                             f"{1 - delta}: it takes at least {min_conformal_units(delta)}")
     return float(np.sort(unit_scores(units, alpha))[rank - 1])
-
-
-UNITS = ("auto", "image", "tile")
 
 
 @dataclass(frozen=True)
@@ -277,13 +285,10 @@ def fit(maps: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1, delta: fl
     score, which one image with a near-zero std makes vacuous (docs/benchmarks.md)."""
     if not maps:
         raise ValueError("no held-out images to calibrate on")
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    unit = resolve_unit(unit, len(maps), delta)
     std = np.concatenate([np.ravel(s) for s, _ in maps])
     err = np.concatenate([np.ravel(e) for _, e in maps])
     std_cal = fit_std_calibration(std, err, target=target)
-    if unit == "auto":
-        unit = "image" if len(maps) >= min_conformal_units(delta) else "tile"
     calibrated = [(std_cal.apply(s), e) for s, e in maps]
     units = calibrated if unit == "image" else [u for s, e in calibrated for u in tile_units(s, e, tile)]
     try:
