@@ -172,10 +172,11 @@ def model_at(out: Path, cfg: Config, steps: int):
 def long_run_outputs(method: str, seed: int, images: list[TestImage], samples: int, tag: str,
                      parts: tuple[str, ...]) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
     """The ``LONG_STEPS`` run's model on ``images`` with its preset's sampler and ``samples``
-    samples: name → {part: array} for ``parts`` among ``mean``, ``std`` (2-D), ``samples``
-    ``[K, H, W]``, ``y`` and ``x`` (normalised units), cached in the run folder as
-    ``{tag}-K{samples}x{steps}-g{gamma_min}.npz``; and whether they were computed now (not
-    cached). Trains nothing."""
+    samples: name → {part: array} for ``parts`` among ``mean`` (the point estimate), ``std``,
+    ``sample_mean`` (the K samples' mean; 2-D), ``samples`` ``[K, H, W]``, ``y`` and ``x``
+    (normalised units), cached in the run folder as ``{tag}-K{samples}x{steps}-g{gamma_min}.npz``
+    (recomputed when it lacks a part); and whether they were computed now (not cached).
+    Trains nothing."""
     cfg = method_config(method, LONG_STEPS, seed)
     out = run_dir("long", method, seed)
     if not (out / "train.json").exists():
@@ -183,15 +184,19 @@ def long_run_outputs(method: str, seed: int, images: list[TestImage], samples: i
     s = cfg.sample
     cache = out / f"{tag}-K{samples}x{s.steps}-g{s.gamma_min}.npz"
     names = [im.name for im in images]
-    if cache.exists() and list((saved := np.load(cache))["names"]) == names:
-        return {n: {p: saved[f"{n}/{p}"] for p in parts} for n in names}, False
+    if cache.exists():
+        saved = np.load(cache)
+        if list(saved["names"]) == names and all(f"{n}/{p}" in saved for n in names for p in parts):
+            return {n: {p: saved[f"{n}/{p}"] for p in parts} for n in names}, False
     model = model_at(out, cfg, LONG_STEPS)
     gen = torch.Generator().manual_seed(seed)
     result = {}
     for im in images:
         with torch.no_grad():
             res = model.sample(im.pair.x[None], steps=s.steps, samples=samples, generator=gen, **s.options())
-        arrays = {"mean": res.mean[0, 0], "std": res.std[0, 0], "samples": res.samples[0, :, 0],
+        sample_mean = res.mean if res.sample_mean is None else res.sample_mean
+        arrays = {"mean": res.mean[0, 0], "std": res.std[0, 0], "sample_mean": sample_mean[0, 0],
+                  "samples": res.samples[0, :, 0],
                   "y": im.pair.y[0], "x": im.pair.x[0]}
         result[im.name] = {p: arrays[p].numpy() for p in parts}
     tmp = cache.with_suffix(".tmp.npz")
