@@ -52,6 +52,7 @@ LEARNED = "model.schedule.kind=learned"
 DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
 PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "sample.gamma_min=null",
          "train.grad_clip_scope=global", "train.ema_warmup=false"]
+VAR_NET = "model.zmd.variance_net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
 MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
             "sample.gamma_min=1e-3", "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -70,6 +71,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
                      "model.schedule.kind=learned-exact"]),
     # issue 17's design with the learned schedule, and with DDPM's fixed one
     "zmd-scaled": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact"]),
+    # zmd-scaled plus the variance head (its other weights train bit-identically)
+    "zmd-scaled-var": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET]),
     "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
@@ -170,19 +173,22 @@ def model_at(out: Path, cfg: Config, steps: int):
 
 
 def long_run_outputs(method: str, seed: int, images: list[TestImage], samples: int, tag: str,
-                     parts: tuple[str, ...]) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
+                     parts: tuple[str, ...], uncertainty: str = "samples"
+                     ) -> tuple[dict[str, dict[str, np.ndarray]], bool]:
     """The ``LONG_STEPS`` run's model on ``images`` with its preset's sampler and ``samples``
     samples: name → {part: array} for ``parts`` among ``mean`` (the point estimate), ``std``,
     ``sample_mean`` (the K samples' mean; 2-D), ``samples`` ``[K, H, W]``, ``y`` and ``x``
     (normalised units), cached in the run folder as ``{tag}-K{samples}x{steps}-g{gamma_min}.npz``
     (recomputed when it lacks a part); and whether they were computed now (not cached).
+    ``uncertainty="head"``: ``std`` is the variance head's σ(x) (the cache name ends ``-head``).
     Trains nothing."""
     cfg = method_config(method, LONG_STEPS, seed)
     out = run_dir("long", method, seed)
     if not (out / "train.json").exists():
         raise SystemExit(f"{out} has no finished {LONG_STEPS}-step run: run quality.py --long first")
     s = cfg.sample
-    cache = out / f"{tag}-K{samples}x{s.steps}-g{s.gamma_min}.npz"
+    head = "-head" if uncertainty == "head" else ""
+    cache = out / f"{tag}-K{samples}x{s.steps}-g{s.gamma_min}{head}.npz"
     names = [im.name for im in images]
     if cache.exists():
         saved = np.load(cache)
@@ -193,7 +199,8 @@ def long_run_outputs(method: str, seed: int, images: list[TestImage], samples: i
     result = {}
     for im in images:
         with torch.no_grad():
-            res = model.sample(im.pair.x[None], steps=s.steps, samples=samples, generator=gen, **s.options())
+            res = model.sample(im.pair.x[None], steps=s.steps, samples=samples, generator=gen,
+                               **(s.options() | {"uncertainty": uncertainty}))
         sample_mean = res.mean if res.sample_mean is None else res.sample_mean
         arrays = {"mean": res.mean[0, 0], "std": res.std[0, 0], "sample_mean": sample_mean[0, 0],
                   "samples": res.samples[0, :, 0],

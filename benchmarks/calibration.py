@@ -53,16 +53,18 @@ IMG = P.ROOT / "docs" / "img"
 SAMPLED: list[str] = []  # runs whose predictions this invocation computed (not from the cache)
 
 
-def section_suffix(samples: int | None) -> str:
-    """The suffix of the section and figure names for ``--samples`` (none: the preset's K)."""
-    return f"_k{samples}" if samples else ""
+def section_suffix(samples: int | None, uncertainty: str = "samples") -> str:
+    """The suffix of the section and figure names for ``--samples`` (none: the preset's K) and
+    ``--uncertainty head``."""
+    return (f"_k{samples}" if samples else "") + ("_head" if uncertainty == "head" else "")
 
 
-def predictions(method: str, seed: int, images: list[P.TestImage], tag: str, k: int) -> dict[str, dict]:
+def predictions(method: str, seed: int, images: list[P.TestImage], tag: str, k: int,
+                uncertainty: str = "samples") -> dict[str, dict]:
     """name → {mean, std, y, x} (2-D, normalised units) of the run's model on ``images`` with K =
-    ``k`` samples, cached."""
+    ``k`` samples (the std: their spread, or the variance head's σ), cached."""
     preds, computed = P.long_run_outputs(method, seed, images, k, f"calibration-{tag}",
-                                         ("mean", "std", "y", "x"))
+                                         ("mean", "std", "y", "x"), uncertainty=uncertainty)
     if computed:
         SAMPLED.append(f"{method} seed {seed} ({tag})")
     return preds
@@ -198,12 +200,13 @@ def interval_splits(maps, rng_seed: int, target: str) -> dict[str, list[tuple[fl
     return out
 
 
-def analyse(method: str, seed: int, rng_seed: int, samples: int | None = None, target: str = "rms") -> dict:
+def analyse(method: str, seed: int, rng_seed: int, samples: int | None = None, target: str = "rms",
+            uncertainty: str = "samples") -> dict:
     calib_images, test_images = P.validation_set(2), P.test_set(2)
     cfg = P.method_config(method, P.LONG_STEPS, seed)
     k = samples or cfg.sample.samples
-    cal_preds = predictions(method, seed, calib_images, "val", k)
-    test_preds = predictions(method, seed, test_images, "test", k)
+    cal_preds = predictions(method, seed, calib_images, "val", k, uncertainty)
+    test_preds = predictions(method, seed, test_images, "test", k, uncertainty)
     val_maps = _maps(cal_preds, [im.name for im in calib_images])
     cal = C.fit(val_maps, ALPHA, DELTA, 32, samples=k, steps=cfg.sample.steps, source="validation_set(2)",
                 target=target)
@@ -291,15 +294,17 @@ def figures(rows: dict[int, dict], suffix: str = "") -> None:
 
 
 def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
-           samples: int | None = None, target: str = "rms") -> list[str]:
+           samples: int | None = None, target: str = "rms", uncertainty: str = "samples") -> list[str]:
     def ms(key: str, d: int = 2, f=lambda r, k: r[k]) -> str:
         return P.mean_pm_std([f(rows[s], key) for s in seeds], d)
 
     cmd = f"benchmarks/calibration.py --method {method} --seeds {' '.join(map(str, seeds))}"
     cmd += f" --samples {samples}" if samples else ""
     cmd += f" --target {target}" if target != "rms" else ""
-    suffix = section_suffix(samples)
-    k_text = f", K = {samples}" if samples else ""
+    cmd += " --uncertainty head" if uncertainty == "head" else ""
+    suffix = section_suffix(samples, uncertainty)
+    k_text = (", the variance head's one-pass std" if uncertainty == "head"
+              else f", K = {samples}" if samples else "")
     lines = [f"## Calibration of the std and the interval ({method}, {P.LONG_STEPS} steps{k_text})", "",
              f"Command: `.venv/bin/python {cmd}` ({seconds:.0f} s"
              + ("" if SAMPLED else ", every prediction from the cache of an earlier run")
@@ -425,16 +430,21 @@ def main() -> None:
     ap.add_argument("--samples", type=int, help="posterior samples K (default: the preset's)")
     ap.add_argument("--target", default="rms", choices=C.STD_TARGETS,
                     help="the bins' error scale the std map is fitted to (microdiff.calibration.STD_TARGETS)")
+    ap.add_argument("--uncertainty", default="samples", choices=["samples", "head"],
+                    help="the std measured: the samples' spread, or the variance head's σ (a method with "
+                         "model.zmd.variance_net, e.g. zmd-scaled-var; the samples are still drawn)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     rows = {}
     for seed in args.seeds:
         print(f"{args.method} seed {seed}", flush=True)
-        rows[seed] = analyse(args.method, seed, rng_seed=seed, samples=args.samples, target=args.target)
-    suffix = section_suffix(args.samples)
+        rows[seed] = analyse(args.method, seed, rng_seed=seed, samples=args.samples, target=args.target,
+                             uncertainty=args.uncertainty)
+    suffix = section_suffix(args.samples, args.uncertainty)
     figures(rows, suffix)
-    lines = report(args.method, args.seeds, rows, time.perf_counter() - t0, args.samples, args.target)
+    lines = report(args.method, args.seeds, rows, time.perf_counter() - t0, args.samples, args.target,
+                   args.uncertainty)
     write_section(f"calibration{suffix}", "\n".join(lines))
     print("\n".join(lines))
 

@@ -99,7 +99,9 @@ CASES = {  # name: (arguments, words the one-line message must contain)
     "not a model folder": (["predict", "{root}/good", "{root}/good", "--out", "{out}"],
                            ["good", "not a microdiff model folder"]),
     "zero samples": (PREDICT + ["{root}/good", "--out", "{out}", "--samples", "0"],
-                     ["samples", "at least 1"]),
+                     ["samples 0", "variance head"]),  # one pass: only for a model with the head
+    "negative samples": (PREDICT + ["{root}/good", "--out", "{out}", "--samples", "-1"],
+                         ["samples", "at least 0"]),
     "zero steps": (PREDICT + ["{root}/good", "--out", "{out}", "--steps", "0"], ["steps", "at least 1"]),
     "overlap >= tile": (PREDICT + ["{root}/good", "--out", "{out}", "--tile", "32", "--overlap", "40"],
                         ["overlap", "tile"]),

@@ -55,9 +55,14 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
         raise UserError(f"tile must be at least 4 pixels, got {tile}")
     if unit not in UNITS:
         raise UserError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    samples = samples or predictor.bundle.sample.samples
-    steps = steps or predictor.bundle.sample.steps
-    if samples < 2:
+    s = predictor.bundle.sample
+    one_pass = (s.point_estimate, s.uncertainty) == ("mean-net", "head")  # μ and σ need no samples
+    samples = (0 if one_pass else s.samples) if samples is None else samples
+    steps = steps or s.steps
+    if samples == 0 and not one_pass:
+        raise UserError("samples 0 needs a model whose std is the variance head and whose point estimate "
+                        "is the mean network")
+    if samples < 2 and s.uncertainty == "samples":
         raise UserError("calibration needs at least 2 samples per image (the std of one sample is zero)")
     maps = held_out_maps(predictor, pairs, samples, steps, seed, progress)
     if not maps:

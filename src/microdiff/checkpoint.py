@@ -97,6 +97,8 @@ class Bundle:
             sample = SampleConfig.model_validate(meta["sample"])
             if sample.point_estimate == "mean-net" and model.kind == "cvdm" and not model.zmd.enabled:
                 raise ValueError("sample.point_estimate is mean-net but the model has no mean network")
+            if sample.uncertainty == "head" and model.kind == "cvdm" and model.zmd.variance_net is None:
+                raise ValueError("sample.uncertainty is head but the model has no variance head")
             return cls(model=model, sample=sample, scale=scale, pixel_size_um=meta.get("pixel_size_um"),
                        percentiles=(float(norm["lo"]), float(norm["hi"])),
                        task=Task.from_dict(meta.get("task")), weights=meta.get("weights", "ema"),

@@ -184,8 +184,9 @@ def calibrate(
 
     cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit)
     units = f"{cal.units} images" if cal.unit == "image" else f"{cal.units} tiles of {cal.tile}²"
+    drawn = "one pass, no samples" if cal.samples == 0 else f"{cal.samples} samples × {cal.steps} steps"
     print(f"calibrated {model} on {cal.images} image(s) of {data} ({cal.pixels} pixels, {units}, "
-          f"{cal.samples} samples × {cal.steps} steps): std → {cal.std.slope:.3g}·std + "
+          f"{drawn}): std → {cal.std.slope:.3g}·std + "
           f"{cal.std.offset:.3g}; ±1σ coverage {cal.coverage_before:.3f} → {cal.coverage_after:.3f} "
           "(0.683 if Gaussian)")
     print(cal.promise() + ("" if cal.interval_factor is not None

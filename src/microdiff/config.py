@@ -32,6 +32,7 @@ from .options import (
     ScheduleKind,
     Structure,
     TaskKind,
+    Uncertainty,
 )
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -80,11 +81,13 @@ class LossConfig(_Strict):
     prior: float = Field(2.0, ge=0)
     gamma: float = Field(2.0, ge=0)
     mean: float = Field(1.0, ge=0, description="ZMD mean-network MSE")
+    variance: float = Field(1.0, ge=0, description="the variance head's Gaussian negative "
+                            "log-likelihood (model.zmd.variance_net)")
     alpha: float = Field(1e-3, ge=0)
 
     def weights(self) -> dict[str, float]:
         return {"eps": self.eps, "beta": self.beta, "prior": self.prior,
-                "gamma": self.gamma, "mean": self.mean}
+                "gamma": self.gamma, "mean": self.mean, "variance": self.variance}
 
 
 class ZMDConfig(_Strict):
@@ -96,6 +99,12 @@ class ZMDConfig(_Strict):
     scaled: bool = Field(False, description="μ(x) = target_scale · net(x) with its MSE in units of "
                          "target_scale, exactly the regression model's parameterisation (false: the "
                          "authors' μ(x) = net(x) with the MSE in target units)")
+    variance_net: UNetSpec | None = Field(
+        None, description="a variance head: a U-Net on [x, μ(x)] predicting log σ²(x) of the "
+        "residual y − μ(x), trained with a Gaussian likelihood with μ detached (with "
+        "train.grad_clip_scope=per-module nothing else changes: the mean net, denoiser and "
+        "schedule train exactly as without it); sample.uncertainty=head then gives its σ as the "
+        "std in one pass")
 
 
 class ModelConfig(_Strict):
@@ -242,6 +251,10 @@ class SampleConfig(_Strict):
         "sample-mean", description="the image returned as the prediction (NAME_mean.tif): the mean of "
         "the K samples (the paper), or the mean network μ(x) of Zero-Mean Diffusion (its one network "
         "pass, free of sampling noise; the K samples still give the std; needs model.zmd.enabled)")
+    uncertainty: Uncertainty = Field(
+        "samples", description="the std returned with the prediction (NAME_std.tif): the spread of "
+        "the K samples, or the variance head's σ(x) (model.zmd.variance_net: one pass, no sampling "
+        "noise; the samples are still drawn for NAME_samples)")
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
     gamma_min: float | None = Field(
@@ -253,7 +266,7 @@ class SampleConfig(_Strict):
     def options(self) -> dict:
         """The keyword arguments of ``model.sample`` that this config sets (besides steps and K)."""
         return {"eta": self.eta, "grid": self.grid, "clip": self.clip, "point_estimate": self.point_estimate,
-                "gamma_min": self.gamma_min}
+                "gamma_min": self.gamma_min, "uncertainty": self.uncertainty}
 
     @model_validator(mode="before")
     @classmethod
@@ -293,6 +306,9 @@ class Config(_Strict):
         s, m = self.sample, self.model
         if s.point_estimate == "mean-net" and m.kind == "cvdm" and not m.zmd.enabled:
             raise ValueError("sample.point_estimate=mean-net needs the mean network (model.zmd.enabled=true)")
+        if s.uncertainty == "head" and m.kind == "cvdm" and (not m.zmd.enabled or m.zmd.variance_net is None):
+            raise ValueError("sample.uncertainty=head needs the variance head (model.zmd.enabled=true "
+                             "and model.zmd.variance_net set)")
         return self
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .nets.unet import UNet
-from .options import EPS_GRAD_MODES, POINT_ESTIMATES, choose
+from .options import EPS_GRAD_MODES, POINT_ESTIMATES, UNCERTAINTIES, choose
 from .sampling import Denoiser, SampleOutput, check_eta, sample_loop, sample_statistics
 from .schedule import Schedule, build_schedule, working_dtype
 
@@ -90,6 +90,10 @@ def residual_base(x: Tensor, out_channels: int) -> Tensor:
     return x[:, x.shape[1] - out_channels:]
 
 
+#: bound on the variance head's log σ² (units of mean_scale²): keeps exp finite
+LOG_VAR_BOUND = 30.0
+
+
 class CVDM(nn.Module):
     """Conditional Variational Diffusion Model.
 
@@ -112,6 +116,10 @@ class CVDM(nn.Module):
             in all three.
         schedule_lr_scale: learning-rate multiplier of the schedule's parameters (see
             :meth:`parameter_groups`; 0 freezes the schedule).
+        var_net: the variance head (needs ``mean_net``): a U-Net on ``[x, μ(x)/mean_scale]``
+            predicting log σ² of the residual ``(y − x_res − μ(x)) / mean_scale`` per pixel,
+            trained by the ``variance`` term (a Gaussian negative log-likelihood) with μ and x
+            detached, so no other parameter's gradient changes. None disables it.
     """
 
     #: draws posterior samples (a regression model gives one answer and no uncertainty)
@@ -131,6 +139,7 @@ class CVDM(nn.Module):
         target_scale: float = 1.0,
         eps_grad: str = "full",
         schedule_lr_scale: float = 1.0,
+        var_net: UNet | None = None,
     ) -> None:
         super().__init__()
         self.eps_grad = choose(eps_grad, EPS_GRAD_MODES, "eps_grad")
@@ -138,8 +147,11 @@ class CVDM(nn.Module):
         self.schedule = schedule
         self.denoiser = denoiser
         self.mean_net = mean_net
+        if var_net is not None and mean_net is None:
+            raise ValueError("the variance head needs the ZMD mean network (model.zmd.enabled)")
+        self.var_net = var_net
         self.timesteps = timesteps
-        self.weights = {"eps": 1.0, "beta": 2.0, "prior": 2.0, "gamma": 2.0, "mean": 1.0}
+        self.weights = {"eps": 1.0, "beta": 2.0, "prior": 2.0, "gamma": 2.0, "mean": 1.0, "variance": 1.0}
         self.weights.update(weights or {})
         self.alpha = alpha
         self.residual = residual
@@ -168,6 +180,9 @@ class CVDM(nn.Module):
             cond_channels=3 * cfg.out_channels,
         )
         mean_net = UNet(cfg.in_channels, cfg.out_channels, cfg.zmd.net) if zmd else None
+        # built last, so the other networks' initial weights do not depend on it
+        spec = cfg.zmd.variance_net
+        var_net = UNet(cfg.in_channels + cfg.out_channels, cfg.out_channels, spec) if zmd and spec else None
         return cls(
             schedule,
             denoiser,
@@ -181,6 +196,7 @@ class CVDM(nn.Module):
             target_scale=cfg.target_scale,
             eps_grad=cfg.schedule.eps_grad,
             schedule_lr_scale=cfg.schedule.lr_scale,
+            var_net=var_net,
         )
 
     # --- the model interface (microdiff.models.ImageModel) -------------------------------
@@ -204,9 +220,9 @@ class CVDM(nn.Module):
                 {"params": own, "lr_scale": self.schedule_lr_scale}]
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
-        """The parameters of each module (denoiser, schedule, ZMD mean net), for per-module
-        gradient clipping."""
-        modules = [self.denoiser, self.schedule] + ([self.mean_net] if self.mean_net is not None else [])
+        """The parameters of each module (denoiser, schedule, ZMD mean net, variance head), for
+        per-module gradient clipping."""
+        modules = [self.denoiser, self.schedule] + [m for m in (self.mean_net, self.var_net) if m is not None]
         return [ps for m in modules if (ps := list(m.parameters()))]
 
     # --- targets ----------------------------------------------------------------------
@@ -221,6 +237,22 @@ class CVDM(nn.Module):
             return None
         mu = self.mean_net(x)
         return mu if self.mean_scale == 1.0 else self.mean_scale * mu
+
+    def predict_log_var(self, x: Tensor, mu: Tensor) -> Tensor:
+        """The variance head's log σ² ``[B, C, H, W]`` of the residual around ``mu`` (ZMD's
+        μ(x), target units), in units of ``mean_scale``²; inputs are detached."""
+        if self.var_net is None:
+            raise ValueError("this model has no variance head (model.zmd.variance_net)")
+        inputs = torch.cat([x.detach(), mu.detach() / self.mean_scale], dim=1)
+        return self.var_net(inputs).to(working_dtype(x)).clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
+
+    def predict_std(self, x: Tensor, mu: Tensor | None = None) -> Tensor:
+        """The variance head's σ(x) ``[B, C, H, W]`` in target units (one pass; ``mu`` is
+        computed when not given)."""
+        mu = self.predict_mean(x) if mu is None else mu
+        if mu is None:
+            raise ValueError("the variance head needs the ZMD mean network (model.zmd.enabled)")
+        return self.mean_scale * torch.exp(0.5 * self.predict_log_var(x, mu))
 
     def to_diffused(self, x: Tensor, y: Tensor, mu: Tensor | None) -> Tensor:
         """``y`` → the diffused quantity ``y0 = (y − x_res − sg[μ]) / scale``."""
@@ -264,7 +296,9 @@ class CVDM(nn.Module):
 
         ``eps``: ‖ε − ε̂‖²; ``beta``: ‖∂γ/∂t + βγ‖² + ‖γ(t₀) − 1‖² + ‖γ(t₁)‖²;
         ``prior``: KL(N(0,1) ‖ q(y_{t₁} | y0)); ``gamma``: α (∂²γ/∂t²)²; ``mean`` (ZMD):
-        ‖μ(x) − (y − x_res)‖². Each is a mean over pixels and channels.
+        ‖μ(x) − (y − x_res)‖²; ``variance`` (the variance head): ½(s + r² e⁻ˢ) with s the
+        head's log σ² and r = (y − x_res − sg[μ]) / mean_scale, minimised at e^s = E[r² | x].
+        Each is a mean over pixels and channels.
         Use :meth:`total_loss` for the weighted sum.
         """
         if x.shape[0] != y.shape[0] or x.shape[-2:] != y.shape[-2:]:
@@ -305,7 +339,11 @@ class CVDM(nn.Module):
         }
         if mu is not None:
             base = self.base(x)
-            terms["mean"] = mean(((mu - (y if base is None else y - base)) / self.mean_scale).square())
+            r = ((y if base is None else y - base) - mu) / self.mean_scale
+            terms["mean"] = mean(r.square())
+            if self.var_net is not None:
+                log_var = self.predict_log_var(x, mu)
+                terms["variance"] = mean(0.5 * (log_var + r.detach().square() * torch.exp(-log_var)))
         return terms
 
     def total_loss(self, terms: dict[str, Tensor]) -> Tensor:
@@ -313,6 +351,18 @@ class CVDM(nn.Module):
         return sum(self.weights[k] * v.mean() for k, v in terms.items())
 
     # --- sampling ----------------------------------------------------------------------
+    def _one_pass(self, x: Tensor, lam: Tensor, on_step: Callable[[], None] | None) -> SampleOutput:
+        """μ(x) and the head's σ(x) without samples (``sample(samples=0)``)."""
+        b, c, (h, w) = x.shape[0], self.out_channels, x.shape[-2:]
+        mu = self.predict_mean(x)
+        point = self.from_diffused(x, torch.zeros_like(mu), mu)
+        std = self.predict_std(x, mu)
+        gamma_half = self.schedule.gamma_at(torch.full((b,), 0.5, device=x.device), lam)
+        if on_step is not None:
+            on_step()
+        return SampleOutput(point, std, point.new_zeros(b, 0, c, h, w), gamma_half.expand(b, c, h, w),
+                            2 + int(self.schedule.uses_network))
+
     @torch.no_grad()
     def sample(
         self,
@@ -328,6 +378,7 @@ class CVDM(nn.Module):
         eps_fn: Denoiser | None = None,
         point_estimate: str = "sample-mean",
         gamma_min: float | None = None,
+        uncertainty: str = "samples",
     ) -> SampleOutput:
         """K posterior samples of y for each condition x ``[B, C_in, H, W]``, their mean and std.
 
@@ -342,20 +393,33 @@ class CVDM(nn.Module):
         point_estimate: ``sample-mean`` (``mean`` is the K samples' mean) or ``mean-net``
         (``mean`` is ZMD's μ(x) on top of the residual base: one pass, no sampling noise).
         gamma_min: start sampling at γ ≥ this (see :meth:`~microdiff.schedule.Schedule.log_gamma_grid`).
+        uncertainty: ``samples`` (``std`` is the K samples' spread) or ``head`` (``std`` is the
+        variance head's σ(x), :meth:`predict_std`: one more network call, no sampling noise).
+        ``samples=0`` with ``point_estimate="mean-net"`` and ``uncertainty="head"`` is the
+        one-pass prediction: no sampling loop (``samples`` is empty, ``sample_mean`` None; network
+        calls: the mean net, the head and the schedule's for ``gamma_half``; ``on_step`` once).
         """
         choose(point_estimate, POINT_ESTIMATES, "point estimate")
+        choose(uncertainty, UNCERTAINTIES, "uncertainty")
+        if uncertainty == "head" and self.var_net is None:
+            raise ValueError("uncertainty head needs the variance head (model.zmd.variance_net)")
         check_eta(eta)
         if steps < 1:
             raise ValueError("steps must be at least 1")
         if point_estimate == "mean-net" and self.mean_net is None:
             raise ValueError("point_estimate mean-net needs the ZMD mean network (model.zmd.enabled)")
-        if samples < 1:
-            raise ValueError("samples must be at least 1")
+        if samples < 0:
+            raise ValueError("samples must not be negative")
+        if samples == 0 and (point_estimate, uncertainty) != ("mean-net", "head"):
+            raise ValueError("samples=0 (one pass, no sampling) needs point_estimate mean-net and "
+                             "uncertainty head")
         if clip is not None and clip <= 0:
             raise ValueError("clip must be positive (or None)")
         x = x.to(working_dtype(x))
         b, k, c, (h, w) = x.shape[0], samples, self.out_channels, x.shape[-2:]
         lam = self.schedule.lam(x)  # the schedule U-Net: once per image
+        if k == 0:
+            return self._one_pass(x, lam, on_step)
         log_g = self.schedule.log_gamma_grid(lam, steps, grid, gamma_min)
         log_g = log_g.expand(steps + 1, b, c, h, w).repeat_interleave(k, dim=1)
         mu = self.predict_mean(x)
@@ -367,6 +431,8 @@ class CVDM(nn.Module):
         out = self.from_diffused(x_k, y0, mu_k).view(b, k, c, h, w)
         mean, std = sample_statistics(out)
         point = mean if point_estimate == "sample-mean" else self.from_diffused(x, torch.zeros_like(mean), mu)
+        if uncertainty == "head":
+            std = self.predict_std(x, mu)
         gamma_half = self.schedule.gamma_at(torch.full((b,), 0.5, device=x.device), lam)
-        calls = steps + int(self.schedule.uses_network) + int(mu is not None)
+        calls = steps + int(self.schedule.uses_network) + int(mu is not None) + int(uncertainty == "head")
         return SampleOutput(point, std, out, gamma_half.expand(b, c, h, w), calls, sample_mean=mean)

@@ -112,6 +112,13 @@ def _what_mean(bundle: Bundle, options: dict) -> str:
             f"seed {options['seed']})")
 
 
+def _what_std(bundle: Bundle, options: dict) -> str:
+    if bundle.sample.uncertainty == "head":
+        return "the per-pixel standard deviation predicted by the model's variance head σ(x) (one pass)"
+    return (f"the per-pixel standard deviation over {options['samples']} posterior samples "
+            f"({options['steps']} sampling steps, seed {options['seed']})")
+
+
 def _readme(bundle: Bundle, options: dict, name: str) -> str:
     task = bundle.task
     rad = f" ({task.unit})" if task.unit else ""
@@ -124,8 +131,7 @@ schedule is learned) trained with microdiff {bundle.microdiff_version} for {task
 - `input`: the raw image `[batch, channel, y, x]` in its own units (no normalisation needed;
   the model normalises each image {task.describe_input_norm(bundle.percentiles)} inside).
 - `mean`: {_what_mean(bundle, options)}: deterministic, in the input's intensity units{rad}.
-- `std`: the per-pixel standard deviation over {options['samples']} posterior samples
-  ({options['steps']} sampling steps, seed {options['seed']}; the model's uncertainty), same units.
+- `std`: {_what_std(bundle, options)} (the model's uncertainty), same units.
 
 Output pixels are {bundle.scale}× smaller than input pixels. Same image, same output:
 the seed is fixed. The same model runs in microdiff (`microdiff predict MODEL image.tif`),
@@ -244,8 +250,7 @@ def _describe(v, tmp: Path, bundle: Bundle, options: dict, title: str, out_chann
     return v.ModelDescr(
         name=title,
         description=(f"CVDM (learned per-pixel noise schedule) for {task.kind}: the prediction "
-                     f"({bundle.sample.point_estimate}) and the std of {options['samples']} posterior "
-                     f"samples, {options['steps']} steps, seed {options['seed']}."),
+                     f"({bundle.sample.point_estimate}) and {_what_std(bundle, options)}."),
         authors=[v.Author(name=a) for a in (authors or [DEFAULT_AUTHOR])],
         cite=[v.CiteEntry(text=CVDM_CITATION, doi=v.Doi(CVDM_DOI)), *cite_extra],
         license=v.LicenseId("MIT"),

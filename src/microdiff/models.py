@@ -52,7 +52,8 @@ class ImageModel(Protocol):
     def sample(self, x: Tensor, steps: int = 50, samples: int = 1, generator: torch.Generator | None = None,
                eta: float = 1.0, grid: str = "gamma", clip: float | None = None, progress: bool = False,
                on_step: Callable[[], None] | None = None,
-               point_estimate: str = "sample-mean", gamma_min: float | None = None) -> SampleOutput:
+               point_estimate: str = "sample-mean", gamma_min: float | None = None,
+               uncertainty: str = "samples") -> SampleOutput:
         """K samples per condition ``x`` with their mean and std (``SampleOutput``)."""
 
     def parameter_groups(self) -> list[dict]:

@@ -22,6 +22,7 @@ Generator = Literal["simulator", "filaments"]
 Optimizer = Literal["adam", "adamw"]
 GradClipScope = Literal["global", "per-module"]
 PointEstimate = Literal["sample-mean", "mean-net"]
+Uncertainty = Literal["samples", "head"]
 Device = Literal["auto", "cpu", "cuda"]
 
 SCHEDULE_KINDS: tuple[str, ...] = get_args(ScheduleKind)
@@ -34,6 +35,7 @@ INPUT_NORMS: tuple[str, ...] = get_args(InputNorm)
 STRUCTURES: tuple[str, ...] = get_args(Structure)
 PHASE_SOURCES: tuple[str, ...] = get_args(PhaseSource)
 POINT_ESTIMATES: tuple[str, ...] = get_args(PointEstimate)
+UNCERTAINTIES: tuple[str, ...] = get_args(Uncertainty)
 GRAD_CLIP_SCOPES: tuple[str, ...] = get_args(GradClipScope)
 QPI_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t != "sr")
 

@@ -110,8 +110,11 @@ class Predictor:
         if return_schedule and not self.model.generative:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
-        samples, steps = samples or self.bundle.sample.samples, steps or self.bundle.sample.steps
+        samples = self.bundle.sample.samples if samples is None else samples
+        steps = steps or self.bundle.sample.steps
         refine = self.task.data_consistency
+        if samples == 0:
+            self._check_one_pass(return_samples, refine)
         out = self.sample_normalized(x, samples, steps, seed, tile, overlap,
                                      return_samples or (refine and self.model.generative), return_schedule,
                                      tile_batch, progress)
@@ -119,7 +122,7 @@ class Predictor:
             out = self._refined(x, out, samples, return_samples)
         cal = self.bundle.calibration if calibrated and self.model.generative else None
         if cal is not None:
-            if (samples, steps) != (cal.samples, cal.steps):
+            if (samples, steps) != (cal.samples, cal.steps) and self.bundle.sample.uncertainty == "samples":
                 warnings.warn(f"the std was calibrated for {cal.samples} samples × {cal.steps} steps; "
                               f"predicting with {samples} × {steps} changes its spread (recalibrate with "
                               "microdiff calibrate for these settings)", stacklevel=3)
@@ -129,6 +132,19 @@ class Predictor:
                 lower, upper = cal.interval(out["mean"], out["std"])
                 out["lower"], out["upper"] = lower.astype(np.float32), upper.astype(np.float32)
         return self._prediction(out, norm, samples, axes, pixel_size_um)
+
+    def _check_one_pass(self, return_samples: bool, refine: bool) -> None:
+        """``samples=0`` (no sampling loop) needs the mean network, the variance head and no
+        sample-based output."""
+        s = self.bundle.sample
+        if not self.model.generative or (s.point_estimate, s.uncertainty) != ("mean-net", "head"):
+            raise UserError("samples 0 (one pass, no sampling) needs a model whose point estimate is the "
+                            "mean network and whose std is the variance head "
+                            "(sample.point_estimate=mean-net, sample.uncertainty=head)")
+        if return_samples:
+            raise UserError("samples 0 draws no samples to save; ask for at least 1")
+        if refine:
+            raise UserError("this task's data-consistency step refines samples; predict with at least 1")
 
     @torch.no_grad()
     def sample_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0, tile: int = 256,
@@ -142,7 +158,8 @@ class Predictor:
         device = next(self.model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
         n_tiles = len(tile_starts(x.shape[-2], tile, overlap)) * len(tile_starts(x.shape[-1], tile, overlap))
-        on_step = _step_counter(progress, -(-n_tiles // tile_batch) * (steps if self.model.generative else 1))
+        per_batch = steps if self.model.generative and samples > 0 else 1
+        on_step = _step_counter(progress, -(-n_tiles // tile_batch) * per_batch)
 
         def run(tiles: torch.Tensor) -> dict[str, torch.Tensor]:
             out = self.model.sample(tiles.to(device), steps=steps, samples=samples, generator=gen,
@@ -201,7 +218,10 @@ class Predictor:
 
 
 def _check_options(samples: int | None, steps: int | None, tile_batch: int, tile: int, overlap: int) -> None:
-    for name, value in (("samples", samples), ("steps", steps), ("tile_batch", tile_batch)):
+    if samples is not None and samples < 0:
+        raise UserError(f"samples must be at least 0 (0: one pass, for a model with the variance head), "
+                        f"got {samples}")
+    for name, value in (("steps", steps), ("tile_batch", tile_batch)):
         if value is not None and value < 1:
             raise UserError(f"{name} must be at least 1, got {value}")
     if tile < 8 or not 0 <= overlap < tile:

@@ -78,10 +78,11 @@ class RegressionModel(nn.Module):
     def sample(self, x: Tensor, steps: int = 1, samples: int = 1, generator: torch.Generator | None = None,
                eta: float = 1.0, grid: str = "gamma", clip: float | None = None,
                progress: bool = False, on_step: Callable[[], None] | None = None,
-               point_estimate: str = "sample-mean", gamma_min: float | None = None) -> SampleOutput:
+               point_estimate: str = "sample-mean", gamma_min: float | None = None,
+               uncertainty: str = "samples") -> SampleOutput:
         """The CVDM's sampling interface: the prediction as mean and as each of the
         ``samples`` identical samples, std zero, one network call (``steps``, ``eta``,
-        ``grid``, ``clip``, ``point_estimate`` and ``gamma_min`` do not apply)."""
+        ``grid``, ``clip``, ``point_estimate``, ``gamma_min`` and ``uncertainty`` do not apply)."""
         mean = self(x)
         if on_step is not None:
             on_step()

@@ -183,7 +183,8 @@ class _Run:
         cfg, step = self.cfg, self.trainer.step
         steps, samples = ((cfg.sample.steps, cfg.sample.samples) if final
                           else (cfg.train.val_steps, cfg.train.val_samples))
-        calibrating = final and cfg.train.calibrate and self.trainer.ema.generative and samples >= 2
+        calibrating = (final and cfg.train.calibrate and self.trainer.ema.generative
+                       and (samples >= 2 or cfg.sample.uncertainty == "head"))
         maps: list | None = [] if calibrating else None
         res = validate(self.trainer.ema, self.val_x, self.val_y, cfg, steps, samples, cfg.train.seed,
                        self.out / "montages" / f"step_{step:08d}.png", error_maps=maps)
