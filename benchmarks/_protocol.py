@@ -71,8 +71,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
                      "model.schedule.kind=learned-exact"]),
     # issue 17's design with the learned schedule, and with DDPM's fixed one
     "zmd-scaled": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact"]),
-    # zmd-scaled plus the variance head (its other weights train bit-identically)
-    "zmd-scaled-var": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET]),
+    # zmd-scaled plus the variance head, fitted to the EMA mean (its other weights train
+    # bit-identically); its std is the head's
+    "zmd-scaled-var": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
+                                "sample.uncertainty=head"]),
     "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
@@ -246,13 +248,22 @@ def validation_set(per_cell: int = 1, size: int = 128) -> list[TestImage]:
     return _simulated_set(per_cell, size, VAL_SEED, VAL_STREAM)
 
 
-def _simulated_set(per_cell: int, size: int, seed: int, stream: int) -> list[TestImage]:
+def mixed_set(per_level: int, held_out: str = "test", size: int = 128) -> list[TestImage]:
+    """``per_level`` images of the training distribution (``mixed``: 2–3 structures each) per
+    signal level, from the test or validation stream (seeds offset by 100 from the
+    single-structure sets)."""
+    seed, stream = (TEST_SEED, TEST_STREAM) if held_out == "test" else (VAL_SEED, VAL_STREAM)
+    return _simulated_set(per_level, size, seed + 100, stream, kinds=("mixed",))
+
+
+def _simulated_set(per_cell: int, size: int, seed: int, stream: int,
+                   kinds: tuple[str, ...] = STRUCTURES) -> list[TestImage]:
     """``per_cell`` pairs per structure and signal level from simulator ``stream``, seed
     ``seed`` + level, named ``KIND_NNNNN_L<level>``."""
     sim = SimulatorConfig(scale=2)
     out = []
     for level_name, level in LEVELS.items():
-        for kind in STRUCTURES:
+        for kind in kinds:
             for p in simulated(kind, per_cell, size, seed + level, level, sim, stream=stream):
                 p.name = f"{p.name}_L{level}"
                 out.append(TestImage(f"sim-{level_name}", kind, p, sim.target_pixel_um))

@@ -98,7 +98,8 @@ def test_config_refuses_a_mean_net_estimate_without_the_mean_net() -> None:
                                                          "sample.point_estimate=mean-net"])
     assert cfg.sample.options()["point_estimate"] == "mean-net"
     assert Config().sample.options() == {"eta": 1.0, "grid": "gamma", "clip": None,
-                                         "point_estimate": "sample-mean", "gamma_min": None}
+                                         "point_estimate": "sample-mean", "gamma_min": None,
+                                         "uncertainty": "samples"}
 
 
 def test_scaled_mean_network_is_the_regression_parameterisation() -> None:

@@ -184,4 +184,27 @@ def test_one_pass_prediction_equals_the_sampled_one_without_samples(tmp_path) ->
         pred.predict(image, samples=0, return_samples=True)
     plain = SampleConfig(steps=3, samples=2, point_estimate="mean-net")
     with pytest.raises(microdiff.errors.UserError, match="variance head"):
-        microdiff.load(save_bundle(tmp_path / "plain", model, _config(), plain, scale=2)).predict(image, samples=0)
+        plain_pred = microdiff.load(save_bundle(tmp_path / "plain", model, _config(), plain, scale=2))
+        plain_pred.predict(image, samples=0)
+
+
+def test_trainer_fits_the_head_to_the_ema_mean() -> None:
+    """The head learns the error of the mean that predicts: the trainer's variance term is
+    the closed form around the EMA model's μ(x) (kept near its initialisation here by ema ≈ 1,
+    while the live μ moves), not around the live μ."""
+    from microdiff.train import Trainer
+
+    torch.manual_seed(0)
+    trainer = Trainer(build_model(_config()), TrainConfig(lr=3e-3, warmup=0, ema=0.999999, ema_warmup=False,
+                                                          grad_clip_scope="per-module"))
+    x, y = _toy(4, 5)
+    for _ in range(3):
+        trainer.train_step(x, y, torch.Generator().manual_seed(0))
+    model, ema = trainer.model, trainer.ema
+    with torch.no_grad():
+        ref = ema.predict_mean(x)
+        assert not torch.allclose(ref, model.predict_mean(x))
+        s = model.predict_log_var(x, ref)
+        expected = float((0.5 * s + 0.5 * ((y - x - ref) / 0.2) ** 2 / torch.exp(s)).mean())
+    record = trainer.train_step(x, y, torch.Generator().manual_seed(0))
+    assert abs(record["variance"] - expected) < 1e-5 * max(1.0, abs(expected))

@@ -81,8 +81,7 @@ class LossConfig(_Strict):
     prior: float = Field(2.0, ge=0)
     gamma: float = Field(2.0, ge=0)
     mean: float = Field(1.0, ge=0, description="ZMD mean-network MSE")
-    variance: float = Field(1.0, ge=0, description="the variance head's Gaussian negative "
-                            "log-likelihood (model.zmd.variance_net)")
+    variance: float = Field(1.0, ge=0, description="the variance head's Gaussian likelihood")
     alpha: float = Field(1e-3, ge=0)
 
     def weights(self) -> dict[str, float]:
@@ -99,12 +98,7 @@ class ZMDConfig(_Strict):
     scaled: bool = Field(False, description="μ(x) = target_scale · net(x) with its MSE in units of "
                          "target_scale, exactly the regression model's parameterisation (false: the "
                          "authors' μ(x) = net(x) with the MSE in target units)")
-    variance_net: UNetSpec | None = Field(
-        None, description="a variance head: a U-Net on [x, μ(x)] predicting log σ²(x) of the "
-        "residual y − μ(x), trained with a Gaussian likelihood with μ detached (with "
-        "train.grad_clip_scope=per-module nothing else changes: the mean net, denoiser and "
-        "schedule train exactly as without it); sample.uncertainty=head then gives its σ as the "
-        "std in one pass")
+    variance_net: UNetSpec | None = Field(None, description="the variance head: one-pass σ(x); docs/core.md")
 
 
 class ModelConfig(_Strict):
@@ -251,10 +245,8 @@ class SampleConfig(_Strict):
         "sample-mean", description="the image returned as the prediction (NAME_mean.tif): the mean of "
         "the K samples (the paper), or the mean network μ(x) of Zero-Mean Diffusion (its one network "
         "pass, free of sampling noise; the K samples still give the std; needs model.zmd.enabled)")
-    uncertainty: Uncertainty = Field(
-        "samples", description="the std returned with the prediction (NAME_std.tif): the spread of "
-        "the K samples, or the variance head's σ(x) (model.zmd.variance_net: one pass, no sampling "
-        "noise; the samples are still drawn for NAME_samples)")
+    uncertainty: Uncertainty = Field("samples", description="NAME_std.tif: the K samples' spread, or "
+                                     "the variance head's σ(x) (model.zmd.variance_net; samples=0: one pass)")
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
     gamma_min: float | None = Field(
@@ -307,8 +299,7 @@ class Config(_Strict):
         if s.point_estimate == "mean-net" and m.kind == "cvdm" and not m.zmd.enabled:
             raise ValueError("sample.point_estimate=mean-net needs the mean network (model.zmd.enabled=true)")
         if s.uncertainty == "head" and m.kind == "cvdm" and (not m.zmd.enabled or m.zmd.variance_net is None):
-            raise ValueError("sample.uncertainty=head needs the variance head (model.zmd.enabled=true "
-                             "and model.zmd.variance_net set)")
+            raise ValueError("sample.uncertainty=head needs the variance head (model.zmd.variance_net)")
         return self
 
 

@@ -13,16 +13,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from .gamma_routing import route_gamma, scale_grad  # noqa: F401  (scale_grad: re-exported)
 from .nets.unet import UNet
 from .options import EPS_GRAD_MODES, POINT_ESTIMATES, UNCERTAINTIES, choose
 from .sampling import Denoiser, SampleOutput, check_eta, sample_loop, sample_statistics
 from .schedule import Schedule, build_schedule, working_dtype
+from .variance_head import VarianceHead, gaussian_nll, one_pass
 
 if TYPE_CHECKING:
     from .config import ModelConfig
-
-LOSS_TERMS = ("eps", "beta", "prior", "gamma", "mean")
-
 
 def noise_features(gamma: Tensor) -> Tensor:
     """Per-pixel noise-level features for the denoiser: ``[B, C, H, W]`` → ``[B, 3C, H, W]``.
@@ -39,46 +38,6 @@ def gaussian_kl_std_normal_to(mean: Tensor, var: Tensor) -> Tensor:
     return 0.5 * (torch.log(var) - 1.0 + (1.0 + mean.square()) / var)
 
 
-class _ScaleGrad(torch.autograd.Function):
-    """Identity forward; the backward multiplies the incoming gradient by ``weight``."""
-
-    @staticmethod
-    def forward(ctx, value: Tensor, weight: Tensor) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(weight)
-        return value.view_as(value)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
-        (weight,) = ctx.saved_tensors
-        return grad * weight, None
-
-
-def scale_grad(value: Tensor, weight: Tensor) -> Tensor:
-    """``value`` unchanged, with its gradient multiplied by ``weight`` (broadcastable)."""
-    return _ScaleGrad.apply(value, weight.detach())
-
-
-def route_gamma(gamma: Tensor, dgamma_dt: Tensor, mode: str) -> Tensor:
-    """γ as the ε-loss sees it: the value is unchanged, the gradient reaching the schedule is
-
-    - ``full``: unchanged (the paper: the unweighted ε-loss trains the schedule);
-    - ``none``: zero (the schedule learns from L_β, L_prior and L_γ only);
-    - ``elbo``: multiplied per pixel by w = −d log SNR/dt = −(∂γ/∂t) / (γ (1 − γ)), the
-      weight that turns the ε-loss into the continuous-time ELBO (VDM), divided by its batch
-      mean so the step size stays comparable. The loss at a pixel depends on γ nearby, so
-      this weights the gradient at each pixel's γ rather than each pixel's loss: exact for
-      a spatially constant schedule, an approximation where λ(x) varies.
-
-    All ``[B, C, H, W]``.
-    """
-    if mode == "full":
-        return gamma
-    if mode == "none":
-        return gamma.detach()
-    w = (-dgamma_dt / (gamma * (1 - gamma))).detach().clamp_min(0)
-    return scale_grad(gamma, w / w.mean().clamp_min(1e-12))
-
-
 def residual_base(x: Tensor, out_channels: int) -> Tensor:
     """The baseline a residual model predicts around: the condition's last ``out_channels``
     channels ``[B, C_out, H, W]`` of ``x`` ``[B, C_in, H, W]`` — the upsampled input for
@@ -88,10 +47,6 @@ def residual_base(x: Tensor, out_channels: int) -> Tensor:
         raise ValueError(f"the residual target needs at least {out_channels} input channel(s), "
                          f"got {x.shape[1]}")
     return x[:, x.shape[1] - out_channels:]
-
-
-#: bound on the variance head's log σ² (units of mean_scale²): keeps exp finite
-LOG_VAR_BOUND = 30.0
 
 
 class CVDM(nn.Module):
@@ -139,7 +94,7 @@ class CVDM(nn.Module):
         target_scale: float = 1.0,
         eps_grad: str = "full",
         schedule_lr_scale: float = 1.0,
-        var_net: UNet | None = None,
+        var_net: VarianceHead | None = None,
     ) -> None:
         super().__init__()
         self.eps_grad = choose(eps_grad, EPS_GRAD_MODES, "eps_grad")
@@ -182,7 +137,8 @@ class CVDM(nn.Module):
         mean_net = UNet(cfg.in_channels, cfg.out_channels, cfg.zmd.net) if zmd else None
         # built last, so the other networks' initial weights do not depend on it
         spec = cfg.zmd.variance_net
-        var_net = UNet(cfg.in_channels + cfg.out_channels, cfg.out_channels, spec) if zmd and spec else None
+        var_net = (VarianceHead(cfg.in_channels + cfg.out_channels, cfg.out_channels, spec)
+                   if zmd and spec else None)
         return cls(
             schedule,
             denoiser,
@@ -243,8 +199,7 @@ class CVDM(nn.Module):
         μ(x), target units), in units of ``mean_scale``²; inputs are detached."""
         if self.var_net is None:
             raise ValueError("this model has no variance head (model.zmd.variance_net)")
-        inputs = torch.cat([x.detach(), mu.detach() / self.mean_scale], dim=1)
-        return self.var_net(inputs).to(working_dtype(x)).clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
+        return self.var_net.log_var(x.to(working_dtype(x)), mu / self.mean_scale)
 
     def predict_std(self, x: Tensor, mu: Tensor | None = None) -> Tensor:
         """The variance head's σ(x) ``[B, C, H, W]`` in target units (one pass; ``mu`` is
@@ -286,7 +241,7 @@ class CVDM(nn.Module):
 
     def loss(
         self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
-        noise: tuple[Tensor, Tensor] | None = None,
+        noise: tuple[Tensor, Tensor] | None = None, head_mean: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Per-example loss terms of METHOD.md, each ``Tensor[B]`` (unweighted).
 
@@ -297,7 +252,9 @@ class CVDM(nn.Module):
         ``eps``: ‖ε − ε̂‖²; ``beta``: ‖∂γ/∂t + βγ‖² + ‖γ(t₀) − 1‖² + ‖γ(t₁)‖²;
         ``prior``: KL(N(0,1) ‖ q(y_{t₁} | y0)); ``gamma``: α (∂²γ/∂t²)²; ``mean`` (ZMD):
         ‖μ(x) − (y − x_res)‖²; ``variance`` (the variance head): ½(s + r² e⁻ˢ) with s the
-        head's log σ² and r = (y − x_res − sg[μ]) / mean_scale, minimised at e^s = E[r² | x].
+        head's log σ² and r = (y − x_res − sg[μ̄]) / mean_scale, minimised at e^s = E[r² | x];
+        μ̄ is ``head_mean`` when given (the trainer passes the EMA model's μ(x), the mean that
+        predicts, whose error is smaller than the live network's), else μ.
         Each is a mean over pixels and channels.
         Use :meth:`total_loss` for the weighted sum.
         """
@@ -338,12 +295,18 @@ class CVDM(nn.Module):
             "gamma": self.alpha * mean(d.d2gamma_dt2.expand_as(y0).square()),
         }
         if mu is not None:
-            base = self.base(x)
-            r = ((y if base is None else y - base) - mu) / self.mean_scale
-            terms["mean"] = mean(r.square())
-            if self.var_net is not None:
-                log_var = self.predict_log_var(x, mu)
-                terms["variance"] = mean(0.5 * (log_var + r.detach().square() * torch.exp(-log_var)))
+            terms |= {k: mean(v) for k, v in self._mean_terms(x, y, mu, head_mean).items()}
+        return terms
+
+    def _mean_terms(self, x: Tensor, y: Tensor, mu: Tensor, head_mean: Tensor | None) -> dict[str, Tensor]:
+        """The per-pixel ``mean`` (ZMD) and ``variance`` (the head's) terms of :meth:`loss`."""
+        base = self.base(x)
+        target = y if base is None else y - base
+        terms = {"mean": ((target - mu) / self.mean_scale).square()}
+        if self.var_net is not None:
+            ref = mu.detach() if head_mean is None else head_mean.detach().to(mu.dtype)
+            r2 = ((target - ref) / self.mean_scale).square()
+            terms["variance"] = gaussian_nll(self.predict_log_var(x, ref), r2)
         return terms
 
     def total_loss(self, terms: dict[str, Tensor]) -> Tensor:
@@ -351,17 +314,25 @@ class CVDM(nn.Module):
         return sum(self.weights[k] * v.mean() for k, v in terms.items())
 
     # --- sampling ----------------------------------------------------------------------
-    def _one_pass(self, x: Tensor, lam: Tensor, on_step: Callable[[], None] | None) -> SampleOutput:
-        """μ(x) and the head's σ(x) without samples (``sample(samples=0)``)."""
-        b, c, (h, w) = x.shape[0], self.out_channels, x.shape[-2:]
-        mu = self.predict_mean(x)
-        point = self.from_diffused(x, torch.zeros_like(mu), mu)
-        std = self.predict_std(x, mu)
-        gamma_half = self.schedule.gamma_at(torch.full((b,), 0.5, device=x.device), lam)
-        if on_step is not None:
-            on_step()
-        return SampleOutput(point, std, point.new_zeros(b, 0, c, h, w), gamma_half.expand(b, c, h, w),
-                            2 + int(self.schedule.uses_network))
+    def _check_sample_options(self, steps: int, samples: int, eta: float, clip: float | None,
+                              point_estimate: str, uncertainty: str) -> None:
+        """A ValueError naming the first option of :meth:`sample` that does not apply."""
+        choose(point_estimate, POINT_ESTIMATES, "point estimate")
+        choose(uncertainty, UNCERTAINTIES, "uncertainty")
+        if uncertainty == "head" and self.var_net is None:
+            raise ValueError("uncertainty head needs the variance head (model.zmd.variance_net)")
+        check_eta(eta)
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        if point_estimate == "mean-net" and self.mean_net is None:
+            raise ValueError("point_estimate mean-net needs the ZMD mean network (model.zmd.enabled)")
+        if samples < 0:
+            raise ValueError("samples must not be negative")
+        if samples == 0 and (point_estimate, uncertainty) != ("mean-net", "head"):
+            raise ValueError("samples=0 (one pass, no sampling) needs point_estimate mean-net and "
+                             "uncertainty head")
+        if clip is not None and clip <= 0:
+            raise ValueError("clip must be positive (or None)")
 
     @torch.no_grad()
     def sample(
@@ -399,27 +370,12 @@ class CVDM(nn.Module):
         one-pass prediction: no sampling loop (``samples`` is empty, ``sample_mean`` None; network
         calls: the mean net, the head and the schedule's for ``gamma_half``; ``on_step`` once).
         """
-        choose(point_estimate, POINT_ESTIMATES, "point estimate")
-        choose(uncertainty, UNCERTAINTIES, "uncertainty")
-        if uncertainty == "head" and self.var_net is None:
-            raise ValueError("uncertainty head needs the variance head (model.zmd.variance_net)")
-        check_eta(eta)
-        if steps < 1:
-            raise ValueError("steps must be at least 1")
-        if point_estimate == "mean-net" and self.mean_net is None:
-            raise ValueError("point_estimate mean-net needs the ZMD mean network (model.zmd.enabled)")
-        if samples < 0:
-            raise ValueError("samples must not be negative")
-        if samples == 0 and (point_estimate, uncertainty) != ("mean-net", "head"):
-            raise ValueError("samples=0 (one pass, no sampling) needs point_estimate mean-net and "
-                             "uncertainty head")
-        if clip is not None and clip <= 0:
-            raise ValueError("clip must be positive (or None)")
+        self._check_sample_options(steps, samples, eta, clip, point_estimate, uncertainty)
         x = x.to(working_dtype(x))
         b, k, c, (h, w) = x.shape[0], samples, self.out_channels, x.shape[-2:]
         lam = self.schedule.lam(x)  # the schedule U-Net: once per image
         if k == 0:
-            return self._one_pass(x, lam, on_step)
+            return one_pass(self, x, lam, on_step)
         log_g = self.schedule.log_gamma_grid(lam, steps, grid, gamma_min)
         log_g = log_g.expand(steps + 1, b, c, h, w).repeat_interleave(k, dim=1)
         mu = self.predict_mean(x)

@@ -73,9 +73,10 @@ class PredictWidget(Container):
         self.image = ComboBox(label="image", choices=self._image_layers, nullable=True)
         self.model_folder = FileEdit(label="model folder", mode="d",
                                      value=LAST_MODEL[0] if LAST_MODEL else Path.home())
-        self.samples = SpinBox(label="samples (K)", value=8, min=1, max=256,
-                               tooltip="posterior samples: their mean is the prediction, "
-                                       "their std the uncertainty")
+        self.samples = SpinBox(label="samples (K)", value=8, min=0, max=256,
+                               tooltip="posterior samples: their mean (or the mean network) is the "
+                                       "prediction, their std (or the variance head's) the uncertainty; "
+                                       "0: one pass, for a model with the variance head")
         self.steps = SpinBox(label="steps", value=20, min=1, max=5000, tooltip="sampling steps per sample")
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1, tooltip="same seed, same output")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
