@@ -56,10 +56,9 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
     if unit not in UNITS:
         raise UserError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     s = predictor.bundle.sample
-    one_pass = (s.point_estimate, s.uncertainty) == ("mean-net", "head")  # μ and σ need no samples
-    samples = (0 if one_pass else s.samples) if samples is None else samples
+    samples = (0 if predictor.one_pass else s.samples) if samples is None else samples  # μ, σ: no samples
     steps = steps or s.steps
-    if samples == 0 and not one_pass:
+    if samples == 0 and not predictor.one_pass:
         raise UserError("samples 0 needs a model whose std is the variance head and whose point estimate "
                         "is the mean network")
     if samples < 2 and s.uncertainty == "samples":

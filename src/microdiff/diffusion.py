@@ -23,6 +23,7 @@ from .variance_head import VarianceHead, gaussian_nll, one_pass
 if TYPE_CHECKING:
     from .config import ModelConfig
 
+
 def noise_features(gamma: Tensor) -> Tensor:
     """Per-pixel noise-level features for the denoiser: ``[B, C, H, W]`` → ``[B, 3C, H, W]``.
 

@@ -133,11 +133,16 @@ class Predictor:
                 out["lower"], out["upper"] = lower.astype(np.float32), upper.astype(np.float32)
         return self._prediction(out, norm, samples, axes, pixel_size_um)
 
-    def _check_one_pass(self, return_samples: bool, refine: bool) -> None:
-        """``samples=0`` (no sampling loop) needs the mean network, the variance head and no
-        sample-based output."""
+    @property
+    def one_pass(self) -> bool:
+        """Whether the model can predict with ``samples=0``: its point estimate is the mean
+        network and its std the variance head, so neither needs samples."""
         s = self.bundle.sample
-        if not self.model.generative or (s.point_estimate, s.uncertainty) != ("mean-net", "head"):
+        return self.model.generative and (s.point_estimate, s.uncertainty) == ("mean-net", "head")
+
+    def _check_one_pass(self, return_samples: bool, refine: bool) -> None:
+        """``samples=0`` (no sampling loop) needs :attr:`one_pass` and no sample-based output."""
+        if not self.one_pass:
             raise UserError("samples 0 (one pass, no sampling) needs a model whose point estimate is the "
                             "mean network and whose std is the variance head "
                             "(sample.point_estimate=mean-net, sample.uncertainty=head)")
