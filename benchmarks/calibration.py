@@ -28,7 +28,7 @@ docs/img/calibration_splits.png. Usage::
 
 ``--samples K`` samples K chains instead of the preset's (the guide's advice for a std that
 matters is K ≥ 16); it writes the section ``calibration_k{K}`` and figures with that suffix,
-so the preset's table stays.
+so the preset's table stays; ``--tag NAME`` appends ``_NAME`` (another method beside the default).
 """
 
 from __future__ import annotations
@@ -53,10 +53,11 @@ IMG = P.ROOT / "docs" / "img"
 SAMPLED: list[str] = []  # runs whose predictions this invocation computed (not from the cache)
 
 
-def section_suffix(samples: int | None, uncertainty: str = "samples") -> str:
-    """The suffix of the section and figure names for ``--samples`` (none: the preset's K) and
-    ``--uncertainty head``."""
-    return (f"_k{samples}" if samples else "") + ("_head" if uncertainty == "head" else "")  # K = 0: one pass
+def section_suffix(samples: int | None, uncertainty: str = "samples", tag: str = "") -> str:
+    """The suffix of the section and figure names for ``--samples`` (none: the preset's K),
+    ``--uncertainty head`` and ``--tag``."""
+    return ((f"_k{samples}" if samples else "") + ("_head" if uncertainty == "head" else "")  # K = 0: none
+            + (f"_{tag}" if tag else ""))
 
 
 def predictions(method: str, seed: int, images: list[P.TestImage], tag: str, k: int,
@@ -252,6 +253,11 @@ def analyse(method: str, seed: int, rng_seed: int, samples: int | None = None, t
                             ("|mean − input|", np.abs(d["mean"] - d["x"]))):
             proxies[name].append((metrics.spearman_std_error(score, err), metrics.ause(score, err)))
     row["proxies"] = {k: tuple(np.mean(v, axis=0)) for k, v in proxies.items()}
+    psnr = {im.name: metrics.psnr(test_preds[im.name]["mean"].astype(np.float64),
+                                  test_preds[im.name]["y"].astype(np.float64)) for im in test_images}
+    groups = [g for g in ("sim", "real-01", "real-09") if any(im.group.startswith(g) for im in test_images)]
+    row["psnr"] = {g: float(np.mean([psnr[im.name] for im in test_images if im.group.startswith(g)]))
+                   for g in groups}
     if mixed:
         row["mixed"] = mixed_scores(method, seed, k, uncertainty, target)
     return row
@@ -318,7 +324,7 @@ def figures(rows: dict[int, dict], suffix: str = "") -> None:
 
 def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
            samples: int | None = None, target: str = "rms", uncertainty: str = "samples",
-           mixed: bool = False) -> list[str]:
+           mixed: bool = False, tag: str = "") -> list[str]:
     def ms(key: str, d: int = 2, f=lambda r, k: r[k]) -> str:
         return P.mean_pm_std([f(rows[s], key) for s in seeds], d)
 
@@ -327,7 +333,8 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
     cmd += f" --target {target}" if target != "rms" else ""
     cmd += " --uncertainty head" if uncertainty == "head" else ""
     cmd += " --mixed" if mixed else ""
-    suffix = section_suffix(samples, uncertainty)
+    cmd += f" --tag {tag}" if tag else ""
+    suffix = section_suffix(samples, uncertainty, tag)
     k_text = (", the variance head's std" if uncertainty == "head"
               else f", K = {samples}" if samples else "")
     lines = [f"## Calibration of the std and the interval ({method}, {P.LONG_STEPS} steps{k_text})", "",
@@ -348,6 +355,10 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
 
     lines += [f"| RMSE / RMV over the 10 bins (all seeds; [0.8, 1.25] wanted) | {ratio_range('bins_raw')} "
               f"| {ratio_range('bins_cal')} |", "",
+              "The point estimate on the same images, PSNR [dB] (the real pair: its centre 256² crop; the "
+              "quality tables score the centre 128² with more metrics): " + ", ".join(
+                  f"{g} {P.mean_pm_std([rows[s]['psnr'][g] for s in seeds])}"
+                  for g in rows[seeds[0]].get("psnr", {})) + ".", "",
               "Calibrated ±1σ coverage per structure (pooled: "
               f"{ms('cov1_cal')}; wanted within ±0.08 of it): " + ", ".join(
                   f"{st} {P.mean_pm_std([rows[s]['per_structure'][st] for s in seeds])}"
@@ -480,6 +491,8 @@ def main() -> None:
     ap.add_argument("--mixed", action="store_true",
                     help="also score the std on held-out images of the training distribution (mixed "
                          "structures): 16 more predictions per seed")
+    ap.add_argument("--tag", default="", help="appended to the section and figure names, so another "
+                    "method's table stands beside the default's")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -488,10 +501,10 @@ def main() -> None:
         print(f"{args.method} seed {seed}", flush=True)
         rows[seed] = analyse(args.method, seed, rng_seed=seed, samples=args.samples, target=args.target,
                              uncertainty=args.uncertainty, mixed=args.mixed)
-    suffix = section_suffix(args.samples, args.uncertainty)
+    suffix = section_suffix(args.samples, args.uncertainty, args.tag)
     figures(rows, suffix)
     lines = report(args.method, args.seeds, rows, time.perf_counter() - t0, args.samples, args.target,
-                   args.uncertainty, args.mixed)
+                   args.uncertainty, args.mixed, args.tag)
     write_section(f"calibration{suffix}", "\n".join(lines))
     print("\n".join(lines))
 

@@ -125,3 +125,23 @@ def test_er_edges_from_far_voronoi_vertices_are_clipped() -> None:
     pair = simulate_pair("mixed", 128, np.random.default_rng([1, 84, TRAIN_STREAM, STREAM_TAG]),
                          SimulatorConfig(scale=2))
     assert np.isfinite(pair.target).all() and pair.target.max() > 0
+
+
+def test_any_draws_a_mixed_image_half_the_time_and_each_single_class_otherwise() -> None:
+    """``any`` (single-structure and mixed training images): the first draw picks mixed with
+    probability 1/2, else one class uniformly; the image is then exactly that kind's."""
+    from microdiff.data.structures import DEFAULT_DENSITY, GENERATORS, structure
+
+    drawn = []
+    for seed in range(40):
+        got = structure("any", np.random.default_rng(seed), 48, 0.05, 1.0)
+        rng = np.random.default_rng(seed)
+        if rng.random() < 0.5:
+            kind, expected = "mixed", structure("mixed", rng, 48, 0.05, 1.0)
+        else:
+            kind = str(rng.choice(list(GENERATORS)))
+            expected = GENERATORS[kind](rng, 48, 0.05, DEFAULT_DENSITY[kind])
+        np.testing.assert_array_equal(got, expected)
+        drawn.append(kind)
+    assert set(drawn) == {*GENERATORS, "mixed"}
+    assert 12 <= drawn.count("mixed") <= 28  # 20 expected; binomial(40, 1/2) sd 3.2

@@ -34,6 +34,7 @@ from .data.synthetic import STRUCTURES, SimulatorConfig
 from .errors import UserError
 from .evaluation import image_metrics, montage_row, schedule_profile, write_report
 from .models import ImageModel
+from .options import SINGLE_STRUCTURES
 from .runs import train_run
 
 RUN_ENTRIES = ("config.yaml", "stats.jsonl", "checkpoints", "montages", "model", "results.json",
@@ -45,7 +46,7 @@ def held_out_pairs(cfg: Config, data_val: list[Pair]) -> list[Pair]:
     d = cfg.data
     if d.path is not None or d.generator != "simulator":
         return data_val
-    kinds = [k for k in STRUCTURES if k != "mixed"] if d.structure == "mixed" else [d.structure]
+    kinds = list(SINGLE_STRUCTURES) if d.structure in ("mixed", "any") else [d.structure]
     per = max(1, d.n_val // len(kinds))
     sim = SimulatorConfig(scale=d.scale)
     return [p for k in kinds for p in simulated(k, per, d.image_size, cfg.train.seed, d.level, sim,

@@ -163,7 +163,10 @@ DEFAULT_DENSITY = {"mt": 1.5, "factin": 1.0, "ccp": 1.5, "er": 1.2}
 
 
 def structure(kind: str, rng: np.random.Generator, n: int, px: float, density: float) -> np.ndarray:
-    """Ground truth for ``kind`` in ``mt, factin, ccp, er, mixed`` (mixed: 2–3 classes)."""
+    """Ground truth for ``kind`` in ``mt, factin, ccp, er, mixed, any`` (mixed: 2–3 classes
+    in one image; any: a mixed image or, with equal probability, one class drawn uniformly)."""
+    if kind == "any":
+        kind = "mixed" if rng.random() < 0.5 else str(rng.choice(list(GENERATORS)))
     if kind == "mixed":
         kinds = rng.choice(list(GENERATORS), size=int(rng.integers(2, 4)), replace=False)
         out = np.zeros((n, n))
@@ -172,5 +175,6 @@ def structure(kind: str, rng: np.random.Generator, n: int, px: float, density: f
             out += rng.uniform(0.5, 1.0) * part / (part.max() + 1e-12)
         return out
     if kind not in GENERATORS:
-        raise ValueError(f"unknown structure {kind!r}; choose one of {', '.join([*GENERATORS, 'mixed'])}")
+        kinds = ", ".join([*GENERATORS, "mixed", "any"])
+        raise ValueError(f"unknown structure {kind!r}; choose one of {kinds}")
     return GENERATORS[kind](rng, n, px, density * DEFAULT_DENSITY[kind])

@@ -181,7 +181,7 @@ def simulate_pair(
     cfg: SimulatorConfig | None = None,
     level: int | None = None,
 ) -> SimulatedPair:
-    """One widefield/SIM pair of ``kind`` (``mt, factin, ccp, er, mixed``) with a
+    """One widefield/SIM pair of ``kind`` (``mt, factin, ccp, er, mixed, any``) with a
     ``size × size`` target. ``level`` (1..9) fixes the mean counts; else they are drawn."""
     cfg = cfg or SimulatorConfig()
     if kind not in STRUCTURES:
