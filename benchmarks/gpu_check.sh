@@ -2,7 +2,8 @@
 # The checks to run when a CUDA GPU is lent (no CI machine has one): the CUDA paths' tests
 # (tests/test_cuda.py: bf16 autocast, fused Adam, channels-last, torch.compile, NCCL with one
 # process, prediction on the GPU against the CPU), then the GPU speed tables of
-# benchmarks/speed.py (sections speed_gpu and speed_gpu_1024 of docs/benchmarks.md).
+# benchmarks/speed.py (sections speed_gpu and speed_gpu_1024 of docs/benchmarks.md) and the
+# output modes' times (benchmarks/prediction_modes.py, section prediction_modes_gpu).
 #
 #   bash benchmarks/gpu_check.sh [OUTDIR]      # logs and the updated docs/benchmarks.md there
 #
@@ -27,5 +28,7 @@ timeout 290 python3 benchmarks/speed.py --sizes 256 --presets demo demo-regressi
     --child-timeout 120 2>&1 | tee "$out/speed.log"
 timeout 100 python3 benchmarks/speed.py --sizes 1024 --presets demo demo-regression --variants fast \
     --phases sample --child-timeout 60 --section speed_gpu_1024 2>&1 | tee "$out/speed_1024.log"
+timeout 200 python3 benchmarks/prediction_modes.py --size 512 --planes 50 --repeats 3 --device cuda 2>&1 \
+    | tee "$out/prediction_modes.log"
 cp docs/benchmarks.md "$out/benchmarks.md"
 exit $status

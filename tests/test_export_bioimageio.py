@@ -96,6 +96,32 @@ def test_packaged_prediction_is_microdiff_predict(sr_model, tmp_path) -> None:
     assert float(std.min()) >= 0.0 and float(std.max()) > 0.0  # K = 2 samples differ
 
 
+def test_a_model_with_the_variance_head_exports_its_one_pass_prediction(tmp_path) -> None:
+    """``--samples 0``: the package gives μ(x) and the head's σ(x), as ``predict --samples 0``."""
+    import torch
+
+    from microdiff.export_bioimageio import export_bioimageio
+    from microdiff.nets.unet import UNetSpec
+    from microdiff.predictor import load
+
+    cfg = tiny_model_config("fixed-cosine", residual=True, target_scale=0.2, zmd=True)
+    cfg.zmd.scaled, cfg.zmd.variance_net = True, UNetSpec(8, [1], 1)
+    folder = tmp_path / "run" / "model"
+    save_bundle(folder, CVDM.from_config(cfg), cfg,
+                SampleConfig(steps=3, samples=2, point_estimate="mean-net", uncertainty="head"), scale=2)
+    out = export_bioimageio(folder, tmp_path / "one.zip", samples=0)
+    with zipfile.ZipFile(out) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        readme = z.read("README.md").decode()
+        x, mean, std = (np.load(z.open(f"test_{t}.npy")) for t in ("input", "mean", "std"))
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["samples"] == 0
+    assert "variance head" in readme
+    res = load(folder).predict(x[0, 0], samples=0)
+    np.testing.assert_array_equal(mean[0, 0], res.mean)
+    np.testing.assert_array_equal(std[0, 0], res.std)
+    assert float(torch.from_numpy(std).min()) > 0.0  # the head's σ, not a K = 1 spread of zeros
+
+
 def test_a_qpi_model_exports_with_its_channels(tmp_path) -> None:
     from bioimageio.core import test_model
 
@@ -133,7 +159,8 @@ def test_a_test_image_of_any_size_is_cropped_to_a_declared_size(sr_model, tmp_pa
 @pytest.mark.parametrize("args, message", [
     (["--format", "onnx"], "--format 'onnx': use one of bioimageio"),
     (["--name", "a/b"], "the Zoo allows letters"),
-    (["--samples", "0"], "--samples must be at least 1"),
+    (["--samples", "-1"], "--samples must be at least 0"),
+    (["--samples", "0"], "samples 0 (one pass, no sampling) needs a model whose point estimate"),
     (["--author", "a/b"], "not a valid author name"),
     (["--cite-url", "notaurl"], "not an http(s) URL"),
     (["--test-image", "missing.tif"], "no such file"),

@@ -199,7 +199,8 @@ def export(
     out: Annotated[Path, typer.Option(help="the package to write (.zip)")],
     format_: Annotated[str, typer.Option("--format", help="bioimageio (BioImage Model Zoo, spec 0.5)")]
     = "bioimageio",
-    samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
+    samples: Annotated[int | None, typer.Option(
+        help="posterior samples K (default: the model's; 0: one pass, with the variance head)")] = None,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
     seed: Annotated[int, typer.Option(help="random seed of the packaged prediction")] = 0,
     test_image: Annotated[Path | None, typer.Option(

@@ -27,6 +27,7 @@ from .data.axes import as_2d, as_chw
 from .data.io import ImageWriteError, read_image
 from .data.normalize import PERCENTILES
 from .errors import UserError
+from .predictor import Predictor
 
 CVDM_DOI = "10.48550/arXiv.2312.02246"
 CVDM_CITATION = ("G. della Maggiora, L. A. Croquevielle, N. Deshpande, H. Horsley, T. Heinis, "
@@ -158,9 +159,10 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
     """Write the package ``out`` (``.zip``) for the model folder ``model_dir``; returns ``out``.
 
     samples, steps: K and N of the packaged prediction (default: the model's sampling
-    config); test_image: the test input (default: simulated for the model's task);
-    authors: names for the package (default: "microdiff user"); cite_url: where to cite
-    this training (e.g. your paper or repository), added to the citations.
+    config; samples 0: the one-pass prediction of a model with the variance head);
+    test_image: the test input (default: simulated for the model's task); authors: names
+    for the package (default: "microdiff user"); cite_url: where to cite this training
+    (e.g. your paper or repository), added to the citations.
     """
     v = _need_extra()
     from .bioimageio_model import PosteriorMean
@@ -169,9 +171,12 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
     _check_arguments(out, overwrite, samples, steps, name, test_image)
     cite_extra = _checked_metadata(v, authors, cite_url)  # before any slow work
     model, bundle = load_bundle(model_dir)
+    samples = bundle.sample.samples if samples is None else samples
+    if samples == 0:  # the one-pass package: before any slow work, say if it cannot be
+        Predictor(model, bundle).check_one_pass(return_samples=False, refine=bundle.task.data_consistency)
     folder_name = "".join(ch for ch in model_dir.resolve().parent.name if ch in NAME_CHARACTERS)
     title = name or f"microdiff CVDM {bundle.task.kind} {folder_name}".strip()
-    options = {"samples": samples or bundle.sample.samples, "steps": steps or bundle.sample.steps,
+    options = {"samples": samples, "steps": steps or bundle.sample.steps,
                "seed": seed, "tile": 256, "overlap": 32}
     net = PosteriorMean(bundle.to_dict(), **options)
     net.model.load_state_dict(model.state_dict())
@@ -194,9 +199,11 @@ def _check_arguments(out: Path, overwrite: bool, samples: int | None, steps: int
         raise UserError(f"{out}: the package is a zip file; name it *.zip")
     if out.exists() and not overwrite:
         raise ImageWriteError(f"{out} exists; use --overwrite to replace it")
-    for label, value in (("--samples", samples), ("--steps", steps)):
-        if value is not None and value < 1:
-            raise UserError(f"{label} must be at least 1, got {value}")
+    if samples is not None and samples < 0:
+        raise UserError(f"--samples must be at least 0 (0: one pass, for a model with the variance head), "
+                        f"got {samples}")
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
     if name is not None and (not name.strip() or set(name) - set(NAME_CHARACTERS)):
         raise UserError(f"--name {name!r}: the Zoo allows letters, digits, spaces and _+-() only")
     if test_image is not None and not Path(test_image).is_file():

@@ -7,11 +7,14 @@ model's scale factor (Fiji shows the right scale bar). Optionally ``NAME_samples
 γ(t = 0.5, x)). A calibrated model (``microdiff calibrate``) writes the calibrated std as
 ``NAME_std.tif``, its interval as ``NAME_lower.tif`` and ``NAME_upper.tif``, and on request
 the samples' raw spread as ``NAME_std_uncalibrated.tif``. Existing outputs are never
-replaced unless ``overwrite``.
+replaced unless ``overwrite``. Progress: one bar over the files and one over the current
+file's network calls (every plane of a stack), with the time left.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +60,28 @@ def output_image(res: Prediction, kind: str, axes: str, z_spacing: float | None 
     data = {"mean": res.mean, "std": res.std, "schedule": res.schedule, "lower": res.lower,
             "upper": res.upper, "std_uncalibrated": res.std_raw}[kind]
     return Image(data, mean_axes, res.pixel_size_um, z_spacing if mean_axes == "ZYX" else None)
+
+
+@contextmanager
+def network_bar(name: str, axes: str, planes: int, enabled: bool
+                ) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar over one file's network calls (all planes of a stack, all tiles and
+    sampling steps), with rate and time left; yields the ``progress(done, total)`` callback
+    of :meth:`Predictor.predict` (None when ``enabled`` is false)."""
+    if not enabled:
+        yield None
+        return
+    what = f"{name} ({planes} planes)" if axes == "ZYX" else name
+    with tqdm(desc=what, unit="call", leave=False, dynamic_ncols=True) as bar:
+        def on_progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+                bar.refresh()
+            bar.update(done - bar.n)
+            if done == total:  # show the finished count whatever the refresh interval skipped
+                bar.refresh()
+
+        yield on_progress
 
 
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
@@ -110,17 +135,18 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
     world.barrier()  # every rank has checked for existing outputs before any is written
     mine = list(zip(files, targets, strict=True))[world.rank::world.size]
     written: list[Path] = []
-    for f, paths in tqdm(mine, desc="predicting", disable=not progress, dynamic_ncols=True):
+    for f, paths in tqdm(mine, desc="predicting", unit="file", disable=not progress, dynamic_ncols=True):
         img = read_image(f)
         try:
             data, axes = as_2d(img, stack)
             kwargs = dict(samples=samples, steps=steps, seed=seed, tile=tile, overlap=overlap,
                           pixel_size_um=img.pixel_size, return_samples=save_samples,
                           return_schedule=save_schedule, tile_batch=tile_batch)
-            if axes == "ZYX":  # plane by plane, each with the same seed
-                res = predict_planes(predictor, data, **kwargs)
-            else:
-                res = predictor.predict(data, axes=axes, **kwargs)
+            with network_bar(f.name, axes, len(data), progress) as on_progress:
+                if axes == "ZYX":  # plane by plane, each with the same seed
+                    res = predict_planes(predictor, data, progress=on_progress, **kwargs)
+                else:
+                    res = predictor.predict(data, axes=axes, progress=on_progress, **kwargs)
         except UserError as err:  # say which file
             raise type(err)(f"{f}: {err}") from None
         for kind, path in paths.items():

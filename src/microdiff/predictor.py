@@ -114,7 +114,7 @@ class Predictor:
         steps = steps or self.bundle.sample.steps
         refine = self.task.data_consistency
         if samples == 0:
-            self._check_one_pass(return_samples, refine)
+            self.check_one_pass(return_samples, refine)
         out = self.sample_normalized(x, samples, steps, seed, tile, overlap,
                                      return_samples or (refine and self.model.generative), return_schedule,
                                      tile_batch, progress)
@@ -140,7 +140,7 @@ class Predictor:
         s = self.bundle.sample
         return self.model.generative and (s.point_estimate, s.uncertainty) == ("mean-net", "head")
 
-    def _check_one_pass(self, return_samples: bool, refine: bool) -> None:
+    def check_one_pass(self, return_samples: bool, refine: bool) -> None:
         """``samples=0`` (no sampling loop) needs :attr:`one_pass` and no sample-based output."""
         if not self.one_pass:
             raise UserError("samples 0 (one pass, no sampling) needs a model whose point estimate is the "
