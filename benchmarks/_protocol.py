@@ -28,6 +28,7 @@ from microdiff.data.sources import TEST_STREAM, VAL_STREAM
 from microdiff.data.synthetic import SimulatorConfig
 from microdiff.evaluation import image_metrics
 from microdiff.models import build_model
+from microdiff.options import SINGLE_STRUCTURES
 from microdiff.predictor import load
 from microdiff.runs import train_run
 from microdiff.train import TrainingDiverged
@@ -38,7 +39,7 @@ REAL = ROOT.parent / "shared" / "data" / "biosr-mt-cell001"
 REAL_CROP = 256  # target pixels of the centre crop of the real pair (input: 128²)
 TEST_SEED = 1000  # the held-out simulated test set: independent of every training seed
 VAL_SEED = 7000  # + level: validation images for choices (sampler floor, calibration), never reported
-STRUCTURES = ("mt", "factin", "ccp", "er")
+STRUCTURES = SINGLE_STRUCTURES  # the test sets hold one structure per image
 LEVELS = {"low": 1, "high": 9}  # simulator signal levels (BioSR's levels 01 and 09)
 METRICS = ("psnr", "ssim", "ms_ssim", "nrmse", "frc_resolution", "spectral_resolution")
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
 import microdiff  # noqa: E402
@@ -48,7 +49,6 @@ from microdiff.data.tiling import tile_starts  # noqa: E402
 from microdiff.models import build_model  # noqa: E402
 from microdiff.predictor import predict_planes  # noqa: E402
 
-HEAD = "model.zmd.variance_net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
 TILE, OVERLAP = 256, 32
 
 
@@ -95,7 +95,7 @@ def main() -> None:
     n_tiles = len(tile_starts(2 * args.size, TILE, OVERLAP)) ** 2
     few, sampled = parse(args.few), parse(args.sampled)
     modes = {"regression": ("demo-regression", [], {}),
-             "one-pass": ("demo", [HEAD, "sample.uncertainty=head"], {"samples": 0}),
+             "one-pass": ("demo", [P.VAR_NET, "sample.uncertainty=head"], {"samples": 0}),
              "few-step": ("demo", [], {"steps": few[0], "samples": few[1]}),
              "sampled": ("demo", [], {"steps": sampled[0], "samples": sampled[1]})}
     rows = {}
