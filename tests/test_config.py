@@ -118,3 +118,20 @@ def test_a_value_fitting_no_member_of_a_union_names_every_accepted_form() -> Non
         assert all(p in message for p in parts) and ".bool" not in message and "\n" not in message
     with pytest.raises(ConfigError, match=r"^--set: train.steps: Input should be greater than or equal to 1"):
         apply_overrides(load_config("demo"), ["train.steps=0"])  # plain fields keep pydantic's sentence
+
+
+def test_zero_samples_needs_the_one_pass_design() -> None:
+    """samples 0 (and val_samples 0) is the one-pass prediction: only with μ(x) as the point
+    estimate and the variance head as the std; otherwise one sentence naming the key."""
+    head = ["model.zmd.variance_net={base_channels: 8, channel_mults: [1], num_res_blocks: 1}",
+            "sample.uncertainty=head"]
+    cfg = apply_overrides(load_config("demo"), [*head, "sample.samples=0", "train.val_samples=0"])
+    assert cfg.sample.samples == 0 and cfg.train.val_samples == 0
+    for key in ("sample.samples", "train.val_samples"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "=0"):
+            apply_overrides(load_config("demo"), [f"{key}=0"])
+        with pytest.raises(ConfigError, match="point_estimate=mean-net"):
+            apply_overrides(load_config("demo"), [*head, "sample.point_estimate=sample-mean", f"{key}=0"])
+    with pytest.raises(ConfigError, match="sample.samples"):
+        apply_overrides(load_config("demo"), ["sample.samples=-1"])
+    assert apply_overrides(load_config("demo-regression"), ["sample.samples=0"]).sample.samples == 0

@@ -95,9 +95,8 @@ class ZMDConfig(_Strict):
     enabled: bool = False
     sigma: float = Field(0.5, gt=0)
     net: UNetSpec = Field(default_factory=lambda: UNetSpec(32, [1, 2, 4], 1))
-    scaled: bool = Field(False, description="μ(x) = target_scale · net(x) with its MSE in units of "
-                         "target_scale, exactly the regression model's parameterisation (false: the "
-                         "authors' μ(x) = net(x) with the MSE in target units)")
+    scaled: bool = Field(False, description="μ(x) = target_scale · net(x), MSE in units of target_scale, "
+                         "as the regression model (false: the authors' μ(x) = net(x), MSE in target units)")
     variance_net: UNetSpec | None = Field(None, description="the variance head: one-pass σ(x); docs/core.md")
 
 
@@ -115,8 +114,7 @@ class ModelConfig(_Strict):
     loss: LossConfig = Field(default_factory=LossConfig)
     zmd: ZMDConfig = Field(default_factory=ZMDConfig)
     residual: bool = Field(False, description="diffuse y − b and add b back; b: the condition's last "
-                           "out_channels channels (sr: the upsampled input; qpi with "
-                           "data.baseline_channel: TIE)")
+                           "out_channels channels (sr: the upsampled input; qpi with baseline_channel: TIE)")
     target_scale: float = Field(
         1.0, gt=0, description="divide the diffused quantity by this (≈ its std; 1 = authors)")
     timesteps: int = Field(200, ge=2, description="T: sets t0 = 1/T and t1 = 1 − 1/T")
@@ -227,7 +225,7 @@ class TrainConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept (the newest)")
     val_every: int = Field(100, ge=0, description="steps between validations (0: only at the end)")
     val_steps: int = Field(20, ge=1, description="sampling steps of validation")
-    val_samples: int = Field(4, ge=1, description="posterior samples of validation")
+    val_samples: int = Field(4, ge=0, description="posterior samples of validation (0: one pass)")
     calibrate: bool = Field(True, description="at the end, calibrate the std and interval on the "
                             "held-out validation crops (microdiff calibrate; generative models, K ≥ 2)")
 
@@ -237,23 +235,21 @@ class SampleConfig(_Strict):
     stochasticity ``eta`` (1: ancestral DDPM steps, 0: deterministic DDIM)."""
 
     steps: int = Field(50, ge=1)
-    samples: int = Field(8, ge=1)
+    samples: int = Field(8, ge=0, description="posterior samples K; 0: one pass, μ(x) and the head's σ(x) "
+                         "(point_estimate=mean-net, uncertainty=head)")
     eta: float = Field(1.0, ge=0, le=1, description="stochasticity of a step: 1 ancestral (DDPM), "
                        "0 deterministic (DDIM), in between DDIM with η")
     grid: Grid = "gamma"
     point_estimate: PointEstimate = Field(
-        "sample-mean", description="the image returned as the prediction (NAME_mean.tif): the mean of "
-        "the K samples (the paper), or the mean network μ(x) of Zero-Mean Diffusion (its one network "
-        "pass, free of sampling noise; the K samples still give the std; needs model.zmd.enabled)")
+        "sample-mean", description="the prediction (NAME_mean.tif): the mean of the K samples (the "
+        "paper), or the mean network μ(x) of Zero-Mean Diffusion (one pass; needs model.zmd.enabled)")
     uncertainty: Uncertainty = Field("samples", description="NAME_std.tif: the K samples' spread, or "
                                      "the variance head's σ(x) (model.zmd.variance_net; samples=0: one pass)")
     clip: float | None = Field(
         None, gt=0, description="bound on |ŷ0| in target units (residual y − x with the residual target)")
     gamma_min: float | None = Field(
         None, gt=0, lt=1, description="start sampling at γ ≥ this (unset: the schedule's own γ(1), "
-        "floored at 1e-6); 1e-3 stops the chains that otherwise leave the data when a learned "
-        "schedule has drifted to γ(1) ≈ 1e-5 (issue 17's note); its effect on the std is not "
-        "measured yet")
+        "floored at 1e-6); 1e-3 stops chains leaving the data when γ(1) has drifted to ~1e-5")
 
     def options(self) -> dict:
         """The keyword arguments of ``model.sample`` that this config sets (besides steps and K)."""
@@ -300,6 +296,10 @@ class Config(_Strict):
             raise ValueError("sample.point_estimate=mean-net needs the mean network (model.zmd.enabled=true)")
         if s.uncertainty == "head" and m.kind == "cvdm" and (not m.zmd.enabled or m.zmd.variance_net is None):
             raise ValueError("sample.uncertainty=head needs the variance head (model.zmd.variance_net)")
+        for key, k in (("sample.samples", s.samples), ("train.val_samples", self.train.val_samples)):
+            if k == 0 and m.kind == "cvdm" and (s.point_estimate, s.uncertainty) != ("mean-net", "head"):
+                raise ValueError(f"{key}=0 (one pass, no samples) needs sample.point_estimate=mean-net "
+                                 "and sample.uncertainty=head")
         return self
 
 

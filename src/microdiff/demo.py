@@ -76,8 +76,9 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
     pairs = held_out_pairs(cfg, run.data.val)
     s = cfg.sample
     if progress:
-        print(f"evaluating on {len(pairs)} held-out images: {s.samples} samples x {s.steps} steps "
-              f"(η = {s.eta:g})")
+        drawn = ("one pass: μ(x) and the variance head's σ(x)" if s.samples == 0
+                 else f"{s.samples} samples x {s.steps} steps (η = {s.eta:g})")
+        print(f"evaluating on {len(pairs)} held-out images: {drawn}")
     # the std calibration fitted at the end of training on the validation crops; applied only
     # where the held-out images are other images (the simulator's test stream)
     cal = read_bundle(out / "model").calibration if pairs is not run.data.val else None
