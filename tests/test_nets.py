@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from microdiff.config import load_config
-from microdiff.nets.unet import UNet, UNetSpec
+from microdiff.nets.unet import PixelNorm, UNet, UNetSpec
 
 
 @pytest.mark.parametrize("hw", [(16, 16), (17, 23), (5, 40)])
@@ -51,9 +52,50 @@ def test_missing_conditioning_map_is_an_error() -> None:
 
 def test_invalid_specs_are_rejected() -> None:
     for kwargs in ({"base_channels": 0}, {"channel_mults": []}, {"num_res_blocks": 0},
-                   {"attention_levels": [5]}, {"dropout": 1.0}):
+                   {"attention_levels": [5]}, {"dropout": 1.0}, {"norm": "batch"}):
         with pytest.raises(ValueError):
             UNetSpec(**kwargs)
+
+
+def test_pixel_norm_is_a_layer_norm_over_each_pixels_channels() -> None:
+    """Against a float64 NumPy computation per pixel, with a non-trivial scale and shift:
+    (x − mean over channels) / √(var over channels + eps) · weight + bias."""
+    torch.manual_seed(0)
+    norm = PixelNorm(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = 3 * torch.randn(2, 6, 5, 7) + 1
+    a = x.double().numpy()
+    mean, var = a.mean(axis=1, keepdims=True), a.var(axis=1, keepdims=True)
+    w, b = norm.weight.detach().double().numpy(), norm.bias.detach().double().numpy()
+    ref = (a - mean) / np.sqrt(var + norm.eps) * w[:, None, None] + b[:, None, None]
+    assert np.allclose(norm(x).detach().double().numpy(), ref, atol=1e-5)
+
+
+def _randomised(net: UNet) -> UNet:
+    with torch.no_grad():  # residual branches start at zero: give them weights
+        for p in net.parameters():
+            if torch.all(p == 0):
+                p.normal_(0, 0.1)
+    return net
+
+
+@pytest.mark.parametrize("norm, local", [("pixel", True), ("group", False)])
+def test_pixel_norm_makes_the_output_independent_of_the_rest_of_the_image(norm, local) -> None:
+    """With ``norm=pixel`` a pixel's output depends on its receptive field only, so a crop
+    of the whole image's output equals the output on the crop farther than the receptive
+    field (~56 px here) from the crop's cut edges; GroupNorm's image-wide statistics change
+    it (why a network trained on patches behaves differently on whole images)."""
+    torch.manual_seed(0)
+    net = _randomised(UNet(1, 1, UNetSpec(8, [1, 2, 2], 1, norm=norm), zero_init_out=False)).eval()
+    x = torch.randn(1, 1, 192, 192)
+    x[..., :, 128:] *= 4  # the rest of the image differs in contrast
+    with torch.no_grad():
+        whole = net(x)[..., :64, :64]
+        crop = net(x[..., :128, :128])[..., :64, :64]
+    close = torch.allclose(whole, crop, atol=1e-5)
+    assert close == local
 
 
 def test_paper_preset_has_the_published_size() -> None:

@@ -208,3 +208,24 @@ def test_trainer_fits_the_head_to_the_ema_mean() -> None:
         expected = float((0.5 * s + 0.5 * ((y - x - ref) / 0.2) ** 2 / torch.exp(s)).mean())
     record = trainer.train_step(x, y, torch.Generator().manual_seed(0))
     assert abs(record["variance"] - expected) < 1e-5 * max(1.0, abs(expected))
+
+
+def test_a_pixel_norm_head_survives_the_bundle(tmp_path) -> None:
+    """``norm: pixel`` is stored with the head's spec: the loaded model has PixelNorm layers
+    and gives the same σ as the saved one (a bundle read as GroupNorm would load the same
+    weight names silently and give another σ)."""
+    from microdiff.nets.unet import PixelNorm
+
+    cfg = _config()
+    cfg.zmd.variance_net = UNetSpec(8, [1, 2], 1, norm="pixel")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.var_net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    sample = SampleConfig(steps=2, samples=0, point_estimate="mean-net", uncertainty="head")
+    pred = microdiff.load(save_bundle(tmp_path / "model", model, cfg, sample, scale=2))
+    assert any(isinstance(m, PixelNorm) for m in pred.model.var_net.modules())
+    x, _ = _toy(2, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(pred.model.predict_std(x), model.predict_std(x))

@@ -28,6 +28,10 @@ class UNetSpec:
     attention_levels: level indices (0 = full resolution) with self-attention after each block.
     mid_attention: self-attention in the bottleneck.
     dropout: dropout probability inside residual blocks.
+    norm: ``group`` (GroupNorm: statistics over each image's pixels, so an output depends on
+        the size and content of the whole input) or ``pixel`` (each pixel's channels
+        normalised on their own: the output at a pixel depends only on its receptive
+        field, so a network trained on patches behaves the same on a whole image).
     """
 
     __pydantic_config__ = {"extra": "forbid"}
@@ -38,6 +42,7 @@ class UNetSpec:
     attention_levels: list[int] = field(default_factory=list)
     mid_attention: bool = False
     dropout: float = 0.0
+    norm: str = "group"
 
     def __post_init__(self) -> None:
         if self.base_channels < 1:
@@ -51,10 +56,32 @@ class UNetSpec:
             raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
 
-def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+NORMS = ("group", "pixel")
+
+
+class PixelNorm(nn.Module):
+    """Each pixel's channels normalised to zero mean and unit variance, then a per-channel
+    scale and shift: ``[B, C, H, W]`` → ``[B, C, H, W]`` (a channel LayerNorm; no statistic
+    crosses pixels)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # torch's fused layer_norm over the last axis, on a channels-last view
+        out = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return out.permute(0, 3, 1, 2)
+
+
+def _norm(channels: int, kind: str = "group") -> nn.Module:
+    return PixelNorm(channels) if kind == "pixel" else nn.GroupNorm(math.gcd(32, channels), channels)
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -64,12 +91,12 @@ def _zero(module: nn.Module) -> nn.Module:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm–SiLU–conv twice; optional per-pixel FiLM (scale, shift) from ``emb``."""
+    """Norm–SiLU–conv twice; optional per-pixel FiLM (scale, shift) from ``emb``."""
 
-    def __init__(self, cin: int, cout: int, emb_channels: int, dropout: float) -> None:
+    def __init__(self, cin: int, cout: int, emb_channels: int, dropout: float, norm: str = "group") -> None:
         super().__init__()
-        self.norm1, self.conv1 = _norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = _norm(cout), _zero(nn.Conv2d(cout, cout, 3, padding=1))
+        self.norm1, self.conv1 = _norm(cin, norm), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = _norm(cout, norm), _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.film = nn.Conv2d(emb_channels, 2 * cout, 1) if emb_channels else None
         self.dropout = nn.Dropout(dropout)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -88,10 +115,10 @@ class Attention(nn.Module):
     """Multi-head self-attention over pixels, heads of 32 channels (one head if 32 does
     not divide the width)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, norm: str = "group") -> None:
         super().__init__()
         self.heads = channels // 32 if channels % 32 == 0 else 1
-        self.norm = _norm(channels)
+        self.norm = _norm(channels, norm)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = _zero(nn.Conv2d(channels, channels, 1))
 
@@ -134,31 +161,31 @@ class UNet(nn.Module):
         skips, ch = [base], base
         for level, mult in enumerate(mults):
             for _ in range(spec.num_res_blocks):
-                blocks = [ResBlock(ch, base * mult, emb, spec.dropout)]
+                blocks = [ResBlock(ch, base * mult, emb, spec.dropout, spec.norm)]
                 ch = base * mult
                 if level in spec.attention_levels:
-                    blocks.append(Attention(ch))
+                    blocks.append(Attention(ch, spec.norm))
                 self.down.append(_Stage(blocks, level))
                 skips.append(ch)
             if level != len(mults) - 1:
                 self.down.append(_Stage([nn.Conv2d(ch, ch, 3, stride=2, padding=1)], level, resample=True))
                 skips.append(ch)
-        mid = [ResBlock(ch, ch, emb, spec.dropout)]
+        mid = [ResBlock(ch, ch, emb, spec.dropout, spec.norm)]
         if spec.mid_attention:
-            mid.append(Attention(ch))
-        mid.append(ResBlock(ch, ch, emb, spec.dropout))
+            mid.append(Attention(ch, spec.norm))
+        mid.append(ResBlock(ch, ch, emb, spec.dropout, spec.norm))
         self.mid = _Stage(mid, len(mults) - 1)
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(mults))):
             for _ in range(spec.num_res_blocks + 1):
-                blocks = [ResBlock(ch + skips.pop(), base * mult, emb, spec.dropout)]
+                blocks = [ResBlock(ch + skips.pop(), base * mult, emb, spec.dropout, spec.norm)]
                 ch = base * mult
                 if level in spec.attention_levels:
-                    blocks.append(Attention(ch))
+                    blocks.append(Attention(ch, spec.norm))
                 self.up.append(_Stage(blocks, level))
             if level != 0:
                 self.up.append(_Stage([_Upsample(ch)], level - 1, resample=True))
-        self.norm_out = _norm(ch)
+        self.norm_out = _norm(ch, spec.norm)
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
         if zero_init_out:
             _zero(self.conv_out)
