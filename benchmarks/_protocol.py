@@ -54,6 +54,8 @@ DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_
 PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "sample.gamma_min=null",
          "train.grad_clip_scope=global", "train.ema_warmup=false"]
 VAR_NET = "model.zmd.variance_net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
+PIXEL_NORM = ["model.denoiser.norm=pixel", "model.schedule.net.norm=pixel",
+              DEMO_NET.replace("}", ", norm: pixel}"), VAR_NET.replace("}", ", norm: pixel}")]
 MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
             "sample.gamma_min=1e-3", "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -81,6 +83,11 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "zmd-scaled-var-any": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
                                     "sample.uncertainty=head", "data.structure=any"]),
     "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
+    # zmd-scaled-var with every network normalised per pixel (norm: pixel): outputs that do
+    # not depend on the image size, so whole images are predicted as the training patches
+    # were (issue 18: the head's per-structure miscalibration; benchmarks/head_norm.py)
+    "zmd-scaled-var-px": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
+                                   "sample.uncertainty=head", *PIXEL_NORM]),
 }
 CORE = ["learned", "learned-exact", "fixed-linear", "fixed-cosine", "regression"]
 BUDGET = ["data.n_val=2", "train.val_every=0", "train.checkpoint_every=100", "train.log_every=10"]
