@@ -153,9 +153,12 @@ def report(method: str, seeds: list[int], steps: int, results: dict[int, dict], 
     lines = [f"## The variance head's normalisation ({method}, 2000 steps; issue 18)", "",
              f"Command: `.venv/bin/python benchmarks/head_norm.py --method {method} --seeds "
              f"{' '.join(map(str, seeds))} --steps {steps}` ({seconds:.0f} s; {today()}; {machine()}).", "",
-             "The same μ(x) of each run with four versions of its σ(x) (the module docstring says how "
-             "each is made); raw std unless said otherwise; mean ± std over seeds. Per structure: ±1σ "
-             "coverage / RMSE ÷ RMV (1: the std's scale is right on that structure's pixels).", ""]
+             "The same μ(x) of each run with versions of its σ(x): the run's own head (trained jointly, "
+             f"GroupNorm) on whole images and on {TILE}² tiles (overlap {OVERLAP}, blended; μ(x) then "
+             "comes from the tiles too), and, unless `--steps 0`, the head retrained alone against the "
+             "run's final EMA μ(x) with GroupNorm (a control) and with `norm: pixel` (details: the "
+             "script's docstring). Raw std unless said otherwise; mean ± std over seeds. Per structure: "
+             "±1σ coverage / RMSE ÷ RMV (1: the std's scale is right on that structure's pixels).", ""]
     for name, title in (("val", "validation images (16)"), ("test", "test images (16)")):
         lines += [f"Raw std on the {title}:", "",
                   "| head | ±1σ pooled | RMSE / RMV pooled | " + " | ".join(structures) + " |",
