@@ -30,8 +30,8 @@ class UNetSpec:
     dropout: dropout probability inside residual blocks.
     norm: ``group`` (GroupNorm: statistics over each image's pixels, so an output depends on
         the size and content of the whole input) or ``pixel`` (each pixel's channels
-        normalised on their own: the output at a pixel depends only on its receptive
-        field, so a network trained on patches behaves the same on a whole image).
+        normalised on their own: without attention, the output at a pixel depends only on
+        its receptive field, whatever the size of the image around it).
     """
 
     __pydantic_config__ = {"extra": "forbid"}
