@@ -135,3 +135,12 @@ def test_zero_samples_needs_the_one_pass_design() -> None:
     with pytest.raises(ConfigError, match="sample.samples"):
         apply_overrides(load_config("demo"), ["sample.samples=-1"])
     assert apply_overrides(load_config("demo-regression"), ["sample.samples=0"]).sample.samples == 0
+
+
+def test_a_key_of_a_section_set_whole_in_the_same_list() -> None:
+    """``model.zmd.net={...}`` then ``model.zmd.net.norm=pixel``: the second finds its key (the
+    section's defaults are filled in after the first) and the first's values stay."""
+    whole = "model.zmd.net={base_channels: 16, channel_mults: [1, 2], num_res_blocks: 1}"
+    cfg = apply_overrides(load_config("demo"), [whole, "model.zmd.net.norm=pixel"])
+    assert cfg.model.zmd.net.norm == "pixel" and cfg.model.zmd.net.base_channels == 16
+    assert cfg.model.zmd.net.channel_mults == [1, 2]

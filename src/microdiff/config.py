@@ -8,6 +8,7 @@ name or a path.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -131,10 +132,9 @@ class DataConfig(_Strict):
     """Where training pairs come from, and the patches cut from them.
 
     ``path`` set: a paired folder (``input/``, ``target/``); whole files are held out for
-    validation (``val_fraction``). ``path`` unset: ``generator`` makes the pairs: the
-    BioSR-like ``simulator`` (``structure``, ``level``) or the demo's simple
-    ``filaments``; ``n_train`` training images and ``n_val`` held-out images come from
-    disjoint random streams (neither coincides with ``microdiff simulate`` output).
+    validation (``val_fraction``). ``path`` unset: ``generator`` (the BioSR-like ``simulator``
+    or ``filaments``) makes ``n_train`` training and ``n_val`` held-out images from disjoint
+    random streams (neither coincides with ``microdiff simulate`` output).
     """
 
     path: str | None = Field(None, description="paired data folder; unset: the generator below")
@@ -151,9 +151,8 @@ class DataConfig(_Strict):
     min_contrast: float = Field(0.0, ge=0, le=1, description="reject patches emptier than this")
     augment: bool = Field(True, description="random 90° rotations and flips")
     pixel_size_um: float | None = Field(None, gt=0, description="input pixel size if the files carry none")
-    task: TaskKind = Field(
-        "sr", description="sr: super-resolution; qpi-*: phase (rad) from defocused intensities "
-        "(data.path pairs, or simulated from data.phase_source when unset)")
+    task: TaskKind = Field("sr", description="sr: super-resolution; qpi-*: phase (rad) from defocused "
+                           "intensities (data.path pairs, or simulated from data.phase_source when unset)")
     phase_source: PhaseSource = Field(
         "natural", description="qpi without data.path: phase maps from scikit-image's images, "
         "the simulator's structures (data.structure), synthetic cells, or natural+cells (half each)")
@@ -212,13 +211,11 @@ class TrainConfig(_Strict):
         "global", description="clip the gradient norm of all parameters together (global) or of each "
         "module (denoiser, schedule, mean net) on its own (per-module)")
     ema: float = Field(0.99, ge=0, lt=1, description="EMA decay of all weights")
-    ema_warmup: bool = Field(False, description="EMA decay min(ema, (1 + s)/(10 + s)) at step s: the early "
-                             "average follows the weights instead of keeping the initialisation")
+    ema_warmup: bool = Field(False, description="EMA decay min(ema, (1 + s)/(10 + s)) at step s")
     seed: int = 0
     device: Device = Field("auto", description="auto: cuda when available")
     bf16: bool = Field(True, description="bf16 autocast on CUDA (schedule math stays float32)")
-    channels_last: bool | None = Field(
-        None, description="channels-last memory layout (default: on CUDA only)")
+    channels_last: bool | None = Field(None, description="channels-last memory layout (default: CUDA only)")
     compile: bool = Field(False, description="torch.compile the denoiser (the first steps compile)")
     log_every: int = Field(10, ge=1, description="steps between stats.jsonl lines")
     checkpoint_every: int = Field(100, ge=1, description="steps between full-state checkpoints")
@@ -226,8 +223,8 @@ class TrainConfig(_Strict):
     val_every: int = Field(100, ge=0, description="steps between validations (0: only at the end)")
     val_steps: int = Field(20, ge=1, description="sampling steps of validation")
     val_samples: int = Field(4, ge=0, description="posterior samples of validation (0: one pass)")
-    calibrate: bool = Field(True, description="at the end, calibrate the std and interval on the "
-                            "held-out validation crops (microdiff calibrate; generative models, K ≥ 2)")
+    calibrate: bool = Field(True, description="at the end, calibrate the std and interval on the held-out "
+                            "validation crops (microdiff calibrate)")
 
 
 class SampleConfig(_Strict):
@@ -393,6 +390,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             node[leaf] = yaml.safe_load(raw)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+        if isinstance(node[leaf], dict):  # a whole section: fill its defaults for later keys
+            with contextlib.suppress(ValidationError):  # if invalid, the final validation says why
+                data = Config.model_validate(data).model_dump(mode="json")
     return config_from_dict(data, "--set")
 
 
