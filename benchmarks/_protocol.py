@@ -54,8 +54,8 @@ DEMO_NET = "model.zmd.net={base_channels: 32, channel_mults: [1, 2, 2], num_res_
 PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "sample.gamma_min=null",
          "train.grad_clip_scope=global", "train.ema_warmup=false"]
 VAR_NET = "model.zmd.variance_net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
-PIXEL_NORM = ["model.denoiser.norm=pixel", "model.schedule.net.norm=pixel",
-              DEMO_NET.replace("}", ", norm: pixel}"), VAR_NET.replace("}", ", norm: pixel}")]
+PIXEL_NORM = [f"{net}.norm=pixel" for net in ("model.denoiser", "model.schedule.net", "model.zmd.net",
+                                               "model.zmd.variance_net")]
 MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
             "sample.gamma_min=1e-3", "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {

@@ -38,9 +38,8 @@ import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
 from microdiff.calibration import calibration_bins, fit_std_calibration  # noqa: E402
-from microdiff.data.datasets import random_patches, rotate_flip, simulated  # noqa: E402
-from microdiff.data.sources import TRAIN_STREAM  # noqa: E402
-from microdiff.data.synthetic import SimulatorConfig  # noqa: E402
+from microdiff.data.datasets import random_patches, rotate_flip  # noqa: E402
+from microdiff.data.sources import load_training_data  # noqa: E402
 from microdiff.data.tiling import apply_tiled  # noqa: E402
 from microdiff.variance_head import VarianceHead  # noqa: E402
 
@@ -54,18 +53,16 @@ def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int) -> V
     the residual around the final EMA μ(x); cached in ``run``."""
     c = cfg.model
     spec = dataclasses.replace(c.zmd.variance_net, norm=norm)
-    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec)
     cache = run / f"head-{norm}-{steps}.pt"
+    torch.manual_seed(seed)
+    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec)
     if cache.exists():
         head.load_state_dict(torch.load(cache)["state"])
         return head.eval()
-    torch.manual_seed(seed)
-    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec)
     model.var_net = head
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
     d = cfg.data
-    pairs = simulated(d.structure, d.n_train, d.image_size, seed, d.level, SimulatorConfig(scale=d.scale),
-                      stream=TRAIN_STREAM)
+    pairs = load_training_data(d, seed, progress=False).train
     gen = torch.Generator().manual_seed(seed + 11)
     for step in range(1, steps + 1):
         for g in opt.param_groups:
