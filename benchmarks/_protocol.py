@@ -85,7 +85,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
     # zmd-scaled-var with every network normalised per pixel (norm: pixel): outputs that do
     # not depend on the image size, so whole images are predicted as the training patches
-    # were (issue 18: the head's per-structure miscalibration; benchmarks/head_norm.py)
+    # were (issue 18: the head's per-structure miscalibration; benchmarks/head_norm.py). Measured:
+    # size-independent, but no better calibrated per structure (docs/core.md)
     "zmd-scaled-var-px": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
                                    "sample.uncertainty=head", *PIXEL_NORM]),
 }

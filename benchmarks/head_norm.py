@@ -5,8 +5,9 @@ input: trained on 64² patches, it sees other statistics on a whole 128² image,
 σ(x) at a pixel then depends on the rest of the image. This script takes the finished long
 runs (``quality.py --long``, 2000 steps) of ``--method`` and compares, on the same μ(x):
 
-- the run's own head (trained jointly; GroupNorm), on whole images and on 64² tiles (the
-  training patch size; overlap 16, blended as ``predict`` blends tiles);
+- the run's own head (trained jointly; GroupNorm), on whole images, on 64² tiles (the
+  training patch size; overlap 16, blended as ``predict`` blends tiles), and in 64² tiles
+  on [x, μ(x)] with μ(x) computed on the whole image (the point estimate kept whole);
 - the head retrained alone for ``--steps`` steps against the run's final EMA μ(x), once with
   GroupNorm (a control for the retraining) and once with ``norm: pixel`` (each pixel's
   channels normalised on their own: the output no longer depends on the image size).
@@ -44,7 +45,8 @@ from microdiff.data.tiling import apply_tiled  # noqa: E402
 from microdiff.variance_head import VarianceHead  # noqa: E402
 
 TILE, OVERLAP = 64, 16
-HEADS = [("trained", "whole"), ("trained", "tiles"), ("group", "whole"), ("pixel", "whole")]
+HEADS = [("trained", "whole"), ("trained", "tiles"), ("trained", "head-tiles"), ("group", "whole"),
+         ("pixel", "whole")]
 
 
 def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int) -> VarianceHead:
@@ -80,17 +82,32 @@ def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int) -> V
     return head.eval()
 
 
-def maps(model, images: list[P.TestImage], tiled: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(structure, std, error) per image in normalised units: one pass, whole or in tiles."""
+def maps(model, images: list[P.TestImage], mode: str) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(structure, std, error) per image in normalised units: one pass on the whole image
+    (``whole``), in tiles (``tiles``), or μ(x) on the whole image and the head in tiles of
+    [x, μ(x)] (``head-tiles``)."""
     def one_pass(x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             r = model.sample(x, steps=20, samples=0, uncertainty="head", point_estimate="mean-net")
         return {"mean": r.mean, "var": r.std ** 2}
 
+    c = model.out_channels
+
+    def head(t: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            return {"var": model.predict_std(t[:, :-c], t[:, -c:]) ** 2}
+
     out = []
     for im in images:
         x, y = im.pair.x, im.pair.y.numpy()
-        res = apply_tiled(one_pass, x, tile=TILE, overlap=OVERLAP, batch=4) if tiled else one_pass(x[None])
+        if mode == "head-tiles":
+            res = one_pass(x[None])
+            with torch.no_grad():
+                mu = model.predict_mean(x[None])[0]
+            res["var"] = apply_tiled(head, torch.cat([x, mu]), tile=TILE, overlap=OVERLAP, batch=4)["var"]
+        else:
+            res = apply_tiled(one_pass, x, tile=TILE, overlap=OVERLAP, batch=4) if mode == "tiles" \
+                else one_pass(x[None])
         mean, std = res["mean"].reshape(y.shape).numpy(), np.sqrt(res["var"].reshape(y.shape).numpy())
         out.append((im.structure, std[0], mean[0] - y[0]))
     return out
@@ -128,7 +145,7 @@ def measure(method: str, seed: int, steps: int) -> dict:
     res = {}
     for head, mode in [(h, m) for h, m in HEADS if h in heads]:
         model.var_net = heads[head]
-        m = {name: maps(model, images, mode == "tiles") for name, images in sets.items()}
+        m = {name: maps(model, images, mode) for name, images in sets.items()}
         val = m["val"]
         cal = fit_std_calibration(np.concatenate([s.ravel() for _, s, _ in val]),
                                   np.concatenate([e.ravel() for _, _, e in val]))
@@ -143,16 +160,20 @@ def _cell(rows: list[dict], path: tuple, i: int, digits: int = 2) -> str:
 
 def report(method: str, seeds: list[int], steps: int, results: dict[int, dict], seconds: float) -> str:
     structures = ["mt", "factin", "ccp", "er"]
-    label = {"trained/whole": "jointly trained (GroupNorm), whole image",
-             "trained/tiles": f"jointly trained (GroupNorm), {TILE}² tiles",
+    own = {"group": "GroupNorm", "pixel": "`norm: pixel`"}[
+        P.method_config(method, P.LONG_STEPS, seeds[0]).model.zmd.variance_net.norm]
+    label = {"trained/whole": f"jointly trained ({own}), whole image",
+             "trained/tiles": f"jointly trained ({own}), {TILE}² tiles",
+             "trained/head-tiles": f"jointly trained ({own}), μ(x) whole, head in {TILE}² tiles",
              "group/whole": f"retrained alone {steps} steps, GroupNorm, whole image",
              "pixel/whole": f"retrained alone {steps} steps, `norm: pixel`, whole image"}
     lines = [f"## The variance head's normalisation ({method}, 2000 steps; issue 18)", "",
              f"Command: `.venv/bin/python benchmarks/head_norm.py --method {method} --seeds "
              f"{' '.join(map(str, seeds))} --steps {steps}` ({seconds:.0f} s; {today()}; {machine()}).", "",
              "The same μ(x) of each run with versions of its σ(x): the run's own head (trained jointly, "
-             f"GroupNorm) on whole images and on {TILE}² tiles (overlap {OVERLAP}, blended; μ(x) then "
-             "comes from the tiles too), and, unless `--steps 0`, the head retrained alone against the "
+             f"{own}) on whole images, on {TILE}² tiles (overlap {OVERLAP}, blended; μ(x) then "
+             "comes from the tiles too) and in tiles on [x, μ(x) of the whole image] (the point estimate "
+             "kept whole), and, unless `--steps 0`, the head retrained alone against the "
              "run's final EMA μ(x) with GroupNorm (a control) and with `norm: pixel` (details: the "
              "script's docstring). Raw std unless said otherwise; mean ± std over seeds. Per structure: "
              "±1σ coverage / RMSE ÷ RMV (1: the std's scale is right on that structure's pixels).", ""]

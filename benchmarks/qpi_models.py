@@ -93,11 +93,16 @@ METHODS["cvdm-tieauto-mean-cells-field"] = [*METHODS["cvdm-tieauto-mean-cells"],
 # of a test map, without rescaling the natural maps' content
 METHODS["cvdm-tieauto-mean-cells-whole"] = [*METHODS["cvdm-tieauto-mean-cells"], "data.size=128",
                                             "train.batch_size=2"]
+# every network normalised per pixel (norm: pixel; issue 18's finding): trained on 64²
+# patches, a GroupNorm network sees other statistics on a whole 256² `cell`
+_PX = [f"{net}.norm=pixel" for net in ("model.denoiser", "model.schedule.net", "model.zmd.net")]
+METHODS["cvdm-tieauto-mean-cells-px"] = [*METHODS["cvdm-tieauto-mean-cells"], *_PX]
 # prediction-time variants of trained runs, data consistency on the same trained models:
 # -dc, one TIE-preconditioned Gauss-Newton step towards the intensities (data_consistency=tie);
 # -wdc, that step and then the Wiener step through the pair's transfer function (tie+wiener)
 _DC_BASES = ("cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells", "cvdm-tie-mean-cells",
-             "regression-tie-cells", "cvdm-tieauto-mean-cells-field", "cvdm-tieauto-mean-cells-whole")
+             "regression-tie-cells", "cvdm-tieauto-mean-cells-field", "cvdm-tieauto-mean-cells-whole",
+             "cvdm-tieauto-mean-cells-px")
 _DC = {"dc": "tie", "wdc": "tie+wiener"}
 TRAINED_AS = {f"{m}-{v}": m for m in _DC_BASES for v in _DC}
 for _m in _DC_BASES:
@@ -107,7 +112,7 @@ TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean", "cvdm-tie3-mean"
                  "cvdm-tie-mean-cells", "cvdm-tie3-mean-cells", "regression-tie-cells",
                  "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
                  "cvdm-tieauto-mean-cells-field", "cvdm-tieauto-mean-cells-whole",
-                 *TRAINED_AS)
+                 "cvdm-tieauto-mean-cells-px", *TRAINED_AS)
 DEFAULT_METHODS = ("cvdm", "fixed-cosine", "regression")
 TASKS = ("qpi-2shot", "qpi-poly")
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,7 +335,7 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
              "samples with data consistency `tie` / `tie+wiener` at prediction), "
              f"{z['steps']} steps of batch 8 on 64² patches (`-field`: 256² training images cut into "
              "128² patches, batch 2; `-whole`: the 128² training images whole, batch 2: the same pixels "
-             "per step), seeds "
+             "per step; `-px`: every network normalised per pixel, `norm: pixel`), seeds "
              f"{', '.join(map(str, z['seeds']))}. Test: {z['n']} held-out "
              "natural phase maps (128²) and scikit-image's real phase image `cell` (256²) at noise "
              f"ℓ = {level_list}" + (f" (the `cell`: {args.cell_draws} noise draws per level, RMSE their mean)"
