@@ -100,11 +100,12 @@ def maps(model, images: list[P.TestImage], mode: str) -> list[tuple[str, np.ndar
     out = []
     for im in images:
         x, y = im.pair.x, im.pair.y.numpy()
-        if mode == "head-tiles":
-            res = one_pass(x[None])
+        if mode == "head-tiles":  # μ(x) once, on the whole image; only the head runs in tiles
             with torch.no_grad():
-                mu = model.predict_mean(x[None])[0]
-            res["var"] = apply_tiled(head, torch.cat([x, mu]), tile=TILE, overlap=OVERLAP, batch=4)["var"]
+                mu = model.predict_mean(x[None])
+                point = model.from_diffused(x[None], torch.zeros_like(mu), mu)
+            var = apply_tiled(head, torch.cat([x, mu[0]]), tile=TILE, overlap=OVERLAP, batch=4)["var"]
+            res = {"mean": point, "var": var}
         else:
             res = apply_tiled(one_pass, x, tile=TILE, overlap=OVERLAP, batch=4) if mode == "tiles" \
                 else one_pass(x[None])

@@ -95,7 +95,7 @@ METHODS["cvdm-tieauto-mean-cells-whole"] = [*METHODS["cvdm-tieauto-mean-cells"],
                                             "train.batch_size=2"]
 # every network normalised per pixel (norm: pixel; issue 18's finding): trained on 64²
 # patches, a GroupNorm network sees other statistics on a whole 256² `cell`
-_PX = [f"{net}.norm=pixel" for net in ("model.denoiser", "model.schedule.net", "model.zmd.net")]
+_PX = [k for k in P.PIXEL_NORM if not k.startswith("model.zmd.variance_net")]  # the preset has no head
 METHODS["cvdm-tieauto-mean-cells-px"] = [*METHODS["cvdm-tieauto-mean-cells"], *_PX]
 # prediction-time variants of trained runs, data consistency on the same trained models:
 # -dc, one TIE-preconditioned Gauss-Newton step towards the intensities (data_consistency=tie);
