@@ -33,13 +33,35 @@ def test_fit_recovers_a_known_error_scale() -> None:
     sigma, error = _known_scale(200_000, 0)
     wide = C.fit_std_calibration(3.0 * sigma, error)  # std 3× too wide (our simulated case)
     assert wide.slope == pytest.approx(1 / 3, rel=0.05) and abs(wide.offset) < 0.01
-    shifted = C.fit_std_calibration(sigma + 0.2, error)  # an additive bias
+    shifted = C.fit_std_calibration(sigma + 0.2, error, form="affine")  # an additive bias
     assert shifted.slope == pytest.approx(1.0, rel=0.05) and shifted.offset == pytest.approx(-0.2, abs=0.01)
     rmv, rmse, counts = C.calibration_bins(wide.apply(3.0 * sigma), error, bins=10)
     assert np.all((rmse / rmv > 0.9) & (rmse / rmv < 1.1))
     assert counts.sum() == 190_000 and np.ptp(counts) <= 1  # 95 % of the pixels, equal counts
     before = C.calibration_bins(3.0 * sigma, error, bins=10)
     assert np.all(before[1] / before[0] < 0.4)
+
+
+def test_scale_form_is_the_geometric_mean_of_the_bins_ratios() -> None:
+    """Ten bins of 100 pixels with std b + 1 and |error| = r_b·std exactly: each bin's RMSE /
+    RMV is r_b, and the scale form's factor is their geometric mean (1 here, where the
+    arithmetic mean would be 1.275 and the pooled RMS ratio 1.29); the affine form fits the
+    line through the bins instead."""
+    ratios = np.array([0.5, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 4.0, 0.25, 1.0])
+    std = np.repeat(np.arange(1.0, 11.0), 100)
+    signs = np.tile([1.0, -1.0], 500)
+    error = signs * np.repeat(ratios, 100) * std
+    rmv, rmse, _ = C.calibration_bins(std, error, bins=10, keep=1.0)
+    np.testing.assert_allclose(rmse / rmv, ratios)
+    cal = C.fit_std_calibration(std, error, keep=1.0)
+    assert cal.slope == pytest.approx(1.0, rel=1e-9) and cal.offset == 0.0
+    double = C.fit_std_calibration(0.5 * std, error, keep=1.0)  # the std halved: k doubles
+    assert double.slope == pytest.approx(2.0, rel=1e-9)
+    slope, offset = np.polyfit(np.arange(1.0, 11.0), ratios * np.arange(1.0, 11.0), 1)
+    line = C.fit_std_calibration(std, error, keep=1.0, form="affine")
+    assert (line.slope, line.offset) == (pytest.approx(slope), pytest.approx(offset))
+    with pytest.raises(ValueError, match="form must be"):
+        C.fit_std_calibration(std, error, form="quadratic")
 
 
 def test_an_uninformative_std_is_rescaled_to_the_overall_error() -> None:

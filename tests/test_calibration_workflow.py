@@ -46,11 +46,12 @@ def test_calibration_round_trips_through_the_bundle(model_folder) -> None:
     assert read_bundle(model_folder).calibration == CAL
     meta = json.loads((model_folder / "bundle.json").read_text())
     assert meta["calibration"]["method"] == "binned-linear" and meta["calibration"]["source"] == "held-out"
-    new = replace(CAL, unit="image", interval_method="conformal", target="balanced")
+    new = replace(CAL, unit="image", interval_method="conformal", target="balanced", form="scale")
     write_calibration(model_folder, new)
     assert read_bundle(model_folder).calibration == new
-    older = {k: v for k, v in new.to_dict().items() if k not in ("unit", "interval_method", "target")}
-    assert Calibration.from_dict(older) == replace(new, unit="tile", interval_method="rcps", target="rms")
+    older = {k: v for k, v in new.to_dict().items() if k not in ("unit", "interval_method", "target", "form")}
+    assert Calibration.from_dict(older) == replace(new, unit="tile", interval_method="rcps", target="rms",
+                                                   form="affine")
     write_calibration(model_folder, None)
     assert read_bundle(model_folder).calibration is None
 
@@ -85,6 +86,7 @@ def test_calibrate_command_fits_stores_and_predict_writes_the_interval(model_fol
     assert cal is not None and cal.images == 2 and cal.pixels == 2 * 64 * 64 and cal.units == 2 * 64
     assert cal.unit == "tile" and cal.interval_method == "conformal"  # 2 images < 9: tiles
     assert cal.samples == 3 and cal.steps == 2 and cal.source == str(data)
+    assert cal.form == "scale" and cal.std.offset == 0.0 and f"std → {cal.std.slope:.3g}·std;" in proc.stdout
     assert cal.interval_factor is not None and 0.6 < cal.coverage_after < 0.76  # the fit's own pixels
     out = tmp_path / "pred"
     proc = _run("predict", str(model_folder), str(data / "input"), "--out", str(out), "--raw-std")
@@ -116,6 +118,8 @@ def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> 
     assert proc.returncode != 0 and "unit must be one of auto, image, tile" in proc.stderr
     proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--alpha", "1.5")
     assert proc.returncode != 0 and "alpha and delta" in proc.stderr
+    proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--form", "cubic")
+    assert proc.returncode != 0 and "form must be one of scale, affine" in proc.stderr
     proc = _run("predict", str(model_folder), str(data / "input"), "--out", str(tmp_path / "p"), "--raw-std")
     assert proc.returncode != 0 and "not calibrated" in proc.stderr
     reg_cfg = tiny_model_config("learned-exact").model_copy(update={"kind": "regression"})
@@ -127,17 +131,30 @@ def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> 
     assert proc.returncode != 0 and "no std to calibrate" in proc.stderr
 
 
-def test_training_ends_with_a_calibration_on_the_validation_crops(tmp_path) -> None:
+def test_training_ends_with_a_calibration_on_the_whole_held_out_images(tmp_path) -> None:
+    """The end-of-training calibration is the one ``microdiff calibrate`` fits on the same
+    held-out images (whole, as predict sees them), not one on the training-size crops."""
     from helpers import tiny_config
 
+    from microdiff import calibration
+    from microdiff.calibrate_files import held_out_maps
+    from microdiff.data.sources import load_training_data
+    from microdiff.predictor import load
     from microdiff.runs import train_run
 
     cfg = tiny_config(steps=2)
     train_run(cfg, tmp_path / "run", progress=False)
     cal = read_bundle(tmp_path / "run" / "model").calibration
-    assert cal is not None and cal.images == cfg.data.n_val and cal.pixels == cfg.data.n_val * 16 * 16
-    assert (cal.samples, cal.steps, cal.tile) == (cfg.sample.samples, cfg.sample.steps, 8)
-    assert "validation crops" in cal.source
+    side = cfg.data.image_size  # whole images, larger than the training crops (data.size)
+    assert side > cfg.data.size
+    assert cal is not None and cal.images == cfg.data.n_val and cal.pixels == cfg.data.n_val * side * side
+    assert (cal.samples, cal.steps, cal.tile, cal.form) == (cfg.sample.samples, cfg.sample.steps, 16, "scale")
+    assert "held-out images" in cal.source
+    val = load_training_data(cfg.data, cfg.train.seed, progress=False).val[: cfg.data.n_val]
+    maps = held_out_maps(load(tmp_path / "run" / "model"), [(p.x, p.y.numpy()) for p in val],
+                         cfg.sample.samples, cfg.sample.steps, cfg.train.seed)
+    again = calibration.fit(maps, tile=16, samples=cal.samples, steps=cal.steps, source="again")
+    assert again.std == cal.std and again.coverage_before == cal.coverage_before
     cfg.train.calibrate = False
     train_run(cfg, tmp_path / "plain", progress=False)
     assert read_bundle(tmp_path / "plain" / "model").calibration is None

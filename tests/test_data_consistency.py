@@ -131,3 +131,12 @@ def test_train_validate_and_predict_a_cvdm_with_data_consistency(tmp_path) -> No
                        calibrated=False)
     assert res.mean.shape == res.std.shape == (40, 40) and res.samples.shape == (2, 40, 40)
     np.testing.assert_allclose(res.std, res.samples.std(0, ddof=1), rtol=1e-4)  # the refined samples' spread
+    # calibration (end of training, microdiff calibrate) sees the refined estimate predict gives
+    from microdiff.calibrate_files import held_out_maps
+
+    x, norm = pred.condition(raw, "CYX")
+    maps = held_out_maps(pred, [(x, np.zeros((1, 40, 40), np.float32))], samples=2, steps=3)
+    refined = pred.predict(raw, axes="CYX", samples=2, steps=3, calibrated=False)
+    mean, std = pred.task.output_units(maps[0][1][None], maps[0][0][None], norm)
+    np.testing.assert_allclose(mean[0], refined.mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std[0], refined.std, rtol=1e-5, atol=1e-5)

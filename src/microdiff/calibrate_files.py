@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import UNITS, Calibration, fit, resolve_unit
+from .calibration import STD_FORMS, UNITS, Calibration, fit, resolve_unit
 from .checkpoint import write_calibration
 from .data.axes import as_2d, as_chw
 from .data.datasets import paired_files
@@ -30,10 +30,14 @@ from .predictor import Predictor, load
 def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], samples: int,
                   steps: int, seed: int = 0, progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """(std, error) 2-D maps per image and output channel, in normalised target units, for
-    (condition ``x`` ``[C, H, W]``, normalised target ``[C_out, H, W]``) pairs."""
-    maps = []
+    (condition ``x`` ``[C, H, W]``, normalised target ``[C_out, H, W]``) pairs, predicted as
+    :meth:`Predictor.predict` predicts (whole images in tiles of 256, the task's
+    data-consistency step included)."""
+    maps, refine = [], predictor.task.data_consistency
     for x, y in tqdm(list(pairs), desc="calibrating", disable=not progress, dynamic_ncols=True):
-        out = predictor.sample_normalized(x, samples, steps, seed)
+        out = predictor.sample_normalized(x, samples, steps, seed, return_samples=refine)
+        if refine:  # the task's data-consistency step, as predict applies it
+            out = predictor._refined(x, out, samples, return_samples=False)
         if out["mean"].shape != y.shape:
             raise ShapeError(f"the model predicts {out['mean'].shape[-2:]} pixels where the target "
                              f"has {y.shape[-2:]}")
@@ -43,10 +47,11 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
 
 def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
               samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
-              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "tile") -> Calibration:
+              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "tile",
+              form: str = "scale") -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
-    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's; ``unit``
-    as :func:`microdiff.calibration.fit`."""
+    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's; ``unit`` and
+    ``form`` as :func:`microdiff.calibration.fit`."""
     if not predictor.model.generative:
         raise UserError("this model is a regression baseline: it has no std to calibrate")
     if not (0 < alpha < 1 and 0 < delta < 1):
@@ -55,6 +60,8 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
         raise UserError(f"tile must be at least 4 pixels, got {tile}")
     if unit not in UNITS:
         raise UserError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    if form not in STD_FORMS:
+        raise UserError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
     s = predictor.bundle.sample
     samples = (0 if predictor.one_pass else s.samples) if samples is None else samples  # μ, σ: no samples
     steps = steps or s.steps
@@ -70,7 +77,7 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
     if small and resolve_unit(unit, len(maps), delta) == "tile":
         raise UserError(f"{source}: an image of {small[0][0]}×{small[0][1]} pixels holds no {tile}×{tile} "
                         "calibration tile; use --tile with a smaller value")
-    return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source, unit=unit)
+    return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source, unit=unit, form=form)
 
 
 def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, np.ndarray]]:
@@ -93,11 +100,11 @@ def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, n
 
 def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
                      seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-                     progress: bool = True, unit: str = "tile") -> Calibration:
+                     progress: bool = True, unit: str = "tile", form: str = "scale") -> Calibration:
     """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
     in its ``bundle.json``."""
     predictor = load(model)
     cal = calibrate(predictor, folder_pairs(predictor, data), str(data), samples, steps, seed, alpha, delta,
-                    tile, progress, unit)
+                    tile, progress, unit, form)
     write_calibration(model, cal)
     return cal

@@ -52,6 +52,7 @@ class StdCalibration:
 
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within ±1σ
 STD_TARGETS = ("rms", "coverage", "balanced")
+STD_FORMS = ("scale", "affine")  # std → k·std, or std → a·std + b
 
 
 def calibration_bins(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: float = 0.95,
@@ -81,13 +82,24 @@ def calibration_bins(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: f
 
 
 def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: float = 0.95,
-                        target: str = "rms") -> StdCalibration:
-    """Least-squares line scale ≈ slope · RMV + offset through the bins of
-    :func:`calibration_bins` (equal counts, so equal weights). A line with a non-positive
+                        target: str = "rms", form: str = "scale") -> StdCalibration:
+    """The std map through the bins of :func:`calibration_bins` (equal counts, so equal
+    weights). ``form="scale"`` (the default): std → k·std with log k the mean over the bins
+    of log(scale / RMV), the factor that puts the bins' ratios, on average in relative terms,
+    at 1; one parameter, so it stays stable when few held-out images are at hand.
+    ``"affine"``: the least-squares line scale ≈ slope · RMV + offset, which also removes an
+    additive bias but, fitted on a few images, can bend the low-std bins far off
+    (docs/benchmarks.md, *How many images calibration needs*); a line with a non-positive
     slope (the std does not rank the error at all) falls back to a pure scale,
     slope = √(Σe² / Σs²), offset 0."""
+    if form not in STD_FORMS:
+        raise ValueError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
     rmv, scale, _ = calibration_bins(std, error, bins, keep, target)
-    if np.ptp(rmv) > 0:
+    if form == "scale":
+        ok = (rmv > 0) & (scale > 0)
+        if ok.any():
+            return StdCalibration(float(np.exp(np.mean(np.log(scale[ok] / rmv[ok])))), 0.0)
+    elif np.ptp(rmv) > 0:
         slope, offset = np.polyfit(rmv, scale, 1)
         if slope > 0:
             return StdCalibration(float(slope), float(offset))
@@ -210,7 +222,8 @@ class Calibration:
     promises (``alpha``, ``delta``, over ``unit``s: whole images or ``tile``² tiles, by
     ``interval_method``), what it was fitted with (``samples`` K × ``steps``, which it is
     valid for), the data it came from and the ±1σ coverage on those pixels before and after.
-    Bundles written before the conformal interval read as ``rcps`` over tiles."""
+    Bundles written before the conformal interval read as ``rcps`` over tiles, those written
+    before the scale-only map (``form``) as ``affine``."""
 
     std: StdCalibration
     interval_factor: float | None
@@ -229,10 +242,11 @@ class Calibration:
     unit: str = "tile"
     interval_method: str = "rcps"
     target: str = "rms"
+    form: str = "affine"
 
     def to_dict(self) -> dict:
         return {"method": "binned-linear", "slope": self.std.slope, "offset": self.std.offset,
-                "target": self.target, "interval_factor": self.interval_factor,
+                "target": self.target, "form": self.form, "interval_factor": self.interval_factor,
                 "interval_method": self.interval_method, "unit": self.unit, "alpha": self.alpha,
                 "delta": self.delta, "tile": self.tile, "samples": self.samples, "steps": self.steps,
                 "source": self.source, "images": self.images, "pixels": self.pixels, "units": self.units,
@@ -251,7 +265,7 @@ class Calibration:
                    int(d["pixels"]), int(d["units"]), str(d["date"]),
                    float(d["coverage_1sigma_before"]), float(d["coverage_1sigma_after"]),
                    str(d.get("unit", "tile")), str(d.get("interval_method", "rcps")),
-                   str(d.get("target", "rms")))
+                   str(d.get("target", "rms")), str(d.get("form", "affine")))
 
     def promise(self) -> str:
         """One sentence: what the interval promises, or why there is none."""
@@ -276,19 +290,21 @@ class Calibration:
 
 
 def fit(maps: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-        *, samples: int, steps: int, source: str, unit: str = "tile", target: str = "rms") -> Calibration:
+        *, samples: int, steps: int, source: str, unit: str = "tile", target: str = "rms",
+        form: str = "scale") -> Calibration:
     """Fit the std map and the interval on held-out (std, error) 2-D maps in the model's
     normalised target units (error = estimate − target). The interval is split conformal
     over ``unit``s: its ``tile``² tiles (``"tile"``, the default), each map (``"image"``), or
     (``"auto"``) images when there are at least :func:`min_conformal_units` of them, else
     tiles. Images as units give the per-image promise, but with few images λ̂ is the largest
-    score, which one image with a near-zero std makes vacuous (docs/benchmarks.md)."""
+    score, which one image with a near-zero std makes vacuous (docs/benchmarks.md). ``target``
+    and ``form`` as :func:`fit_std_calibration`."""
     if not maps:
         raise ValueError("no held-out images to calibrate on")
     unit = resolve_unit(unit, len(maps), delta)
     std = np.concatenate([np.ravel(s) for s, _ in maps])
     err = np.concatenate([np.ravel(e) for _, e in maps])
-    std_cal = fit_std_calibration(std, err, target=target)
+    std_cal = fit_std_calibration(std, err, target=target, form=form)
     calibrated = [(std_cal.apply(s), e) for s, e in maps]
     units = calibrated if unit == "image" else [u for s, e in calibrated for u in tile_units(s, e, tile)]
     try:
@@ -298,4 +314,4 @@ def fit(maps: list[tuple[np.ndarray, np.ndarray]], alpha: float = 0.1, delta: fl
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return Calibration(std_cal, factor, alpha, delta, tile, samples, steps, source, len(maps), int(std.size),
                        len(units), date, float(np.mean(np.abs(err) <= std)),
-                       float(np.mean(np.abs(err) <= std_cal.apply(std))), unit, "conformal", target)
+                       float(np.mean(np.abs(err) <= std_cal.apply(std))), unit, "conformal", target, form)

@@ -177,17 +177,19 @@ def calibrate(
     tile: Annotated[int, typer.Option(help="side of the calibration tiles (output pixels)")] = 32,
     unit: Annotated[str, typer.Option(help="interval units: tile, image (a per-image promise; needs 9 "
                                             "images at delta 0.1 and can be very wide), or auto")] = "tile",
+    form: Annotated[str, typer.Option(help="std map: scale (std → k·std, stable on few images) or affine "
+                                            "(std → a·std + b)")] = "scale",
 ) -> None:
     """Fit the std calibration and the conformal interval on held-out pairs and store
     them in the model (used by predict, evaluate, napari and export)."""
     from .calibrate_files import calibrate_folder
 
-    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit)
+    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit, form=form)
     units = f"{cal.units} images" if cal.unit == "image" else f"{cal.units} tiles of {cal.tile}²"
     drawn = "one pass, no samples" if cal.samples == 0 else f"{cal.samples} samples × {cal.steps} steps"
+    line = f"{cal.std.slope:.3g}·std" + (f" + {cal.std.offset:.3g}" if cal.form == "affine" else "")
     print(f"calibrated {model} on {cal.images} image(s) of {data} ({cal.pixels} pixels, {units}, "
-          f"{drawn}): std → {cal.std.slope:.3g}·std + "
-          f"{cal.std.offset:.3g}; ±1σ coverage {cal.coverage_before:.3f} → {cal.coverage_after:.3f} "
+          f"{drawn}): std → {line}; ±1σ coverage {cal.coverage_before:.3f} → {cal.coverage_after:.3f} "
           "(0.683 if Gaussian)")
     print(cal.promise() + ("" if cal.interval_factor is not None
                            else "; calibrate on more images or use a smaller --tile"))

@@ -224,7 +224,7 @@ class TrainConfig(_Strict):
     val_steps: int = Field(20, ge=1, description="sampling steps of validation")
     val_samples: int = Field(4, ge=0, description="posterior samples of validation (0: one pass)")
     calibrate: bool = Field(True, description="at the end, calibrate the std and interval on the held-out "
-                            "validation crops (microdiff calibrate)")
+                            "validation images, whole (microdiff calibrate)")
 
 
 class SampleConfig(_Strict):

@@ -79,7 +79,7 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
         drawn = ("one pass: μ(x) and the variance head's σ(x)" if s.samples == 0
                  else f"{s.samples} samples x {s.steps} steps (η = {s.eta:g})")
         print(f"evaluating on {len(pairs)} held-out images: {drawn}")
-    # the std calibration fitted at the end of training on the validation crops; applied only
+    # the std calibration fitted at the end of training on the validation images; applied only
     # where the held-out images are other images (the simulator's test stream)
     cal = read_bundle(out / "model").calibration if pairs is not run.data.val else None
     rows, panels, labels, stack = _evaluate(model, cfg, pairs, cal)
@@ -171,7 +171,7 @@ def _print_summary(summary: dict, out: Path, label: str, baseline: str | None, u
     if uncertainty:
         print(f"uncertainty: Spearman(std, |error|) {summary['spearman_std_error']:.2f}; "
               f"±1σ covers {summary['coverage_1sigma']:.2f} of pixels, ±2σ {summary['coverage_2sigma']:.2f}"
-              + (f" (std calibrated on the validation crops; raw ±1σ {summary['coverage_1sigma_raw']:.2f})"
+              + (f" (std calibrated on the validation images; raw ±1σ {summary['coverage_1sigma_raw']:.2f})"
                  if summary.get("std_calibrated") else ""))
     print(f"(affine intensity matching as in CARE; took {summary['total_seconds']:.0f} s)")
     print(f"outputs in {out}: summary.md and metrics.csv (per structure), montage.png, "

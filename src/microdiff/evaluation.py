@@ -149,13 +149,11 @@ def write_report(rows: list[dict], out: Path, title: str, note: str | None = Non
 
 @torch.no_grad()
 def validate(model: ImageModel, x: torch.Tensor, y: torch.Tensor, cfg: Config, steps: int, samples: int,
-             seed: int, montage_path: Path | None = None, montage_rows: int = 4,
-             error_maps: list | None = None) -> dict[str, float]:
+             seed: int, montage_path: Path | None = None, montage_rows: int = 4) -> dict[str, float]:
     """Posterior-mean PSNR/SSIM (after affine matching) of ``model`` and of the task's
     classical baseline (``*_baseline``: the bicubic input for sr, TIE for qpi-2shot, NaN where
     there is none) on ``x, y`` ``[N, C, H, W]``; optionally a montage of the first
-    ``montage_rows``. ``error_maps``, when given, receives the (std, mean − target) 2-D maps
-    of every image and channel in normalised units (what calibration fits)."""
+    ``montage_rows``."""
     from .plots import montage
 
     device = next(model.parameters()).device
@@ -167,8 +165,6 @@ def validate(model: ImageModel, x: torch.Tensor, y: torch.Tensor, cfg: Config, s
     std = out.std if refined_std is None else refined_std
     mean, std = point.float().cpu().numpy(), std.float().cpu().numpy()
     xs, ys = x.numpy(), y.numpy()
-    if error_maps is not None:
-        error_maps += [(std[i, c], mean[i, c] - ys[i, c]) for i in range(len(ys)) for c in range(ys.shape[1])]
     res = {"val_psnr": [], "val_ssim": [], "val_psnr_baseline": [], "val_ssim_baseline": []}
     for i in range(len(ys)):
         res["val_psnr"].append(metrics.psnr(mean[i, 0], ys[i, 0]))

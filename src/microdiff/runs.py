@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import calibration, distributed
+from .calibrate_files import held_out_maps
 from .checkpoint import (
     latest_checkpoint,
     load_training_state,
@@ -42,6 +43,7 @@ from .distributed import World
 from .errors import ConfigError, UserError
 from .evaluation import validate
 from .models import build_model
+from .predictor import load
 from .signals import Interrupted, StopSignals
 from .train import Trainer, TrainingDiverged
 
@@ -177,33 +179,39 @@ class _Run:
 
     def validate(self, final: bool = False) -> dict[str, float]:
         """Posterior-mean metrics of the EMA model on the held-out crops (rank 0); the final
-        one also calibrates the bundle's std and interval on them (``train.calibrate``)."""
+        one also calibrates the bundle's std and interval (``train.calibrate``)."""
         if not self.main:
             return {}
         cfg, step = self.cfg, self.trainer.step
         steps, samples = ((cfg.sample.steps, cfg.sample.samples) if final
                           else (cfg.train.val_steps, cfg.train.val_samples))
-        calibrating = (final and cfg.train.calibrate and self.trainer.ema.generative
-                       and (samples >= 2 or cfg.sample.uncertainty == "head"))
-        maps: list | None = [] if calibrating else None
         res = validate(self.trainer.ema, self.val_x, self.val_y, cfg, steps, samples, cfg.train.seed,
-                       self.out / "montages" / f"step_{step:08d}.png", error_maps=maps)
+                       self.out / "montages" / f"step_{step:08d}.png")
         self.stats.write({"step": step, "kind": "validation", "sample_steps": steps,
                           "samples": samples} | res)
-        if maps:
-            self._calibrate(maps, samples, steps)
+        if (final and cfg.train.calibrate and self.trainer.ema.generative
+                and (samples >= 2 or cfg.sample.uncertainty == "head")):
+            self._calibrate(samples, steps)
         return res
 
-    def _calibrate(self, maps: list, samples: int, steps: int) -> None:
-        """Fit the calibration on the final validation's maps and store it in the bundle."""
-        tile = max(4, min(32, min(min(std.shape) for std, _ in maps) // 2))  # ≥ 4 tiles per crop
+    def _calibrate(self, samples: int, steps: int) -> None:
+        """Fit the calibration on the held-out images (at most ``data.n_val``) predicted whole
+        by the bundle just saved, exactly as ``predict`` and ``microdiff calibrate`` predict
+        them, and store it in the bundle. Not on the training-size validation crops: a
+        network's std depends on the size of its input (GroupNorm statistics), so a map
+        fitted on crops mis-scales whole images (docs/benchmarks.md, *How many images
+        calibration needs*)."""
+        predictor = load(self.out / "model", str(self.device))
+        pairs = [(p.x, p.y.numpy()) for p in self.data.val[: self.cfg.data.n_val]]
+        maps = held_out_maps(predictor, pairs, samples, steps, self.cfg.train.seed, self.progress)
+        tile = max(4, min(32, min(min(std.shape) for std, _ in maps) // 2))  # ≥ 4 tiles per image
         cal = calibration.fit(maps, tile=tile, samples=samples, steps=steps,
-                              source=f"{len(maps)} held-out validation crops of {self.out}")
+                              source=f"{len(pairs)} held-out images of {self.out}")
         write_calibration(self.out / "model", cal)
         if self.progress:
             interval = (f"interval ±{cal.interval_factor:.2f}·std" if cal.interval_factor is not None
                         else f"no interval ({cal.units} {cal.unit}s are too few to certify it)")
-            print(f"calibrated on {cal.images} validation crops: ±1σ coverage {cal.coverage_before:.2f} → "
+            print(f"calibrated on {cal.images} held-out images: ±1σ coverage {cal.coverage_before:.2f} → "
                   f"{cal.coverage_after:.2f}; {interval} (microdiff calibrate refits it on held-out pairs)")
 
     def step(self) -> dict[str, float]:
