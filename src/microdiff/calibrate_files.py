@@ -37,7 +37,7 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
     for x, y in tqdm(list(pairs), desc="calibrating", disable=not progress, dynamic_ncols=True):
         out = predictor.sample_normalized(x, samples, steps, seed, return_samples=refine)
         if refine:  # the task's data-consistency step, as predict applies it
-            out = predictor._refined(x, out, samples, return_samples=False)
+            out = predictor.refined(x, out, samples, return_samples=False)
         if out["mean"].shape != y.shape:
             raise ShapeError(f"the model predicts {out['mean'].shape[-2:]} pixels where the target "
                              f"has {y.shape[-2:]}")

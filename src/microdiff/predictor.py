@@ -119,7 +119,7 @@ class Predictor:
                                      return_samples or (refine and self.model.generative), return_schedule,
                                      tile_batch, progress)
         if refine:
-            out = self._refined(x, out, samples, return_samples)
+            out = self.refined(x, out, samples, return_samples)
         cal = self.bundle.calibration if calibrated and self.model.generative else None
         if cal is not None:
             if (samples, steps) != (cal.samples, cal.steps) and self.bundle.sample.uncertainty == "samples":
@@ -181,7 +181,7 @@ class Predictor:
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         return {k: v.numpy() for k, v in blended.items()}
 
-    def _refined(self, x: torch.Tensor, out: dict[str, np.ndarray], samples: int, return_samples: bool
+    def refined(self, x: torch.Tensor, out: dict[str, np.ndarray], samples: int, return_samples: bool
                  ) -> dict[str, np.ndarray]:
         """The task's data-consistency step on the whole image's point estimate and samples
         (:meth:`~microdiff.data.tasks.Task.refine`); the std becomes the refined samples'."""
