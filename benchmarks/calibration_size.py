@@ -124,16 +124,16 @@ def measure(method: str, seed: int, per_cell: int, uncertainty: str, k: int) -> 
     test = predicted(method, seed, "test", "whole", per_cell, uncertainty, k)
     pixels = flat_sorted(test)
     rng = np.random.default_rng(seed)
-    rows = {}
+    rows, vals = {}, {}
     for mode in ("whole", "crop"):
-        val = predicted(method, seed, "val", mode, per_cell, uncertainty, k)
+        val = vals[mode] = predicted(method, seed, "val", mode, per_cell, uncertainty, k)
         n_val = len(val[0])
         for form in ("affine", "scale"):
             for n in [n for n in SIZES if n <= n_val]:
                 draws = [np.arange(n_val)] if n == n_val else [rng.choice(n_val, n, replace=False)
                                                              for _ in range(DRAWS)]
                 rows[(mode, form, n)] = [checks(pixels, fitted(val, d, form)) for d in draws]
-    val = predicted(method, seed, "val", "whole", per_cell, uncertainty, k)
+    val = vals["whole"]
     cal = fitted(val, np.arange(len(val[0])), "scale")
     small = [checks(flat_sorted(test, cell_subsets(test[0], 2, rng)), cal) for _ in range(100)]
     return {"rows": rows, "all": checks(pixels, cal), "raw": checks(pixels, StdCalibration()), "k": cal.slope,
