@@ -33,11 +33,9 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
     (condition ``x`` ``[C, H, W]``, normalised target ``[C_out, H, W]``) pairs, predicted as
     :meth:`Predictor.predict` predicts (whole images in tiles of 256, the task's
     data-consistency step included)."""
-    maps, refine = [], predictor.task.data_consistency
+    maps = []
     for x, y in tqdm(list(pairs), desc="calibrating", disable=not progress, dynamic_ncols=True):
-        out = predictor.sample_normalized(x, samples, steps, seed, return_samples=refine)
-        if refine:  # the task's data-consistency step, as predict applies it
-            out = predictor.refined(x, out, samples, return_samples=False)
+        out = predictor.predict_normalized(x, samples, steps, seed)
         if out["mean"].shape != y.shape:
             raise ShapeError(f"the model predicts {out['mean'].shape[-2:]} pixels where the target "
                              f"has {y.shape[-2:]}")

@@ -115,11 +115,8 @@ class Predictor:
         refine = self.task.data_consistency
         if samples == 0:
             self.check_one_pass(return_samples, refine)
-        out = self.sample_normalized(x, samples, steps, seed, tile, overlap,
-                                     return_samples or (refine and self.model.generative), return_schedule,
-                                     tile_batch, progress)
-        if refine:
-            out = self.refined(x, out, samples, return_samples)
+        out = self.predict_normalized(x, samples, steps, seed, tile, overlap, return_samples, return_schedule,
+                                      tile_batch, progress)
         cal = self.bundle.calibration if calibrated and self.model.generative else None
         if cal is not None:
             if (samples, steps) != (cal.samples, cal.steps) and self.bundle.sample.uncertainty == "samples":
@@ -180,6 +177,19 @@ class Predictor:
             blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch)  # networks in
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         return {k: v.numpy() for k, v in blended.items()}
+
+    def predict_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0, tile: int = 256,
+                           overlap: int = 32, return_samples: bool = False, return_schedule: bool = False,
+                           tile_batch: int = 1, progress: Callable[[int, int], None] | None = None
+                           ) -> dict[str, np.ndarray]:
+        """:meth:`sample_normalized`, then the task's data-consistency step on the whole image
+        (:meth:`refined`) when the task has one: the uncalibrated prediction ``predict`` gives
+        and calibration fits, in normalised target units."""
+        refine = bool(self.task.data_consistency)
+        out = self.sample_normalized(x, samples, steps, seed, tile, overlap,
+                                     return_samples or (refine and self.model.generative), return_schedule,
+                                     tile_batch, progress)
+        return self.refined(x, out, samples, return_samples) if refine else out
 
     def refined(self, x: torch.Tensor, out: dict[str, np.ndarray], samples: int, return_samples: bool
                  ) -> dict[str, np.ndarray]:
