@@ -56,6 +56,11 @@ PAPER = ["model.zmd.enabled=false", "sample.point_estimate=sample-mean", "sample
 VAR_NET = "model.zmd.variance_net={base_channels: 32, channel_mults: [1, 2, 2], num_res_blocks: 1}"
 PIXEL_NORM = [f"{net}.norm=pixel" for net in ("model.denoiser", "model.schedule.net", "model.zmd.net",
                                                "model.zmd.variance_net")]
+#: the demo preset as it was before it predicted in one pass (issue 20): no variance head, the
+#: std from K = 4 samples, mixed-structure training images; every method below starts from it,
+#: so the cached runs and their figures keep their meaning
+SAMPLED_DEMO = ["model.zmd.variance_net=null", "sample.uncertainty=samples", "sample.samples=4",
+                "train.val_samples=4", "data.structure=mixed"]
 MEAN_NET = ["model.zmd.enabled=true", DEMO_NET, "model.zmd.scaled=true", "sample.point_estimate=mean-net",
             "sample.gamma_min=1e-3", "train.grad_clip_scope=per-module", "train.ema_warmup=true"]
 METHODS: dict[str, tuple[str, list[str]]] = {
@@ -121,7 +126,13 @@ def method_config(method: str, steps: int, seed: int, lr: float | None = None) -
     extra = [f"train.steps={steps}", f"train.seed={seed}"] + ([f"train.lr={lr}"] if lr else [])
     if steps >= LONG_STEPS:
         extra += CURVE_KEEP
-    return apply_overrides(load_config(preset), [*overrides, *BUDGET, *extra])
+    pinned = SAMPLED_DEMO if preset == "demo" else []
+    return apply_overrides(load_config(preset), [*pinned, *overrides, *BUDGET, *extra])
+
+
+def sampled_demo() -> Config:
+    """The ``demo`` preset with :data:`SAMPLED_DEMO`: the design the older sections measured."""
+    return apply_overrides(load_config("demo"), SAMPLED_DEMO)
 
 
 def run_tag(steps: int) -> str:

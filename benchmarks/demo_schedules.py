@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
 from microdiff.config import load_config  # noqa: E402
@@ -37,7 +38,7 @@ def main() -> None:
             if kind == "regression":  # the baseline: same U-Net, data and training, MSE
                 cfg = load_config("demo-regression")
             else:
-                cfg = load_config("demo")
+                cfg = P.sampled_demo()  # the std from samples: the schedule shapes it
                 cfg.model.schedule.kind = kind
             cfg.train.seed = seed
             with tempfile.TemporaryDirectory() as tmp:

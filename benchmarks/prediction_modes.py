@@ -95,9 +95,9 @@ def main() -> None:
     n_tiles = len(tile_starts(2 * args.size, TILE, OVERLAP)) ** 2
     few, sampled = parse(args.few), parse(args.sampled)
     modes = {"regression": ("demo-regression", [], {}),
-             "one-pass": ("demo", [P.VAR_NET, "sample.uncertainty=head"], {"samples": 0}),
-             "few-step": ("demo", [], {"steps": few[0], "samples": few[1]}),
-             "sampled": ("demo", [], {"steps": sampled[0], "samples": sampled[1]})}
+             "one-pass": ("demo", [], {"samples": 0}),  # the demo preset's default
+             "few-step": ("demo", P.SAMPLED_DEMO, {"steps": few[0], "samples": few[1]}),
+             "sampled": ("demo", P.SAMPLED_DEMO, {"steps": sampled[0], "samples": sampled[1]})}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (preset, overrides, kw) in modes.items():

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
 import torch  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
-from microdiff.config import apply_overrides, load_config  # noqa: E402
+from microdiff.config import apply_overrides  # noqa: E402
 from microdiff.models import build_model  # noqa: E402
 from microdiff.sampling import sample_loop  # noqa: E402
 
@@ -37,7 +38,7 @@ SCHEDULES = {  # name → (schedule kind, λ): the demo preset's schedules; "dri
 
 
 def grid(kind: str, lam: float | None, steps: int, gamma_min: float | None) -> torch.Tensor:
-    cfg = apply_overrides(load_config("demo"), [f"model.schedule.kind={kind}"])
+    cfg = apply_overrides(P.sampled_demo(), [f"model.schedule.kind={kind}"])
     torch.manual_seed(0)
     schedule = build_model(cfg.model).schedule
     with torch.no_grad():

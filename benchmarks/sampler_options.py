@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
 from microdiff import metrics  # noqa: E402
-from microdiff.config import load_config  # noqa: E402
 from microdiff.demo import held_out_pairs, run_demo  # noqa: E402
 from microdiff.predictor import load  # noqa: E402
 
@@ -53,7 +53,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for kind in args.kinds:
-        cfg = load_config("demo")
+        cfg = P.sampled_demo()  # the std from samples: the schedule shapes it
         cfg.model.schedule.kind = kind
         test = held_out_pairs(cfg, [])
         with tempfile.TemporaryDirectory() as tmp:

@@ -97,6 +97,10 @@ def forward_flops(model: torch.nn.Module, cfg, batch: int, schedule_batch: int, 
     return float(fc.get_total_flops())
 
 
+#: samples timed for a preset that predicts in one pass (the demo since issue 20)
+ONE_PASS_K = 4
+
+
 def measure(preset: str, size: int, phase: str, device_name: str, measured_steps: int,
             variant: str = "default", steps_k: tuple[int, int] | None = None) -> dict:
     """One measurement (``phase`` train or sample) in this process; returns its figures."""
@@ -130,7 +134,7 @@ def measure(preset: str, size: int, phase: str, device_name: str, measured_steps
         model = model.to(device).eval()
         s = cfg.sample
         has_unc = model.generative
-        steps, k = steps_k or (s.steps, s.samples)
+        steps, k = steps_k or (s.steps, s.samples or ONE_PASS_K)  # a one-pass preset: time K samples
         steps, k = (steps, k) if has_unc else (1, 1)
         run_steps = min(steps, measured_steps)
         x = torch.randn(1, cfg.model.in_channels, size, size, device=device)

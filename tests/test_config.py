@@ -125,13 +125,14 @@ def test_zero_samples_needs_the_one_pass_design() -> None:
     estimate and the variance head as the std; otherwise one sentence naming the key."""
     head = ["model.zmd.variance_net={base_channels: 8, channel_mults: [1], num_res_blocks: 1}",
             "sample.uncertainty=head"]
-    cfg = apply_overrides(load_config("demo"), [*head, "sample.samples=0", "train.val_samples=0"])
+    sampled = load_config("demo-fixed-cosine")  # the demo's design with the samples' spread as std
+    cfg = apply_overrides(sampled, [*head, "sample.samples=0", "train.val_samples=0"])
     assert cfg.sample.samples == 0 and cfg.train.val_samples == 0
     for key in ("sample.samples", "train.val_samples"):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "=0"):
-            apply_overrides(load_config("demo"), [f"{key}=0"])
+            apply_overrides(sampled, [f"{key}=0"])
         with pytest.raises(ConfigError, match="point_estimate=mean-net"):
-            apply_overrides(load_config("demo"), [*head, "sample.point_estimate=sample-mean", f"{key}=0"])
+            apply_overrides(sampled, [*head, "sample.point_estimate=sample-mean", f"{key}=0"])
     with pytest.raises(ConfigError, match="sample.samples"):
         apply_overrides(load_config("demo"), ["sample.samples=-1"])
     assert apply_overrides(load_config("demo-regression"), ["sample.samples=0"]).sample.samples == 0

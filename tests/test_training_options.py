@@ -128,5 +128,13 @@ def test_the_default_predicts_with_the_mean_network_and_the_faithful_preset_does
     assert faithful.sample.point_estimate == "sample-mean"
     assert (faithful.train.grad_clip_scope, faithful.train.ema_warmup) == ("global", False)
     assert faithful.model.denoiser == demo.model.denoiser and faithful.data == demo.data
+    # issue 20: the demo predicts in one pass (μ(x) and the variance head's σ(x)), trained on
+    # single-structure and mixed images; the presets that compare schedules keep the samples' std
+    assert (demo.sample.samples, demo.sample.uncertainty, demo.train.val_samples) == (0, "head", 0)
+    assert demo.model.zmd.variance_net == demo.model.denoiser and demo.data.structure == "any"
+    for name in ("demo-faithful", "demo-fixed-cosine", "demo-fixed-linear", "qpi-2shot", "qpi-2shot-tie"):
+        cfg = load_config(name)
+        assert cfg.model.zmd.variance_net is None and cfg.sample.uncertainty == "samples", name
+        assert cfg.sample.samples >= 4 and cfg.train.val_samples == 4, name
     for name in ("qpi-2shot", "qpi-poly", "paper"):  # measured with the paper's design
         assert load_config(name).sample.point_estimate == "sample-mean"
