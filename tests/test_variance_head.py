@@ -229,3 +229,14 @@ def test_a_pixel_norm_head_survives_the_bundle(tmp_path) -> None:
     x, _ = _toy(2, 5)
     with torch.no_grad():
         torch.testing.assert_close(pred.model.predict_std(x), model.predict_std(x))
+
+
+def test_the_montage_names_what_the_model_gives() -> None:
+    """A one-pass model's panels are μ(x) and σ(x), a sampled model's the posterior mean and std."""
+    from microdiff.plots import MONTAGE_COLUMNS, montage_columns
+
+    assert montage_columns() == MONTAGE_COLUMNS
+    one_pass = montage_columns("mean-net", "head")
+    assert one_pass[1:3] == ("mean network μ(x)", "variance head σ(x)")
+    assert one_pass[0] == MONTAGE_COLUMNS[0] and one_pass[3:] == MONTAGE_COLUMNS[3:]
+    assert montage_columns("mean-net", "samples")[1:3] == ("mean network μ(x)", "posterior std")

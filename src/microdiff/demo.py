@@ -85,9 +85,10 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
     rows, panels, labels, stack = _evaluate(model, cfg, pairs, cal)
     what = f"`{cfg.model.schedule.kind}` schedule" if model.generative else "regression baseline"
     write_report(rows, out, f"microdiff demo: {what}, {cfg.train.steps} steps")
-    from .plots import montage, schedule_curves
+    from .plots import montage, montage_columns, schedule_curves
 
-    montage(out / "montage.png", panels, row_labels=labels)
+    columns = montage_columns(s.point_estimate, s.uncertainty) if model.generative else None
+    montage(out / "montage.png", panels, row_labels=labels, **({"columns": columns} if columns else {}))
     if model.generative:
         profile = schedule_profile(model, pairs[0].x[None], pairs[0].y[0].numpy())
         schedule_curves(out / "schedule.png", *profile,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .baselines import BASELINES, apply_baseline
+from .config import SampleConfig
 from .data.axes import as_2d
 from .data.datasets import paired_files
 from .data.io import read_image
@@ -107,7 +108,7 @@ def evaluate_folder(model: Path, data: Path, out: Path, samples: int | None = No
     write_report(rows, out, f"Evaluation of `{model}` on `{data}`",
                  PHASE_NOTE if predictor.task.is_phase else None)
     if figures:
-        _write_figures(out, panels, labels, profile, pooled)
+        _write_figures(out, panels, labels, profile, pooled, predictor.bundle.sample)
     return rows
 
 
@@ -120,12 +121,15 @@ def _model_row(name: str, label: str, method: str, res, target: np.ndarray, px: 
     return row
 
 
-def _write_figures(out: Path, panels: list, labels: list[str], profile, pooled: dict[str, list]) -> None:
-    """montage.png, schedule.png and the uncertainty figures, where there is something to show."""
-    from .plots import MONTAGE_COLUMNS, montage, schedule_curves
+def _write_figures(out: Path, panels: list, labels: list[str], profile, pooled: dict[str, list],
+                   sample: SampleConfig) -> None:
+    """montage.png (columns named after the model's ``sample`` config), schedule.png and the
+    uncertainty figures, where there is something to show."""
+    from .plots import montage, montage_columns, schedule_curves
 
     if panels:
-        columns = MONTAGE_COLUMNS + ("outside the interval",) * (len(panels[0]) > len(MONTAGE_COLUMNS))
+        names = montage_columns(sample.point_estimate, sample.uncertainty)
+        columns = names + ("outside the interval",) * (len(panels[0]) > len(names))
         montage(out / "montage.png", panels, columns=columns, row_labels=labels)
     if profile is not None:
         schedule_curves(out / "schedule.png", *profile, title=f"γ(t) on {labels[0]}")

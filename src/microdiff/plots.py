@@ -21,6 +21,14 @@ from .data.normalize import PERCENTILES  # noqa: E402
 MONTAGE_COLUMNS = ("input (bicubic)", "posterior mean", "posterior std", "|mean − target|", "target")
 
 
+def montage_columns(point_estimate: str = "sample-mean", uncertainty: str = "samples") -> tuple[str, ...]:
+    """:data:`MONTAGE_COLUMNS` named after what the model gives: μ(x) for the mean network
+    (``sample.point_estimate: mean-net``), σ(x) for the variance head (``sample.uncertainty: head``)."""
+    mean = "mean network μ(x)" if point_estimate == "mean-net" else MONTAGE_COLUMNS[1]
+    std = "variance head σ(x)" if uncertainty == "head" else MONTAGE_COLUMNS[2]
+    return (MONTAGE_COLUMNS[0], mean, std, *MONTAGE_COLUMNS[3:])
+
+
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG atomically (parent folders created), close it, return the path."""
     buf = io.BytesIO()
