@@ -325,7 +325,8 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
         flags += " --levels " + level_list.replace(",", "")
     flags += f" --cell-draws {args.cell_draws}" if args.cell_draws != 1 else ""
     flags += f" --figure {args.figure}" if args.figure else ""
-    lines = [f"## QPI on equal budgets ({sizing} sizing)", "",
+    budget = f"{sizing} sizing" + (f", {args.steps} steps" if args.steps else "")
+    lines = [f"## QPI on equal budgets ({budget})", "",
              f"Command: `.venv/bin/python benchmarks/qpi_models.py{flags}`  ", f"Machine: {machine()}  ",
              f"Date: {today()}", "",
              f"Each trained method: the `qpi-2shot` / `qpi-poly` preset (1.0 M-parameter U-Net) with the "
@@ -361,6 +362,7 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
     if sorted(args.levels) != sorted(LEVELS):
         name += "_l" + "_".join(f"{lv:g}" for lv in args.levels).replace(".", "")
     name += f"_draws{args.cell_draws}" if args.cell_draws != 1 else ""
+    name += f"_steps{args.steps}" if args.steps else ""  # a budget of its own, beside the sizing's
     write_section(name, "\n".join(lines))
     print("\n".join(lines))
 
