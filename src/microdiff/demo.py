@@ -87,8 +87,8 @@ def run_demo(out: Path, cfg: Config | None = None, progress: bool = True) -> dic
     write_report(rows, out, f"microdiff demo: {what}, {cfg.train.steps} steps")
     from .plots import montage, montage_columns, schedule_curves
 
-    columns = montage_columns(s.point_estimate, s.uncertainty) if model.generative else None
-    montage(out / "montage.png", panels, row_labels=labels, **({"columns": columns} if columns else {}))
+    montage(out / "montage.png", panels, columns=montage_columns(s.point_estimate, s.uncertainty),
+            row_labels=labels)
     if model.generative:
         profile = schedule_profile(model, pairs[0].x[None], pairs[0].y[0].numpy())
         schedule_curves(out / "schedule.png", *profile,
