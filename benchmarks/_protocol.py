@@ -68,7 +68,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "learned-exact": ("demo", [*PAPER, "model.schedule.kind=learned-exact"]),
     "fixed-linear": ("demo", [*PAPER, "model.schedule.kind=fixed-linear"]),
     "fixed-cosine": ("demo", [*PAPER, "model.schedule.kind=fixed-cosine"]),
-    "regression": ("demo-regression", []),
+    "regression": ("demo-regression", ["data.structure=mixed"]),
+    # the regression U-Net on the demo's own data (single-structure and mixed images, half
+    # each): the reference for the default preset's design, zmd-scaled-var-any (issue 17)
+    "regression-any": ("demo-regression", ["data.structure=any"]),
     "learned/elbo": ("demo", [*PAPER, LEARNED, "model.schedule.eps_grad=elbo"]),
     "learned/no-eps-grad": ("demo", [*PAPER, LEARNED, "model.schedule.eps_grad=none"]),
     "learned/lr0.1": ("demo", [*PAPER, LEARNED, "model.schedule.lr_scale=0.1"]),

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 
-from microdiff.config import load_config  # noqa: E402
+from microdiff.config import apply_overrides, load_config  # noqa: E402
 from microdiff.demo import run_demo  # noqa: E402
 
 
@@ -36,7 +36,8 @@ def main() -> None:
     for kind in args.kinds:
         for seed in args.seeds:
             if kind == "regression":  # the baseline: same U-Net, data and training, MSE
-                cfg = load_config("demo-regression")
+                # mixed images, as the sampled demo the other rows use (the preset: any)
+                cfg = apply_overrides(load_config("demo-regression"), ["data.structure=mixed"])
             else:
                 cfg = P.sampled_demo()  # the std from samples: the schedule shapes it
                 cfg.model.schedule.kind = kind

@@ -174,6 +174,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--tag", default="", help="appended to the section and figure names, so another "
+                    "set of methods does not replace the default section")
     args = ap.parse_args()
     images = curve_set(args.crop)
     results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
@@ -211,10 +213,12 @@ def report(args, results: dict[str, dict[int, dict]]) -> None:
         print("no finished runs")
         return
     cmd = (f".venv/bin/python benchmarks/learning_curves.py --methods {' '.join(results)} "
-           f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}")
+           f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
+           + (f" --tag {args.tag}" if args.tag else ""))
+    suffix = f"_{args.tag}" if args.tag else ""
     seeds_done = {m: sorted(r) for m, r in results.items()}
     lines = [
-        "## Learning curves of the point estimate (CPU)", "",
+        "## Learning curves of the point estimate (CPU" + (f"; {args.tag}" if args.tag else "") + ")", "",
         f"Command: `{cmd}`  ", f"Machine: {machine()}  ", f"Date: {today()}", "",
         f"Each method: the `demo` preset of benchmarks/_protocol.py (1.0 M-parameter U-Net, batch 8, "
         f"64² patches, Adam 1e-3, EMA 0.99), trained {args.steps} steps, a checkpoint every "
@@ -263,10 +267,10 @@ def report(args, results: dict[str, dict[int, dict]]) -> None:
                   f"{m} {v_over_b(per)}"
                   for m, per in results.items() if "fit" in _last(next(iter(per.values())))["ema"]) + "."]
     lines += time_to_quality(results)
-    img = P.ROOT / "docs" / "img" / "learning_curves.png"
+    img = P.ROOT / "docs" / "img" / f"learning_curves{suffix}.png"
     _plot(img, rows)
-    lines += ["", "![PSNR of the point estimate against training steps](img/learning_curves.png)"]
-    write_section("learning_curves", "\n".join(lines))
+    lines += ["", f"![PSNR of the point estimate against training steps](img/{img.name})"]
+    write_section(f"learning_curves{suffix}", "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -49,7 +49,7 @@ SIZES = {  # sizing: steps, seeds, simulated images per (structure, level), curv
              "real_crop": 128},
 }
 CURVE_STEPS = [5, 10, 20, 50, 100, 200]
-DEFAULT = "zmd-scaled"  # the default presets' design (issue 17)
+DEFAULT, REFERENCE = "zmd-scaled", "regression"  # issue 17's first comparison (mixed images)
 CURVE_CROP = 64  # target pixels of the curve images (centre crops of the simulated test set)
 GROUPS = ["sim-low", "sim-high", "real-01", "real-09"]
 
@@ -102,6 +102,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="training steps (overrides the sizing)")
     ap.add_argument("--curve-methods", nargs="*",
                     default=["learned", "learned-exact", "fixed-linear", "fixed-cosine"])
+    ap.add_argument("--default", default=DEFAULT, choices=list(P.METHODS),
+                    help="the design issue 17's acceptance table judges (--long)")
+    ap.add_argument("--reference", default=REFERENCE, choices=list(P.METHODS),
+                    help="the regression U-Net it is judged against (--long)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the runs already finished; train nothing")
     args = ap.parse_args()
@@ -154,7 +158,8 @@ def schedule_table(methods: list[str], seeds: list[int], steps: int, images) -> 
              "| method | λ at init | λ trained | γ(0.5) at init | γ(0.5) trained |",
              "|---|---|---|---|---|"]
     for m in methods:
-        if m == "regression" or not P.method_config(m, steps, 0).model.schedule.kind.startswith("learned"):
+        cfg = P.method_config(m, steps, 0)
+        if cfg.model.kind == "regression" or not cfg.model.schedule.kind.startswith("learned"):
             continue
         init, trained = [], []
         for seed in seeds:
@@ -194,14 +199,19 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
         cmd += f" --seeds {' '.join(map(str, args.seeds))}"
     if args.steps:
         cmd += f" --steps {args.steps}"
+    other_pair = (args.default, args.reference) != (DEFAULT, REFERENCE)
+    if other_pair:
+        cmd += f" --default {args.default} --reference {args.reference}"
     n_sim = sum(im.group.startswith("sim") for im in images)
     lines = [
-        f"## Quality on equal budgets ({sizing} sizing)", "",
+        f"## Quality on equal budgets ({sizing} sizing" + (f"; {args.default}" if other_pair else "") + ")",
+        "",
         f"Command: `{cmd}`  ", f"Machine: {machine()}  ", f"Date: {today()}", "",
         f"Every trained method: the `demo` preset (1.0 M-parameter denoiser; the regression "
         f"U-Net is the same network, `demo-regression`) trained {z['steps']} steps of batch 8 on "
-        f"64² patches of simulated mixed structures, seeds {', '.join(map(str, z['seeds']))}; "
-        "only the schedule option differs. Test set, never trained on: "
+        f"64² patches of simulated mixed structures (methods named *-any*: half single-structure, "
+        f"half mixed images), seeds {', '.join(map(str, z['seeds']))}; "
+        "only the options named in benchmarks/_protocol.py differ. Test set, never trained on: "
         f"{n_sim} simulated 128² images ({z['per_cell']} per structure mt/F-actin/CCP/ER at "
         f"signal level 1 = *sim-low* and 9 = *sim-high*) and the centre {z['real_crop']}² crop of the real "
         "BioSR cell at levels 01 and 09 (*real-01*, *real-09*; microtubules; a model trained "
@@ -259,9 +269,10 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
             f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0, 0), strict=True)) + " |")
 
     lines += sample_table(results)
-    if sizing == "long" and {DEFAULT, "regression"} <= set(results):
-        lines += acceptance_table(results, baselines["bicubic"])
-        lines += montage(images, z, tag=P.run_tag(z["steps"]))
+    pair = (args.default, args.reference)
+    if sizing == "long" and set(pair) <= set(results):
+        lines += acceptance_table(results, baselines["bicubic"], *pair)
+        lines += montage(images, z, P.run_tag(z["steps"]), *pair)
     lines += ["", "PSNR per structure and level (simulated; mean over seeds).", "",
               "| method | " + " | ".join(f"{s} L{lv}" for lv in P.LEVELS.values()
                                           for s in P.STRUCTURES) + " |",
@@ -292,7 +303,7 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
     sims = [im for im in images if im.group.startswith("sim")]
     lines += schedule_table(list(results), z["seeds"], z["steps"], sims)
     lines += ["", f"Total benchmark time: {seconds / 60:.0f} min (cached runs are not re-trained)."]
-    write_section(f"quality_{sizing}", "\n".join(lines))
+    write_section(f"quality_{sizing}" + (f"_{args.default}" if other_pair else ""), "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -334,10 +345,11 @@ def sample_table(results: dict) -> list[str]:
     return lines
 
 
-def acceptance_table(results: dict, bicubic: list[dict]) -> list[str]:
+def acceptance_table(results: dict, bicubic: list[dict], default: str = DEFAULT,
+                     reference: str = REFERENCE) -> list[str]:
     """Issue 17's acceptance criteria for the default design against the regression U-Net
     (seed means; seeds both methods have finished)."""
-    seeds = sorted(set(results[DEFAULT]) & set(results["regression"]))
+    seeds = sorted(set(results[default]) & set(results[reference]))
 
     def value(method: str, key: str, group: str | None = None, structure: str | None = None) -> float:
         """Seed mean of the per-seed pooled value over the images (:func:`_pool`)."""
@@ -350,25 +362,26 @@ def acceptance_table(results: dict, bicubic: list[dict]) -> list[str]:
     def bic(group: str) -> float:
         return float(np.mean([r["psnr"] for r in bicubic if r["group"] == group]))
 
-    checks = [("PSNR, simulated pooled", value(DEFAULT, "psnr"), value("regression", "psnr"), -0.3, "dB"),
-              ("SSIM, simulated pooled", value(DEFAULT, "ssim"), value("regression", "ssim"), -0.01, "")]
-    checks += [(f"PSNR, {st} (both levels)", value(DEFAULT, "psnr", structure=st),
-                value("regression", "psnr", structure=st), -0.5, "dB") for st in P.STRUCTURES]
-    reg_frc = value("regression", "frc_resolution")
-    checks += [("FRC resolution, simulated (median image)", value(DEFAULT, "frc_resolution"), reg_frc, 0,
+    checks = [("PSNR, simulated pooled", value(default, "psnr"), value(reference, "psnr"), -0.3, "dB"),
+              ("SSIM, simulated pooled", value(default, "ssim"), value(reference, "ssim"), -0.01, "")]
+    checks += [(f"PSNR, {st} (both levels)", value(default, "psnr", structure=st),
+                value(reference, "psnr", structure=st), -0.5, "dB") for st in P.STRUCTURES]
+    reg_frc = value(reference, "frc_resolution")
+    checks += [("FRC resolution, simulated (median image)", value(default, "frc_resolution"), reg_frc, 0,
                 "nm"),
-               ("FRC of one posterior sample against regression's", value(DEFAULT, "sample1_frc_resolution"),
+               ("FRC of one posterior sample against regression's", value(default, "sample1_frc_resolution"),
                 reg_frc, 0, "nm"),
                ("Sharpness (spectral resolution) of one posterior sample against regression's",
-                value(DEFAULT, "sample1_spectral_resolution"), value("regression", "spectral_resolution"), 0,
+                value(default, "sample1_spectral_resolution"), value(reference, "spectral_resolution"), 0,
                 "nm")]
     for g in ("real-01", "real-09"):
         if any(r["group"] == g for r in bicubic):
-            checks += [(f"PSNR, {g}", value(DEFAULT, "psnr", g), value("regression", "psnr", g), 0.0, "dB"),
-                       (f"SSIM, {g}", value(DEFAULT, "ssim", g), value("regression", "ssim", g), 0.0, ""),
-                       (f"PSNR, {g} vs bicubic + 1 dB", value(DEFAULT, "psnr", g), bic(g), 1.0, "dB")]
-    lines = ["", f"Issue 17's acceptance: the default design (`{DEFAULT}`: μ(x) of the mean network) "
-             f"against the regression U-Net (or bicubic), means over seeds {', '.join(map(str, seeds))}; "
+            checks += [(f"PSNR, {g}", value(default, "psnr", g), value(reference, "psnr", g), 0.0, "dB"),
+                       (f"SSIM, {g}", value(default, "ssim", g), value(reference, "ssim", g), 0.0, ""),
+                       (f"PSNR, {g} vs bicubic + 1 dB", value(default, "psnr", g), bic(g), 1.0, "dB")]
+    lines = ["", f"Issue 17's acceptance: the default design (`{default}`: μ(x) of the mean network) "
+             f"against the regression U-Net (`{reference}`) (or bicubic), means over seeds "
+             f"{', '.join(map(str, seeds))}; "
              "*holds* when the difference is at least the margin (for FRC in nm, lower is finer: at "
              "most the margin).", "",
              "| criterion | default | reference | difference | margin | holds |", "|---|---|---|---|---|---|"]
@@ -382,8 +395,10 @@ def acceptance_table(results: dict, bicubic: list[dict]) -> list[str]:
     return lines
 
 
-def montage(images: list[P.TestImage], z: dict, tag: str) -> list[str]:
-    """docs/img/quality_long_montage.png: for a simulated microtubule image (level 9) and the
+def montage(images: list[P.TestImage], z: dict, tag: str, default: str = DEFAULT,
+            reference: str = REFERENCE) -> list[str]:
+    """docs/img/quality_long_montage.png (``_<default>`` before .png for another pair): for a
+    simulated microtubule image (level 9) and the
     real cell (level 09): bicubic input, regression, the default's μ(x), one posterior sample,
     its std and the target (first seed's models)."""
     import matplotlib.pyplot as plt
@@ -393,22 +408,23 @@ def montage(images: list[P.TestImage], z: dict, tag: str) -> list[str]:
     seed = z["seeds"][0]
     picks = [im for im in images if im.group == "sim-high" and im.structure == "mt"][:1]
     picks += [im for im in images if im.group == "real-09"]
-    cfgs = {m: P.method_config(m, z["steps"], seed) for m in (DEFAULT, "regression")}
+    cfgs = {m: P.method_config(m, z["steps"], seed) for m in (default, reference)}
     models = {m: P.model_at(P.run_dir(tag, m, seed), cfg, z["steps"]) for m, cfg in cfgs.items()}
-    cols = ["bicubic input", "regression", "CVDM μ(x) (default)", "one CVDM sample", "CVDM std", "target"]
+    std_title = "variance head σ(x)" if cfgs[default].sample.uncertainty == "head" else "CVDM std"
+    cols = ["bicubic input", "regression", "CVDM μ(x) (default)", "one CVDM sample", std_title, "target"]
     fig, axes = plt.subplots(len(picks), len(cols), figsize=(2.3 * len(cols), 2.4 * len(picks)),
                              squeeze=False)
     for r, (row, im) in enumerate(zip(axes, picks, strict=True)):
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            reg = models["regression"].sample(im.pair.x[None], steps=1, samples=1, generator=gen).mean
-            cfg = cfgs[DEFAULT]
-            res = models[DEFAULT].sample(im.pair.x[None], steps=cfg.sample.steps, samples=z["samples"],
+            reg = models[reference].sample(im.pair.x[None], steps=1, samples=1, generator=gen).mean
+            cfg = cfgs[default]
+            res = models[default].sample(im.pair.x[None], steps=cfg.sample.steps, samples=z["samples"],
                                             generator=gen, **cfg.sample.options())
         panels = [im.pair.x[0], reg[0, 0], res.mean[0, 0], res.samples[0, 0, 0], res.std[0, 0], im.pair.y[0]]
         lo, hi = np.percentile(im.pair.y[0].numpy(), [1, 99.8])
         for ax, img, title in zip(row, panels, cols, strict=True):
-            is_std = title == "CVDM std"
+            is_std = title == std_title
             ax.imshow(img.numpy(), cmap="magma" if is_std else "gray",
                       **({} if is_std else {"vmin": lo, "vmax": hi}))
             ax.set_xticks([])
@@ -417,9 +433,10 @@ def montage(images: list[P.TestImage], z: dict, tag: str) -> list[str]:
                 ax.set_title(title, fontsize=9)
         row[0].set_ylabel(im.group, fontsize=9)
     fig.tight_layout()
-    save_figure(fig, P.ROOT / "docs" / "img" / "quality_long_montage.png", dpi=90)
+    name = "quality_long_montage" + ("" if default == DEFAULT else f"_{default}") + ".png"
+    save_figure(fig, P.ROOT / "docs" / "img" / name, dpi=90)
     return ["", f"![bicubic, regression, the default's μ(x), one sample, std and target (seed {seed})]"
-            "(img/quality_long_montage.png)"]
+            f"(img/{name})"]
 
 
 def _plot_curves(path: Path, curves: dict[str, dict[int, float]]) -> None:

@@ -79,6 +79,16 @@ def test_every_preset_takes_the_common_overrides(name, tmp_path) -> None:
     assert cfg.data.path == str(tmp_path)
 
 
+def test_regression_baseline_trains_on_the_demos_data() -> None:
+    """demo-regression is the demo's like-for-like baseline: same data (single-structure and
+    mixed images), U-Net, steps, batch and learning rate."""
+    demo, reg = load_config("demo"), load_config("demo-regression")
+    assert reg.data == demo.data and demo.data.structure == "any"
+    assert reg.model.denoiser == demo.model.denoiser == demo.model.zmd.net
+    assert (reg.train.steps, reg.train.batch_size, reg.train.lr) == (
+        demo.train.steps, demo.train.batch_size, demo.train.lr)
+
+
 def test_base_key_inherits_and_overrides(tmp_path) -> None:
     assert load_config("demo-fixed-linear").model.schedule.kind == "fixed-linear"
     assert load_config("demo-fixed-linear").model.denoiser == load_config("demo").model.denoiser
