@@ -46,14 +46,14 @@ from microdiff.data.sources import task_of  # noqa: E402
 
 SCORES = ("std", "|phase|", "|estimate − TIE|")
 LOW_PASS_PX = 8.0  # the error's share below this Gaussian blur (px): smooth, low-frequency error
-STEPS = 800
+STEPS = 800  # the default budget (--steps picks the runs of another qpi_models.py --steps)
 
 
-def item_maps(method: str, seed: int, items) -> list[dict]:
+def item_maps(method: str, seed: int, items, steps: int = STEPS) -> list[dict]:
     """Per test item: group, level, and the error, std and proxy maps (rad) of ``method``'s
-    prediction, from the run's cached samples."""
-    cfg = M.method_config("qpi-2shot", method, STEPS, seed)
-    out = M.run_dir("qpi-2shot", method, STEPS, seed)
+    prediction, from the ``steps``-step run's cached samples."""
+    cfg = M.method_config("qpi-2shot", method, steps, seed)
+    out = M.run_dir("qpi-2shot", method, steps, seed)
     task = task_of(cfg.data)
     rows = []
     for group, level, phi, stack, raw, name in items:
@@ -115,8 +115,9 @@ def esc(text: str) -> str:
 def report(args, per_seed: dict[int, dict], seconds: float) -> list[str]:
     keys = sorted(next(iter(per_seed.values())))
     cmd = (f"benchmarks/qpi_uncertainty.py --method {args.method} --seeds {' '.join(map(str, args.seeds))} "
-           f"--levels {' '.join(f'{lv:g}' for lv in args.levels)} --cell-draws {args.cell_draws}")
-    lines = [f"## Phase uncertainty against proxies ({args.method}, {STEPS} steps)", "",
+           f"--levels {' '.join(f'{lv:g}' for lv in args.levels)} --cell-draws {args.cell_draws}"
+           + (f" --steps {args.steps}" if args.steps != STEPS else ""))
+    lines = [f"## Phase uncertainty against proxies ({args.method}, {args.steps} steps)", "",
              f"Command: `.venv/bin/python {cmd}` ({seconds:.0f} s, cached samples; {today()}; "
              f"{machine()}).", "",
              "The std of the refined samples (K = 4) against two proxies, on the pixels of the "
@@ -154,6 +155,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--levels", type=float, nargs="+", default=list(M.LEVELS))
     ap.add_argument("--cell-draws", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=STEPS, help="the training budget of the runs to read")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -161,9 +163,10 @@ def main() -> None:
     per_seed = {}
     for seed in args.seeds:
         print(f"{args.method} seed {seed}", flush=True)
-        per_seed[seed] = analyse(item_maps(args.method, seed, items))
+        per_seed[seed] = analyse(item_maps(args.method, seed, items, args.steps))
     lines = report(args, per_seed, time.perf_counter() - t0)
-    write_section("qpi_uncertainty", "\n".join(lines))
+    suffix = "" if args.steps == STEPS else f"_steps{args.steps}"
+    write_section(f"qpi_uncertainty{suffix}", "\n".join(lines))
     print("\n".join(lines))
 
 
