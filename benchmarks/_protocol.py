@@ -91,6 +91,9 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     "zmd-scaled-var-any": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
                                     "sample.uncertainty=head", "data.structure=any"]),
     "zmd-scaled/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear"]),
+    # the demo preset's design with DDPM's fixed schedule: learned vs fixed inside it (issue 17)
+    "zmd-scaled-var-any/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear", VAR_NET,
+                                                 "sample.uncertainty=head", "data.structure=any"]),
     # zmd-scaled-var with every network normalised per pixel (norm: pixel): outputs that do
     # not depend on the image size, so whole images are predicted as the training patches
     # were (issue 18: the head's per-structure miscalibration; benchmarks/head_norm.py). Measured:
