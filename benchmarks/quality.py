@@ -1,8 +1,9 @@
 """Quality on equal budgets: learned vs fixed schedules vs regression vs classical baselines.
 
 Every trained method is the ``demo`` preset (``demo-regression`` for the regression U-Net)
-with only its schedule option changed (see ``_protocol.METHODS``): same U-Net, simulated
-mixed-structure training data, 64² patches, batch 8, Adam at 1e-3, and ``--steps`` steps,
+with only the options of ``_protocol.METHODS`` changed: same U-Net, simulated
+mixed-structure training data (``*-any`` methods: half single-structure images), 64²
+patches, batch 8, Adam at 1e-3, and ``--steps`` steps,
 for each of ``--seeds``. Each is evaluated on a fixed held-out set: one simulated 128² image
 per structure (microtubules, F-actin, CCPs, ER) at a low and a high signal level (1 and 9),
 drawn from a stream no training run uses, plus the centre 256² crop of the real BioSR pair at
@@ -17,6 +18,10 @@ and docs/img/quality_steps.png. Usage::
     .venv/bin/python benchmarks/quality.py --quick    # ~10 min: a check, not a conclusion
     .venv/bin/python benchmarks/quality.py --full     # GPU-sized
     .venv/bin/python benchmarks/quality.py --methods learned learned/elbo fixed-linear
+    # issue 17's acceptance for the demo preset's design against regression on its images
+    # (its own section, quality_long_zmd-scaled-var-any)
+    .venv/bin/python benchmarks/quality.py --long --methods zmd-scaled-var-any regression-any \
+        --default zmd-scaled-var-any --reference regression-any
 """
 
 from __future__ import annotations
