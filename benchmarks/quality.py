@@ -204,7 +204,8 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
         cmd += f" --seeds {' '.join(map(str, args.seeds))}"
     if args.steps:
         cmd += f" --steps {args.steps}"
-    other_pair = (args.default, args.reference) != (DEFAULT, REFERENCE)
+    pair = (args.default, args.reference)
+    other_pair = pair != (DEFAULT, REFERENCE)
     if other_pair:
         cmd += f" --default {args.default} --reference {args.reference}"
     n_sim = sum(im.group.startswith("sim") for im in images)
@@ -274,7 +275,6 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
             f"{pooled(rows, k):.{d}f}" for k, d in zip(P.METRICS, (2, 3, 3, 3, 0, 0), strict=True)) + " |")
 
     lines += sample_table(results)
-    pair = (args.default, args.reference)
     if sizing == "long" and set(pair) <= set(results):
         lines += acceptance_table(results, baselines["bicubic"], *pair)
         lines += montage(images, z, P.run_tag(z["steps"]), *pair)
@@ -350,8 +350,7 @@ def sample_table(results: dict) -> list[str]:
     return lines
 
 
-def acceptance_table(results: dict, bicubic: list[dict], default: str = DEFAULT,
-                     reference: str = REFERENCE) -> list[str]:
+def acceptance_table(results: dict, bicubic: list[dict], default: str, reference: str) -> list[str]:
     """Issue 17's acceptance criteria for the default design against the regression U-Net
     (seed means; seeds both methods have finished)."""
     seeds = sorted(set(results[default]) & set(results[reference]))
@@ -400,8 +399,7 @@ def acceptance_table(results: dict, bicubic: list[dict], default: str = DEFAULT,
     return lines
 
 
-def montage(images: list[P.TestImage], z: dict, tag: str, default: str = DEFAULT,
-            reference: str = REFERENCE) -> list[str]:
+def montage(images: list[P.TestImage], z: dict, tag: str, default: str, reference: str) -> list[str]:
     """docs/img/quality_long_montage.png (``_<default>`` before .png for another pair): for a
     simulated microtubule image (level 9) and the
     real cell (level 09): bicubic input, regression, the default's μ(x), one posterior sample,
