@@ -94,6 +94,12 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # the demo preset's design with DDPM's fixed schedule: learned vs fixed inside it (issue 17)
     "zmd-scaled-var-any/fixed-linear": ("demo", [*MEAN_NET, "model.schedule.kind=fixed-linear", VAR_NET,
                                                  "sample.uncertainty=head", "data.structure=any"]),
+    # zmd-scaled-var-any trained on the 128² images whole (batch 2: the pixels of a step stay
+    # 64² × 8): the networks see the whole field the targets are normalised over (issue 18:
+    # a per-image gain the 64² crops cannot know; benchmarks/class_bias.py)
+    "zmd-scaled-var-any-whole": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
+                                          "sample.uncertainty=head", "data.structure=any",
+                                          "data.size=128", "train.batch_size=2"]),
     # zmd-scaled-var with every network normalised per pixel (norm: pixel): outputs that do
     # not depend on the image size, so whole images are predicted as the training patches
     # were (issue 18: the head's per-structure miscalibration; benchmarks/head_norm.py). Measured:
