@@ -104,6 +104,35 @@ def test_calibrate_command_fits_stores_and_predict_writes_the_interval(model_fol
         assert (tmp_path / "ev" / name).is_file(), name
 
 
+def test_calibrate_fits_the_gain_from_32_pairs_and_predict_applies_it(model_folder, tmp_path) -> None:
+    """From MIN_IMAGES held-out pairs `calibrate --intensity` fits the per-image gain and offset, and
+    `predict` turns the estimate into g · estimate + c (an affine map in any units)."""
+    from microdiff.calibrate_files import calibrate_folder
+    from microdiff.intensity_calibration import MIN_IMAGES
+
+    data = tmp_path / "held"
+    write_simulated_pairs(data, "mt", MIN_IMAGES, 32, level=9, seed=6, progress=False)
+    image = np.random.default_rng(1).gamma(2, 100, (16, 20)).astype(np.float32)
+    raw = microdiff.load(model_folder).predict(image, seed=3)
+    proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--intensity")
+    assert proc.returncode == 0, proc.stderr
+    assert f"gain and offset: fitted on {MIN_IMAGES} images" in proc.stdout
+    cal = read_bundle(model_folder).calibration
+    assert cal.intensity is not None and cal.intensity.images == MIN_IMAGES
+    pred = microdiff.load(model_folder)
+    x, _ = pred.condition(image, "YX")
+    g, _ = cal.intensity.params(pred.predict_normalized(x, 3, 2, seed=3)["mean"][0])
+    corrected = pred.predict(image, seed=3)
+    slope, _ = np.polyfit(raw.mean.ravel(), corrected.mean.ravel(), 1)
+    assert slope == pytest.approx(g, rel=1e-4) and abs(g - 1) > 1e-3
+    np.testing.assert_allclose(corrected.std_raw, raw.std, rtol=1e-6)  # the raw spread, uncorrected
+    np.testing.assert_array_equal(pred.predict(image, seed=3, calibrated=False).mean, raw.mean)
+    assert calibrate_folder(model_folder, data, tile=8, progress=False).intensity is None  # opt-in
+    few = tmp_path / "few"
+    write_simulated_pairs(few, "mt", 3, 32, level=9, seed=7, progress=False)
+    assert calibrate_folder(model_folder, few, tile=8, progress=False, intensity=True).intensity is None
+
+
 def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> None:
     empty = tmp_path / "empty"
     (empty / "input").mkdir(parents=True)
@@ -153,7 +182,8 @@ def test_training_ends_with_a_calibration_on_the_whole_held_out_images(tmp_path)
     val = load_training_data(cfg.data, cfg.train.seed, progress=False).val[: cfg.data.n_val]
     maps = held_out_maps(load(tmp_path / "run" / "model"), [(p.x, p.y.numpy()) for p in val],
                          cfg.sample.samples, cfg.sample.steps, cfg.train.seed)
-    again = calibration.fit(maps, tile=16, samples=cal.samples, steps=cal.steps, source="again")
+    again = calibration.fit([(std, mean - y) for std, mean, y in maps], tile=16, samples=cal.samples,
+                            steps=cal.steps, source="again")
     assert again.std == cal.std and again.coverage_before == cal.coverage_before
     cfg.train.calibrate = False
     train_run(cfg, tmp_path / "plain", progress=False)

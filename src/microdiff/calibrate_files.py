@@ -1,16 +1,18 @@
 """``microdiff calibrate``: fit a model's std calibration and interval on held-out pairs.
 
 The model samples each held-out input as ``predict`` would (same K, steps, tiling), in
-its normalised target units; the errors against the targets (normalised as in training)
-fit the std map and the conformal interval of :mod:`microdiff.calibration`, which
-are stored in the model folder's ``bundle.json``. ``predict``, ``evaluate``, napari and
-the BioImage Model Zoo export then use them. The held-out pairs must not be training
+its normalised target units; against the targets (normalised as in training) they fit the
+estimate's per-image gain and offset (:mod:`microdiff.intensity_calibration`, opt-in, from
+32 images up), then the std map and the conformal interval of :mod:`microdiff.calibration` on
+the corrected errors, stored in the model folder's ``bundle.json``. ``predict``,
+``evaluate``, napari and the BioImage Model Zoo export then use them. The held-out pairs must not be training
 files, and should be like the images the model will be used on: the interval's promise
 holds for images exchangeable with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,32 +26,52 @@ from .data.axes import as_2d, as_chw
 from .data.datasets import paired_files
 from .data.io import read_image
 from .errors import ShapeError, UserError
+from .intensity_calibration import fit_intensity
 from .predictor import Predictor, load
+
+Maps = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (std, estimate, target) 2-D maps
 
 
 def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], samples: int,
-                  steps: int, seed: int = 0, progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(std, error) 2-D maps per image and output channel, in normalised target units, for
-    (condition ``x`` ``[C, H, W]``, normalised target ``[C_out, H, W]``) pairs, predicted as
-    :meth:`Predictor.predict` predicts (whole images in tiles of 256, the task's
-    data-consistency step included)."""
+                  steps: int, seed: int = 0, progress: bool = False) -> Maps:
+    """(std, estimate, target) 2-D maps per image and output channel, in normalised target
+    units, for (condition ``x`` ``[C, H, W]``, normalised target ``[C_out, H, W]``) pairs,
+    predicted as :meth:`Predictor.predict` predicts (whole images in tiles of 256, the task's
+    data-consistency step included), uncalibrated."""
     maps = []
     for x, y in tqdm(list(pairs), desc="calibrating", disable=not progress, dynamic_ncols=True):
         out = predictor.predict_normalized(x, samples, steps, seed)
         if out["mean"].shape != y.shape:
             raise ShapeError(f"the model predicts {out['mean'].shape[-2:]} pixels where the target "
                              f"has {y.shape[-2:]}")
-        maps += [(out["std"][c], out["mean"][c] - y[c]) for c in range(y.shape[0])]
+        maps += [(out["std"][c], out["mean"][c], y[c]) for c in range(y.shape[0])]
     return maps
+
+
+def fit_maps(maps: Maps, intensity: bool = False, **fit_options) -> Calibration:
+    """:func:`microdiff.calibration.fit` on held-out :func:`held_out_maps`; with
+    ``intensity``, first the estimate's per-image gain and offset
+    (:func:`~microdiff.intensity_calibration.fit_intensity`), and the std map and interval
+    are then fitted to the corrected estimate's errors and std, as ``predict`` applies them."""
+    if not maps:
+        raise ValueError("no held-out images to calibrate on")
+    ic = fit_intensity([m for _, m, _ in maps], [t for _, _, t in maps]) if intensity else None
+    pairs = []
+    for std, mean, target in maps:
+        if ic is not None:
+            mean, std, _ = ic.apply(mean, std)
+        pairs.append((std, mean - target))
+    return dataclasses.replace(fit(pairs, **fit_options), intensity=ic)
 
 
 def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
               samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
               delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "tile",
-              form: str = "scale") -> Calibration:
+              form: str = "scale", intensity: bool = False) -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
     ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's; ``unit`` and
-    ``form`` as :func:`microdiff.calibration.fit`."""
+    ``form`` as :func:`microdiff.calibration.fit`, ``intensity`` as :func:`fit_maps` (only for a
+    task whose targets are normalised per image, :attr:`Task.target_self_normalised`)."""
     if not predictor.model.generative:
         raise UserError("this model is a regression baseline: it has no std to calibrate")
     if not (0 < alpha < 1 and 0 < delta < 1):
@@ -75,7 +97,9 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
     if small and resolve_unit(unit, len(maps), delta) == "tile":
         raise UserError(f"{source}: an image of {small[0][0]}×{small[0][1]} pixels holds no {tile}×{tile} "
                         "calibration tile; use --tile with a smaller value")
-    return fit(maps, alpha, delta, tile, samples=samples, steps=steps, source=source, unit=unit, form=form)
+    intensity = intensity and predictor.task.target_self_normalised
+    return fit_maps(maps, intensity, alpha=alpha, delta=delta, tile=tile, samples=samples, steps=steps,
+                    source=source, unit=unit, form=form)
 
 
 def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, np.ndarray]]:
@@ -98,11 +122,12 @@ def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, n
 
 def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
                      seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-                     progress: bool = True, unit: str = "tile", form: str = "scale") -> Calibration:
+                     progress: bool = True, unit: str = "tile", form: str = "scale",
+                     intensity: bool = False) -> Calibration:
     """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
     in its ``bundle.json``."""
     predictor = load(model)
     cal = calibrate(predictor, folder_pairs(predictor, data), str(data), samples, steps, seed, alpha, delta,
-                    tile, progress, unit, form)
+                    tile, progress, unit, form, intensity)
     write_calibration(model, cal)
     return cal

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binom
 
+from .intensity_calibration import IntensityCalibration
+
 STD_FLOOR = 1e-8  # calibrated std never reaches zero
 UNITS = ("auto", "image", "tile")  # the interval's exchangeable units (see fit)
 
@@ -221,9 +223,11 @@ class Calibration:
     factor λ̂ (None when the held-out data held too few units to certify one), what it
     promises (``alpha``, ``delta``, over ``unit``s: whole images or ``tile``² tiles, by
     ``interval_method``), what it was fitted with (``samples`` K × ``steps``, which it is
-    valid for), the data it came from and the ±1σ coverage on those pixels before and after.
-    Bundles written before the conformal interval read as ``rcps`` over tiles, those written
-    before the scale-only map (``form``) as ``affine``."""
+    valid for), the data it came from and the ±1σ coverage on those pixels before and after;
+    ``intensity``: the per-image gain and offset of the estimate applied before the std map
+    (:mod:`microdiff.intensity_calibration`; None: not fitted). Bundles written before the
+    conformal interval read as ``rcps`` over tiles, those written before the scale-only map
+    (``form``) as ``affine``, those written before the intensity correction without one."""
 
     std: StdCalibration
     interval_factor: float | None
@@ -243,6 +247,7 @@ class Calibration:
     interval_method: str = "rcps"
     target: str = "rms"
     form: str = "affine"
+    intensity: IntensityCalibration | None = None
 
     def to_dict(self) -> dict:
         return {"method": "binned-linear", "slope": self.std.slope, "offset": self.std.offset,
@@ -251,7 +256,8 @@ class Calibration:
                 "delta": self.delta, "tile": self.tile, "samples": self.samples, "steps": self.steps,
                 "source": self.source, "images": self.images, "pixels": self.pixels, "units": self.units,
                 "date": self.date, "coverage_1sigma_before": self.coverage_before,
-                "coverage_1sigma_after": self.coverage_after}
+                "coverage_1sigma_after": self.coverage_after,
+                "intensity": None if self.intensity is None else self.intensity.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
@@ -265,7 +271,8 @@ class Calibration:
                    int(d["pixels"]), int(d["units"]), str(d["date"]),
                    float(d["coverage_1sigma_before"]), float(d["coverage_1sigma_after"]),
                    str(d.get("unit", "tile")), str(d.get("interval_method", "rcps")),
-                   str(d.get("target", "rms")), str(d.get("form", "affine")))
+                   str(d.get("target", "rms")), str(d.get("form", "affine")),
+                   None if d.get("intensity") is None else IntensityCalibration.from_dict(d["intensity"]))
 
     def promise(self) -> str:
         """One sentence: what the interval promises, or why there is none."""

@@ -179,12 +179,17 @@ def calibrate(
                                             "images at delta 0.1 and can be very wide), or auto")] = "tile",
     form: Annotated[str, typer.Option(help="std map: scale (std → k·std, stable on few images) or affine "
                                             "(std → a·std + b)")] = "scale",
+    intensity: Annotated[bool, typer.Option(help="also fit the estimate's per-image gain and offset "
+                                                 "(opt-in; needs 32 or more held-out images; see the "
+                                                 "guide)")] = False,
 ) -> None:
     """Fit the std calibration and the conformal interval on held-out pairs and store
     them in the model (used by predict, evaluate, napari and export)."""
     from .calibrate_files import calibrate_folder
+    from .intensity_calibration import MIN_IMAGES
 
-    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit, form=form)
+    cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit, form=form,
+                           intensity=intensity)
     units = f"{cal.units} images" if cal.unit == "image" else f"{cal.units} tiles of {cal.tile}²"
     drawn = "one pass, no samples" if cal.samples == 0 else f"{cal.samples} samples × {cal.steps} steps"
     line = f"{cal.std.slope:.3g}·std" + (f" + {cal.std.offset:.3g}" if cal.form == "affine" else "")
@@ -193,6 +198,10 @@ def calibrate(
           "(0.683 if Gaussian)")
     print(cal.promise() + ("" if cal.interval_factor is not None
                            else "; calibrate on more images or use a smaller --tile"))
+    if intensity:
+        print("the estimate's per-image gain and offset: " + (
+            f"fitted on {cal.intensity.images} images" if cal.intensity is not None
+            else f"not fitted ({cal.images} images; it needs {MIN_IMAGES})"))
 
 
 @app.command()

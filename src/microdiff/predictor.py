@@ -25,6 +25,7 @@ from .data.synthetic import upsample
 from .data.tiling import apply_tiled, tile_starts
 from .devices import resolve_device
 from .errors import ShapeError, UserError, check_finite
+from .intensity_calibration import IntensityCalibration
 from .models import ImageModel
 
 
@@ -104,7 +105,8 @@ class Predictor:
         ``progress(done, total)`` is called after each network step (sampling steps × tile
         batches), e.g. to drive a progress bar. When the bundle holds a calibration and
         ``calibrated`` (default), ``std`` is the calibrated std (``std_raw`` the samples'
-        spread) and ``lower``/``upper`` the conformal interval.
+        spread) and ``lower``/``upper`` the conformal interval; a calibration with an
+        intensity correction also sets ``mean`` (and ``samples``) to the corrected estimate.
         """
         _check_options(samples, steps, tile_batch, tile, overlap)
         if return_schedule and not self.model.generative:
@@ -124,6 +126,8 @@ class Predictor:
                               f"predicting with {samples} × {steps} changes its spread (recalibrate with "
                               "microdiff calibrate for these settings)", stacklevel=3)
             out["std_raw"] = out["std"]
+            if cal.intensity is not None:
+                out = _intensity_corrected(cal.intensity, out)
             out["std"] = cal.std.apply(out["std"]).astype(np.float32)
             if cal.interval_factor is not None:
                 lower, upper = cal.interval(out["mean"], out["std"])
@@ -280,3 +284,22 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Predictor:
     on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: CUDA when available). Equal
     seeds give equal outputs on one device; CPU and GPU outputs differ by float rounding."""
     return Predictor(*load_bundle(folder, str(resolve_device(device))))
+
+
+def _intensity_corrected(ic: IntensityCalibration, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``out`` (``mean``, ``std`` ``[C, H, W]``, optional ``samples`` ``[K·C, H, W]``, normalised
+    units) with each channel's per-image gain and offset applied (``std_raw`` kept as is)."""
+    out = dict(out)
+    mean, std = out["mean"].copy(), out["std"].copy()
+    n_ch = mean.shape[0]
+    samples = out.get("samples")
+    samples = None if samples is None else samples.copy()
+    for c in range(n_ch):
+        k = None if samples is None else samples[c::n_ch]
+        mean[c], std[c], k = ic.apply(mean[c], std[c], k)
+        if samples is not None:
+            samples[c::n_ch] = k
+    out["mean"], out["std"] = mean, std
+    if samples is not None:
+        out["samples"] = samples
+    return out

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import calibration, distributed
-from .calibrate_files import held_out_maps
+from . import distributed
+from .calibrate_files import fit_maps, held_out_maps
 from .checkpoint import (
     latest_checkpoint,
     load_training_state,
@@ -204,9 +204,10 @@ class _Run:
         predictor = load(self.out / "model", str(self.device))
         pairs = [(p.x, p.y.numpy()) for p in self.data.val[: self.cfg.data.n_val]]
         maps = held_out_maps(predictor, pairs, samples, steps, self.cfg.train.seed, self.progress)
-        tile = max(4, min(32, min(min(std.shape) for std, _ in maps) // 2))  # ≥ 4 tiles per image
-        cal = calibration.fit(maps, tile=tile, samples=samples, steps=steps,
-                              source=f"{len(pairs)} held-out images of {self.out}")
+        tile = max(4, min(32, min(min(std.shape) for std, *_ in maps) // 2))  # ≥ 4 tiles per image
+        intensity = self.cfg.train.calibrate_intensity and predictor.task.target_self_normalised
+        cal = fit_maps(maps, intensity, tile=tile, samples=samples, steps=steps,
+                       source=f"{len(pairs)} held-out images of {self.out}")
         write_calibration(self.out / "model", cal)
         if self.progress:
             interval = (f"interval ±{cal.interval_factor:.2f}·std" if cal.interval_factor is not None

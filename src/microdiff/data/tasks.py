@@ -77,6 +77,13 @@ class Task:
         return self.kind != "sr"
 
     @property
+    def target_self_normalised(self) -> bool:
+        """Whether each target is normalised by its own statistics (percentiles: sr), so that
+        its intensity scale is a per-image unknown the estimate can be corrected for
+        (:mod:`microdiff.intensity_calibration`); a phase target keeps its units (rad)."""
+        return not self.is_phase
+
+    @property
     def baseline_name(self) -> str | None:
         """The classical method :meth:`baseline` computes (None: there is none)."""
         return {"sr": "bicubic", "qpi-2shot": "tie"}.get(self.kind)
