@@ -47,3 +47,22 @@ def write_section(name: str, body: str) -> None:
     tmp = DOC.with_suffix(".md.tmp")
     tmp.write_text(text)
     os.replace(tmp, DOC)
+
+
+def per_seed_main(doc: str, section: str, measure, report) -> None:
+    """The command line of a per-seed analysis of one method's long runs: ``--method`` and
+    ``--seeds``; ``measure(method, seed)`` per seed, ``report(args, results, seconds)`` the
+    markdown written to the ``SECTION-METHOD`` section of docs/benchmarks.md and printed."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--method", default="zmd-scaled-var-any")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    results = {s: measure(args.method, s) for s in args.seeds}
+    body = report(args, results, time.perf_counter() - t0)
+    write_section(f"{section}-{args.method}", body)
+    print(body)

@@ -18,17 +18,14 @@ section of docs/benchmarks.md. Usage::
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import calibration_size as CS  # noqa: E402
-from _report import machine, today, write_section  # noqa: E402
+from _report import machine, per_seed_main, today  # noqa: E402
 
 PER_CELL = 32
 
@@ -90,16 +87,7 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="zmd-scaled-var-any")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    results = {s: halves(args.method, s) for s in args.seeds}
-    body = report(args, results, time.perf_counter() - t0)
-    write_section(f"error_skew-{args.method}", body)
-    print(body)
+    per_seed_main(__doc__, "error_skew", halves, report)
 
 
 if __name__ == "__main__":

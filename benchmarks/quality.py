@@ -22,6 +22,10 @@ and docs/img/quality_steps.png. Usage::
     # (its own section, quality_long_zmd-scaled-var-any)
     .venv/bin/python benchmarks/quality.py --long --methods zmd-scaled-var-any regression-any \
         --default zmd-scaled-var-any --reference regression-any
+    # with the design's fixed-schedule twin, a second table (quality_long_zmd-scaled-var-any_fixed)
+    .venv/bin/python benchmarks/quality.py --long --methods zmd-scaled-var-any \
+        zmd-scaled-var-any/fixed-linear regression-any --default zmd-scaled-var-any \
+        --reference regression-any --tag fixed
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ def main() -> None:
                     help="the design issue 17's acceptance table judges (--long)")
     ap.add_argument("--reference", default=REFERENCE, choices=list(P.METHODS),
                     help="the regression U-Net it is judged against (--long)")
+    ap.add_argument("--tag", help="suffix of the section name (a second table for the same pair, "
+                    "e.g. with more methods or fewer seeds)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the runs already finished; train nothing")
     args = ap.parse_args()
@@ -208,9 +214,12 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
     other_pair = pair != (DEFAULT, REFERENCE)
     if other_pair:
         cmd += f" --default {args.default} --reference {args.reference}"
+    if args.tag:
+        cmd += f" --tag {args.tag}"
     n_sim = sum(im.group.startswith("sim") for im in images)
     lines = [
-        f"## Quality on equal budgets ({sizing} sizing" + (f"; {args.default}" if other_pair else "") + ")",
+        f"## Quality on equal budgets ({sizing} sizing" + (f"; {args.default}" if other_pair else "")
+        + (f"; {args.tag}" if args.tag else "") + ")",
         "",
         f"Command: `{cmd}`  ", f"Machine: {machine()}  ", f"Date: {today()}", "",
         f"Every trained method: the `demo` preset (1.0 M-parameter denoiser; the regression "
@@ -308,7 +317,8 @@ def report(args, sizing: str, z: dict, results: dict, baselines: dict, images, c
     sims = [im for im in images if im.group.startswith("sim")]
     lines += schedule_table(list(results), z["seeds"], z["steps"], sims)
     lines += ["", f"Total benchmark time: {seconds / 60:.0f} min (cached runs are not re-trained)."]
-    write_section(f"quality_{sizing}" + (f"_{args.default}" if other_pair else ""), "\n".join(lines))
+    parts = ["quality", sizing, *([args.default] if other_pair else []), *([args.tag] if args.tag else [])]
+    write_section("_".join(parts), "\n".join(lines))
     print("\n".join(lines))
 
 
