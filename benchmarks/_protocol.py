@@ -96,7 +96,8 @@ METHODS: dict[str, tuple[str, list[str]]] = {
                                                  "sample.uncertainty=head", "data.structure=any"]),
     # zmd-scaled-var-any trained on the 128² images whole (batch 2: the pixels of a step stay
     # 64² × 8): the networks see the whole field the targets are normalised over (issue 18:
-    # a per-image gain the 64² crops cannot know; benchmarks/class_bias.py)
+    # a per-image gain the 64² crops cannot know; benchmarks/class_bias.py). Measured (seed 0):
+    # the gain's share of the error unchanged, the per-structure spread too (docs/core.md)
     "zmd-scaled-var-any-whole": ("demo", [*MEAN_NET, "model.schedule.kind=learned-exact", VAR_NET,
                                           "sample.uncertainty=head", "data.structure=any",
                                           "data.size=128", "train.batch_size=2"]),
