@@ -49,6 +49,16 @@ def write_section(name: str, body: str) -> None:
     os.replace(tmp, DOC)
 
 
+def pm(values, digits: int = 3, sign: bool = False) -> str:
+    """``mean ± std`` of ``values`` (the population std, over seeds or draws); the mean alone
+    for one value; ``sign``: the mean with its sign."""
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    fmt = f"{'+' if sign else ''}.{digits}f"
+    return f"{a.mean():{fmt}} ± {a.std():.{digits}f}" if a.size > 1 else f"{a.mean():{fmt}}"
+
+
 def per_seed_main(doc: str, section: str, measure, report) -> None:
     """The command line of a per-seed analysis of one method's long runs: ``--method`` and
     ``--seeds``; ``measure(method, seed)`` per seed, ``report(args, results, seconds)`` the

@@ -56,7 +56,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 import calibration_size as CS  # noqa: E402
-from _report import machine, today, write_section  # noqa: E402
+from _report import machine, pm, today, write_section  # noqa: E402
 
 KINDS = (*CS.STRUCTURES, "mixed")
 
@@ -146,24 +146,18 @@ def gain_table(gain: dict[str, dict[int, dict]]) -> list[str]:
              "gain and offset | RMS(error) / RMS(std) per image, 10–90 % |", "|---|---|---|---|---|---|"]
     for method, res in gain.items():
         for k in CS.STRUCTURES:
-            c = {key: _pm([res[s][k][key] for s in res], 2) for key in res[next(iter(res))][k]}
+            c = {key: pm([res[s][k][key] for s in res], 2) for key in res[next(iter(res))][k]}
             lines.append(f"| {method} | {k} | {c['g50']} | {c['g10']} – {c['g90']} | "
                          f"{c['removed']} | {c['r10']} – {c['r90']} |")
     return lines
 
 
-def _pm(v: list[float], digits: int, sign: bool = False) -> str:
-    a = np.array(v)
-    fmt = f"{'+' if sign else ''}.{digits}f"
-    return f"{a.mean():{fmt}} ± {a.std():.{digits}f}" if len(a) > 1 else f"{a.mean():{fmt}}"
-
-
 def bias_table(bias: dict[str, dict[int, dict[str, np.ndarray]]]) -> list[str]:
     lines = ["| method | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
     for method, seeds in bias.items():
-        cells = [_pm([seeds[s][k][:, 0].mean() for s in seeds], 4, sign=True) for k in KINDS]
+        cells = [pm([seeds[s][k][:, 0].mean() for s in seeds], 4, sign=True) for k in KINDS]
         lines.append(f"| {method}: mean error | " + " | ".join(cells) + " |")
-        cells = [_pm([np.sqrt(seeds[s][k][:, 1].mean()) for s in seeds], 4) for k in KINDS]
+        cells = [pm([np.sqrt(seeds[s][k][:, 1].mean()) for s in seeds], 4) for k in KINDS]
         lines.append(f"| {method}: RMS error | " + " | ".join(cells) + " |")
     return lines
 
@@ -178,16 +172,16 @@ def coverage_table(cov: dict[str, dict[int, dict]]) -> list[str]:
         for key, name in (("pooled", "pooled map (the acceptance protocol)"),
                           ("own", "per-structure map"), ("own_db", "per-structure map, bias removed"),
                           ("oracle", "per-structure map fitted on the test images (oracle)")):
-            cells = [_pm([res[s][k][key] for s in seeds], 2) for k in CS.STRUCTURES]
+            cells = [pm([res[s][k][key] for s in seeds], 2) for k in CS.STRUCTURES]
             dist = [max(abs(res[s][k][key] - res[s]["pooled"]["pooled"]) for k in CS.STRUCTURES)
                     for s in seeds]
-            lines.append(f"| {method} | {name} | " + " | ".join(cells) + f" | {_pm(dist, 2)} |")
-        kurt = [_pm([res[s][k]["kurtosis"] for s in seeds], 1) for k in CS.STRUCTURES]
+            lines.append(f"| {method} | {name} | " + " | ".join(cells) + f" | {pm(dist, 2)} |")
+        kurt = [pm([res[s][k]["kurtosis"] for s in seeds], 1) for k in CS.STRUCTURES]
         lines.append(f"| {method} | kurtosis of error / std, per-structure map | {' | '.join(kurt)} | |")
-        offsets = ", ".join(f"{k} {_pm([res[s][k]['offset'] for s in seeds], 4, sign=True)}"
+        offsets = ", ".join(f"{k} {pm([res[s][k]['offset'] for s in seeds], 4, sign=True)}"
                             for k in CS.STRUCTURES)
         notes.append(f"{method}: pooled ±1σ with the pooled map "
-                     f"{_pm([res[s]['pooled']['pooled'] for s in seeds], 2)}; the structures' mean "
+                     f"{pm([res[s]['pooled']['pooled'] for s in seeds], 2)}; the structures' mean "
                      f"validation errors subtracted in the *bias removed* row: {offsets}.")
     return [*lines, "", *notes]
 

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 import calibration_size as CS  # noqa: E402
-from _report import machine, per_seed_main, today  # noqa: E402
+from _report import machine, per_seed_main, pm, today  # noqa: E402
 
 import microdiff.intensity_calibration as IC  # noqa: E402
 from microdiff.calibrate_files import fit_maps  # noqa: E402
@@ -74,12 +74,8 @@ def scores(names: list[str], std: np.ndarray, err: np.ndarray) -> dict[str, floa
 def fitted(maps: list[tuple[np.ndarray, ...]], idx: np.ndarray, intensity: bool):
     """The calibration on the validation images ``idx``; below ``MIN_IMAGES`` the intensity
     fit is forced (what ``microdiff calibrate`` refuses to fit, to show why)."""
-    floor = IC.MIN_IMAGES
-    IC.MIN_IMAGES = min(floor, len(idx))
-    try:
-        return fit_maps([maps[i] for i in idx], intensity, tile=32, samples=0, steps=1, source="benchmark")
-    finally:
-        IC.MIN_IMAGES = floor
+    return fit_maps([maps[i] for i in idx], intensity, min(IC.MIN_IMAGES, len(idx)), tile=32, samples=0,
+                    steps=1, source="benchmark")
 
 
 def real_maps(method: str, seed: int) -> dict[str, list[tuple[np.ndarray, ...]]]:
@@ -130,11 +126,6 @@ def measure(method: str, seed: int) -> dict:
     return res
 
 
-def _pm(v: list[float], digits: int = 3) -> str:
-    a = np.array(v, dtype=np.float64)
-    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}" if a.size > 1 else f"{a.mean():.{digits}f}"
-
-
 def report(args, results: dict[int, dict], seconds: float) -> str:
     seeds = list(results)
     cmd = (f"`.venv/bin/python benchmarks/intensity_calibration.py --method {args.method} "
@@ -157,8 +148,8 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
         for intensity in (False, True):
             rows = [r for s in seeds for r in results[s]["sizes"][(n, intensity)]]
             label = ("forced" if n < IC.MIN_IMAGES else "yes") if intensity else "no"
-            lines.append(f"| {n} | {label} | {_pm([1e3 * r['mse'] for r in rows])} | "
-                         f"{_pm([r['pooled'] for r in rows])} | {_pm([r['dist'] for r in rows])} | "
+            lines.append(f"| {n} | {label} | {pm([1e3 * r['mse'] for r in rows])} | "
+                         f"{pm([r['pooled'] for r in rows])} | {pm([r['dist'] for r in rows])} | "
                          f"{max(r['dist'] for r in rows):.3f} | {np.mean([r['meets'] for r in rows]):.0%} |")
     lines += ["", "Fitted on all 256 validation images, per seed (±1σ per structure, the bins' RMSE / RMV):",
               "", "| seed | gain and offset | test MSE | ±1σ | mt | factin | ccp | er | distance | bins | "
@@ -172,7 +163,7 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
                          + " | ".join(f"{r[k]:.2f}" for k in CS.STRUCTURES)
                          + f" | {r['dist']:.3f} | {r['lo']:.2f} – {r['hi']:.2f} | "
                          f"{r['first_std']:.4f}, {r['first']:.2f} | {'yes' if r['meets'] else 'no'} |")
-    rho = {k: _pm([results[s]["spearman"][k] for s in seeds], 2) for k in CS.STRUCTURES}
+    rho = {k: pm([results[s]["spearman"][k] for s in seeds], 2) for k in CS.STRUCTURES}
     lines += ["", "Spearman of each validation image's gain with its estimate's 99.8th percentile "
               "(mean ± std over seeds): " + ", ".join(f"{k} {v}" for k, v in rho.items()) + "."]
     lines += ["", "The same two calibrations (fitted on the 256 simulated validation images) on the real "
@@ -180,10 +171,10 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
               "| level | MSE without | MSE with | ±1σ without | ±1σ with |", "|---|---|---|---|---|"]
     for group in sorted({g for s in seeds for g, _ in results[s]["real"]}):
         cell = {i: [results[s]["real"][(group, i)] for s in seeds] for i in (False, True)}
-        lines.append(f"| {group} | {_pm([1e3 * r['mse'] for r in cell[False]])} | "
-                     f"{_pm([1e3 * r['mse'] for r in cell[True]])} | "
-                     f"{_pm([r['cov'] for r in cell[False]], 2)} | "
-                     f"{_pm([r['cov'] for r in cell[True]], 2)} |")
+        lines.append(f"| {group} | {pm([1e3 * r['mse'] for r in cell[False]])} | "
+                     f"{pm([1e3 * r['mse'] for r in cell[True]])} | "
+                     f"{pm([r['cov'] for r in cell[False]], 2)} | "
+                     f"{pm([r['cov'] for r in cell[True]], 2)} |")
     return "\n".join(lines) + "\n"
 
 

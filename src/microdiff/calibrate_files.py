@@ -26,7 +26,7 @@ from .data.axes import as_2d, as_chw
 from .data.datasets import paired_files
 from .data.io import read_image
 from .errors import ShapeError, UserError
-from .intensity_calibration import fit_intensity
+from .intensity_calibration import MIN_IMAGES, fit_intensity
 from .predictor import Predictor, load
 
 Maps = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (std, estimate, target) 2-D maps
@@ -48,14 +48,15 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
     return maps
 
 
-def fit_maps(maps: Maps, intensity: bool = False, **fit_options) -> Calibration:
+def fit_maps(maps: Maps, intensity: bool = False, min_images: int = MIN_IMAGES, **fit_options) -> Calibration:
     """:func:`microdiff.calibration.fit` on held-out :func:`held_out_maps`; with
     ``intensity``, first the estimate's per-image gain and offset
-    (:func:`~microdiff.intensity_calibration.fit_intensity`), and the std map and interval
+    (:func:`~microdiff.intensity_calibration.fit_intensity`, from ``min_images`` maps up), and the
+    std map and interval
     are then fitted to the corrected estimate's errors and std, as ``predict`` applies them."""
     if not maps:
         raise ValueError("no held-out images to calibrate on")
-    ic = fit_intensity([m for _, m, _ in maps], [t for _, _, t in maps]) if intensity else None
+    ic = fit_intensity([m for _, m, _ in maps], [t for _, _, t in maps], min_images) if intensity else None
     pairs = []
     for std, mean, target in maps:
         if ic is not None:

@@ -88,14 +88,15 @@ class IntensityCalibration:
         return cls(*vectors, int(d["images"]))
 
 
-def fit_intensity(estimates: list[np.ndarray], targets: list[np.ndarray]) -> IntensityCalibration | None:
+def fit_intensity(estimates: list[np.ndarray], targets: list[np.ndarray], min_images: int = MIN_IMAGES
+                  ) -> IntensityCalibration | None:
     """Fit on held-out 2-D (estimate, target) maps in normalised target units: each image's
     least-squares (g, c), regressed on its features (a nearly unpenalised ridge); None with
-    fewer than :data:`MIN_IMAGES` maps (too few to fit without doing harm)."""
+    fewer than ``min_images`` maps (default :data:`MIN_IMAGES`: fewer do harm)."""
     if len(estimates) != len(targets):
         raise ValueError(f"need matching estimates and targets, got {len(estimates)} and {len(targets)}")
     n = len(estimates)
-    if n < MIN_IMAGES:
+    if n < min_images:
         return None
     feats = np.stack([image_features(e) for e in estimates])
     gc = np.array([image_gain(e, t) for e, t in zip(estimates, targets, strict=True)])
