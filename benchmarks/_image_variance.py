@@ -41,8 +41,6 @@ FEATURES = ("constant", "log rms std", f"log p{PERCENTILES[1]:g}", "mean", "fore
 FOREGROUND = 0.1  # a pixel is foreground above this fraction of the estimate's top percentile
 BACKGROUND = 0.05  # ... and background below this fraction
 LOG_FLOOR = 1e-6  # keeps the logarithms of dark estimates and zero stds finite
-#: fewer held-out images fit no floor (its six coefficients need images to vary across)
-MIN_IMAGES = 32
 PIXELS_PER_IMAGE = 2000  # the likelihood's random subsample of each held-out image
 
 
@@ -66,7 +64,6 @@ class ImageVariance:
     beta: tuple[float, ...]
     low: tuple[float, ...]
     high: tuple[float, ...]
-    images: int
 
     def floor(self, std: np.ndarray, estimate: np.ndarray) -> float:
         """τ: the error floor of one image (normalised target units)."""
@@ -78,20 +75,6 @@ class ImageVariance:
         tau = self.floor(std, estimate)
         s = np.asarray(std, dtype=np.float64)
         return np.sqrt(np.exp(2 * self.log_k) * s ** 2 + tau ** 2).astype(np.float32)
-
-    def to_dict(self) -> dict:
-        return {"features": list(FEATURES), "log_k": self.log_k, "beta": list(self.beta),
-                "low": list(self.low), "high": list(self.high), "images": self.images}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ImageVariance:
-        """Inverse of :meth:`to_dict` (``KeyError``/``ValueError`` when malformed)."""
-        if list(d["features"]) != list(FEATURES):
-            raise ValueError(f"unknown image-variance features {d['features']}")
-        vectors = [tuple(float(v) for v in d[k]) for k in ("beta", "low", "high")]
-        if any(len(v) != len(FEATURES) for v in vectors):
-            raise ValueError("image variance: every vector needs one entry per feature")
-        return cls(float(d["log_k"]), *vectors, int(d["images"]))
 
 
 def _negative_log_likelihood(theta: np.ndarray, std: np.ndarray, error: np.ndarray, feats: np.ndarray
@@ -107,16 +90,12 @@ def _negative_log_likelihood(theta: np.ndarray, std: np.ndarray, error: np.ndarr
 
 
 def fit_image_variance(stds: list[np.ndarray], estimates: list[np.ndarray], errors: list[np.ndarray],
-                       min_images: int = MIN_IMAGES, pixels: int = PIXELS_PER_IMAGE, seed: int = 0
-                       ) -> ImageVariance | None:
+                       pixels: int = PIXELS_PER_IMAGE, seed: int = 0) -> ImageVariance:
     """Fit k and β (see module) on held-out 2-D (std, estimate, error = estimate − target) maps
-    by maximum likelihood over ``pixels`` random pixels per image (seeded); None with fewer
-    than ``min_images`` maps."""
+    by maximum likelihood over ``pixels`` random pixels per image (seeded)."""
     if not len(stds) == len(estimates) == len(errors):
         raise ValueError(f"need as many stds, estimates and errors, got {len(stds)}, {len(estimates)} "
                          f"and {len(errors)}")
-    if len(stds) < min_images:
-        return None
     rng = np.random.default_rng(seed)
     per_image = np.stack([image_features(s, e) for s, e in zip(stds, estimates, strict=True)])
     s_px, e_px, f_px = [], [], []
@@ -130,7 +109,7 @@ def fit_image_variance(stds: list[np.ndarray], estimates: list[np.ndarray], erro
     theta[1] = np.log(np.median(std) + LOG_FLOOR)  # start: a floor at the typical std, k = 1
     res = minimize(_negative_log_likelihood, theta, args=(std, err, feats), jac=True, method="L-BFGS-B")
     return ImageVariance(float(res.x[0]), tuple(float(b) for b in res.x[1:]), tuple(per_image.min(0)),
-                         tuple(per_image.max(0)), len(stds))
+                         tuple(per_image.max(0)))
 
 
 def _per_image_nll_fit(feats: np.ndarray, mean_sq_ratio: np.ndarray, iterations: int = 50) -> np.ndarray:

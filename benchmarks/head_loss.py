@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 import image_std as S  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
-from head_norm import VarianceHead, load_training_data, random_patches, rotate_flip  # noqa: E402
+from head_norm import VarianceHead, retrained_head  # noqa: E402
 
 QUANTILE = 0.6827
 
@@ -53,58 +53,30 @@ def head_loss(kind: str, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def retrained(model, cfg, run: Path, seed: int, kind: str, steps: int) -> VarianceHead:
-    c = cfg.model
-    cache = run / f"head-loss-{kind}-{steps}.pt"
-    torch.manual_seed(seed)
-    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, c.zmd.variance_net)
-    if cache.exists():
-        head.load_state_dict(torch.load(cache))
-        return head.eval()
-    own, model.var_net = model.var_net, head
-    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-    pairs = load_training_data(cfg.data, seed, progress=False).train
-    gen = torch.Generator().manual_seed(seed + 11)
-    for step in range(1, steps + 1):
-        for g in opt.param_groups:
-            g["lr"] = 1e-3 * min(1.0, step / 20)
-        x, y, _ = random_patches(pairs, 8, cfg.data.size, gen, cfg.data.min_contrast)
-        x, y = rotate_flip(x, y, gen)
-        with torch.no_grad():
-            mu = model.predict_mean(x)
-        base = model.base(x)
-        r = ((y if base is None else y - base) - mu).abs() / model.mean_scale
-        loss = head_loss(kind, model.predict_log_var(x, mu), r).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        opt.step()
-    model.var_net = own
-    tmp = cache.with_suffix(".tmp")
-    torch.save(head.state_dict(), tmp)
-    tmp.replace(cache)
-    return head.eval()
+    """``head_norm.retrained_head`` (GroupNorm, as the run's head) with the ``kind`` loss."""
+    def loss(m, x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        base = m.base(x)
+        r = ((y if base is None else y - base) - mu).abs() / m.mean_scale
+        return head_loss(kind, m.predict_log_var(x, mu), r)
+
+    return retrained_head(model, cfg, run, seed, "group", steps, loss, f"loss-{kind}")
 
 
-def head_maps(model, head, method: str, seed: int, kind: str) -> tuple[list[str], S.Maps]:
-    """(structures, [(σ, μ, target)]) with ``head`` as the model's variance head."""
-    names, cached = S.triples(method, seed, kind)
-    images = P.validation_set(32) if kind == "val" else P.test_set(32, real=False)
+def head_maps(model, head, maps: S.Maps, images: list[P.TestImage]) -> S.Maps:
+    """``maps`` (σ, μ, target) with σ from ``head`` as the model's variance head on ``images``."""
     own, model.var_net = model.var_net, head
     out = []
-    for (_, m, t), im in zip(cached, images, strict=True):
+    for (_, m, t), im in zip(maps, images, strict=True):
         with torch.no_grad():
-            std = model.predict_std(im.pair.x[None])[0, 0].double().numpy()
-        out.append((std, m, t))
+            out.append((model.predict_std(im.pair.x[None])[0, 0].double().numpy(), m, t))
     model.var_net = own
-    return names, out
+    return out
 
 
 def score(val: S.Maps, names: list[str], test: S.Maps) -> dict:
     std, err = S.calibrator(val, "none")(test)
-    cover = np.mean(np.abs(err) < std, axis=(1, 2))
     rho = float(np.mean([spearmanr(s.ravel(), np.abs(e).ravel())[0] for s, e in zip(std, err, strict=True)]))
-    return S.scores(names, std, err) | {"cov10": float(np.percentile(cover, 10)),
-                                        "cov90": float(np.percentile(cover, 90)), "spearman": rho}
+    return S.scores(names, std, err) | S.per_image_coverage(std, err) | {"spearman": rho}
 
 
 def measure(method: str, seed: int, losses: list[str], steps: int) -> dict:
@@ -113,11 +85,12 @@ def measure(method: str, seed: int, losses: list[str], steps: int) -> dict:
     model = P.model_at(run, cfg, P.LONG_STEPS)
     _, val = S.triples(method, seed, "val")
     names, test = S.triples(method, seed, "test")
+    images = P.validation_set(32), P.test_set(32, real=False)
     out = {"joint, gauss": score(val, names, test)}
     for kind in losses:
         head = retrained(model, cfg, run, seed, kind, steps)
-        out[f"alone, {kind}"] = score(head_maps(model, head, method, seed, "val")[1], names,
-                                      head_maps(model, head, method, seed, "test")[1])
+        out[f"alone, {kind}"] = score(head_maps(model, head, val, images[0]), names,
+                                      head_maps(model, head, test, images[1]))
     return out
 
 

@@ -49,19 +49,23 @@ HEADS = [("trained", "whole"), ("trained", "tiles"), ("trained", "head-tiles"), 
          ("pixel", "whole")]
 
 
-def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int) -> VarianceHead:
+def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int, loss=None, name: str | None = None
+                   ) -> VarianceHead:
     """The run's head architecture with ``norm``, trained alone (Adam 1e-3, 20 warm-up
-    steps, clip 1, batch 8 of the run's patches and augmentation) on the Gaussian NLL of
-    the residual around the final EMA μ(x); cached in ``run``."""
+    steps, clip 1, batch 8 of the run's patches and augmentation) against the final EMA
+    μ(x), on ``loss(model, x, y, μ)`` (per-pixel; default the model's own Gaussian NLL of
+    the residual); cached in ``run`` as ``head-{name or norm}-{steps}.pt``. The model's own
+    head is put back."""
     c = cfg.model
     spec = dataclasses.replace(c.zmd.variance_net, norm=norm)
-    cache = run / f"head-{norm}-{steps}.pt"
+    cache = run / f"head-{name or norm}-{steps}.pt"
     torch.manual_seed(seed)
     head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec)
     if cache.exists():
         head.load_state_dict(torch.load(cache)["state"])
         return head.eval()
-    model.var_net = head
+    loss = loss or (lambda m, x, y, mu: m._mean_terms(x, y, mu, None)["variance"])
+    own, model.var_net = model.var_net, head
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
     d = cfg.data
     pairs = load_training_data(d, seed, progress=False).train
@@ -73,12 +77,15 @@ def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int) -> V
         x, y = rotate_flip(x, y, gen)
         with torch.no_grad():
             mu = model.predict_mean(x)
-        loss = model._mean_terms(x, y, mu, None)["variance"].mean()
+        value = loss(model, x, y, mu).mean()
         opt.zero_grad()
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
         opt.step()
-    torch.save({"spec": dataclasses.asdict(spec), "state": head.state_dict()}, cache)
+    model.var_net = own
+    tmp = cache.with_suffix(".tmp")
+    torch.save({"spec": dataclasses.asdict(spec), "state": head.state_dict()}, tmp)
+    tmp.replace(cache)
     return head.eval()
 
 
