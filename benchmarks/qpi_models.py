@@ -22,7 +22,9 @@ Spearman(std, |error|) and ±1σ coverage. Runs are cached under runs/benchmarks
 ``--methods`` picks other methods (issue 19's designs: ``cvdm-tieauto-mean-cells-wdc``, the
 ``qpi-2shot-tie`` preset, and its variants; ``-dc`` / ``-wdc``: the same trained run with
 data consistency ``tie`` / ``tie+wiener`` at prediction, scored on the same samples: each
-test item's samples are cached in the run folder), ``--levels`` other noise levels,
+test item's samples are cached in the run folder; ``-t64`` / ``-t128``: the same trained run
+predicted in overlapping tiles of that side, as ``predict`` tiles, samples drawn anew),
+``--levels`` other noise levels,
 ``--cell-draws`` noise draws of the ``cell``, ``--figure METHOD`` the cell figure of that
 method (docs/img/qpi_cell_METHOD.png); each set writes its own section.
 """
@@ -108,6 +110,16 @@ TRAINED_AS = {f"{m}-{v}": m for m in _DC_BASES for v in _DC}
 for _m in _DC_BASES:
     for _v, _how in _DC.items():
         METHODS[f"{_m}-{_v}"] = [*METHODS[_m], f"data.data_consistency={_how}"]
+# prediction-time variants that run the network in overlapping tiles (overlap a quarter of the
+# tile, blended as `predict` blends) and then refine the whole image: a GroupNorm network trained
+# on 64² patches sees its training statistics on the 256² `cell` (the 128² natural maps are one
+# 128² tile); their samples are drawn anew (cached apart), scored on the same items
+TILE: dict[str, int] = {}
+for _m in ("cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells"):
+    for _t in (64, 128):
+        for _v in ("", "-wdc"):
+            TILE[f"{_m}-t{_t}{_v}"], TRAINED_AS[f"{_m}-t{_t}{_v}"] = _t, _m
+            METHODS[f"{_m}-t{_t}{_v}"] = [*METHODS[_m], *(["data.data_consistency=tie+wiener"] if _v else [])]
 TWO_SHOT_ONLY = ("cvdm-tie", "regression-tie", "cvdm-tie-mean", "cvdm-tie3-mean", "regression-tie3",
                  "cvdm-tie-mean-cells", "cvdm-tie3-mean-cells", "regression-tie-cells",
                  "fixed-cosine-tie-mean-cells", "cvdm-tieauto-mean-cells", "fixed-cosine-tieauto-mean-cells",
@@ -162,22 +174,41 @@ def sample_path(out: Path, name: str, steps: int, samples: int) -> Path:
     return out / "samples" / f"{name}_k{samples}_s{steps}.pt"
 
 
-def cached_sample(model, out: Path, name: str, x: torch.Tensor, steps: int, samples: int, seed: int,
-                  options: dict) -> dict[str, torch.Tensor]:
+def cached_sample(predictor, out: Path, name: str, x: torch.Tensor, steps: int, samples: int, seed: int,
+                  options: dict, tile: int | None = None) -> dict[str, torch.Tensor]:
     """The model's point estimate, std and samples of one test item, drawn once (its own
     generator, from the seed and the item's name) and cached under ``out``/samples, so that a
-    new prediction-time variant of the run costs no sampling."""
-    path = sample_path(out, name, steps, samples)
+    new prediction-time variant of the run costs no sampling. ``tile``: the network runs in
+    overlapping ``tile``² tiles (``predictor.sample_normalized``, overlap ``tile // 4``)."""
+    path = sample_path(out, name + (f"_t{tile}" if tile else ""), steps, samples)
     if path.exists():
         return torch.load(path)
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
-    with torch.no_grad():
-        res = model.sample(x[None], steps=steps, samples=samples, generator=gen, **options)
-    drawn = {"mean": res.mean, "std": res.std, "samples": res.samples}
+    drawn = draw(predictor, x, steps, samples, seed * 1_000_003 + zlib.crc32(name.encode()), options, tile)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(drawn, path.with_suffix(".tmp"))
     os.replace(path.with_suffix(".tmp"), path)
     return drawn
+
+
+def draw(predictor, x: torch.Tensor, steps: int, samples: int, seed: int | torch.Generator, options: dict,
+         tile: int | None = None) -> dict[str, torch.Tensor]:
+    """``mean``, ``std`` ``[1, C, H, W]`` and ``samples`` ``[1, K, C, H, W]`` of the condition ``x``
+    ``[C', H, W]``: the model on the whole image, or in overlapping ``tile``² tiles (overlap
+    ``tile // 4``, ``predictor.sample_normalized``: as ``predict`` tiles). ``seed``: a seed, or a
+    generator to draw from (the tiles' seed is then drawn from it)."""
+    if not tile:
+        gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            res = predictor.model.sample(x[None], steps=steps, samples=samples, generator=gen, **options)
+        return {"mean": res.mean, "std": res.std, "samples": res.samples}
+    if isinstance(seed, torch.Generator):
+        seed = int(torch.randint(0, 2**62, (1,), generator=seed))
+    res = predictor.sample_normalized(x, samples, steps, seed, tile, tile // 4,
+                                      return_samples=predictor.model.generative)
+    out = {k: torch.from_numpy(v)[None] for k, v in res.items()}
+    if "samples" in out:
+        out["samples"] = out["samples"].reshape(1, samples, *out["mean"].shape[1:])
+    return out
 
 
 def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int,
@@ -192,15 +223,18 @@ def evaluate(task: str, method: str, steps: int, seed: int, items, samples: int,
     key = _cache_key(items, samples)
     if all(c.exists() and json.loads(c.read_text())["key"] == key for c in caches.values()):
         return json.loads(caches[method].read_text())["rows"]
-    model = load(out / "model").model
+    predictor = load(out / "model")
+    model = predictor.model
     tasks = {m: task_of(method_config(task, m, steps, seed).data) for m in names}
     rows: dict[str, list[dict]] = {m: [] for m in names}
     for group, level, phi, stack, raw, name in items:
         t = tasks[method]
         pair = make_pair("test", raw if t.input_norm == "mean" else stack, phi[None], t)
-        res = cached_sample(model, out, name, pair.x, cfg.sample.steps, samples if model.generative else 1,
-                            seed, cfg.sample.options())
+        drawn = {tile: cached_sample(predictor, out, name, pair.x, cfg.sample.steps,
+                                     samples if model.generative else 1, seed, cfg.sample.options(), tile)
+                 for tile in {TILE.get(m) for m in names}}
         for m in names:
+            res = drawn[TILE.get(m)]
             point, std, _ = tasks[m].refine(pair.x[None], res["mean"], res["samples"])
             std = res["std"] if std is None else std
             mean = point[0, 0].numpy() * Q.PHASE_RANGE
@@ -273,7 +307,7 @@ def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[fl
     from microdiff.plots import save_figure
 
     cfg = method_config("qpi-2shot", method, steps, seed)
-    model = load(run_dir("qpi-2shot", method, steps, seed) / "model").model
+    predictor = load(run_dir("qpi-2shot", method, steps, seed) / "model")
     task = task_of(cfg.data)
     truth = cell_phase(Q.PHASE_RANGE, 256)
     gen = torch.Generator().manual_seed(seed)
@@ -284,12 +318,10 @@ def cell_figure(method: str, steps: int, seed: int, path: Path, levels: tuple[fl
         # make_pair min-max normalises them for CVDM as in training
         tie = Q.tie(raw, Q.tuned_alpha(level))
         pair = make_pair("cell", raw.numpy(), truth[None], task)
-        with torch.no_grad():
-            res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=samples, generator=gen,
-                               **cfg.sample.options())
-        point, std, _ = task.refine(pair.x[None], res.mean, res.samples)
+        res = draw(predictor, pair.x, cfg.sample.steps, samples, gen, cfg.sample.options(), TILE.get(method))
+        point, std, _ = task.refine(pair.x[None], res["mean"], res["samples"])
         mean = point[0, 0].numpy() * Q.PHASE_RANGE
-        std = (res.std if std is None else std)[0, 0].numpy() * Q.PHASE_RANGE
+        std = (res["std"] if std is None else std)[0, 0].numpy() * Q.PHASE_RANGE
         shift = lambda est: est - est.mean() + truth.mean()  # noqa: E731  (mean phase is free)
         m_tie = phase_metrics(tie, truth, Q.PHASE_RANGE)["rmse_rad"]
         m_cvdm = phase_metrics(mean, truth, Q.PHASE_RANGE)["rmse_rad"]
@@ -333,7 +365,8 @@ def report(args, sizing: str, z: dict, table: dict) -> None:
              "method's overrides (`METHODS` in the script: the `-tie` designs add the TIE channel, "
              "`-mean` a mean network (2.0 M parameters in all), `-cells` synthetic cells to the "
              "natural-image phase maps in training; `-dc` / `-wdc`: the same trained run and the same "
-             "samples with data consistency `tie` / `tie+wiener` at prediction), "
+             "samples with data consistency `tie` / `tie+wiener` at prediction; `-t64`: the same run "
+             "predicted in overlapping 64² tiles, overlap 16, then data consistency on the whole image), "
              f"{z['steps']} steps of batch 8 on 64² patches (`-field`: 256² training images cut into "
              "128² patches, batch 2; `-whole`: the 128² training images whole, batch 2: the same pixels "
              "per step; `-px`: every network normalised per pixel, `norm: pixel`), seeds "

@@ -10,9 +10,13 @@ RMSE [rad] of the network, TIE with the noise-adaptive α, and each gain.
 ``phase.DATA_CONSISTENCY_GAIN`` is the gain with the lowest mean over the table. Then the
 Wiener step through the pair's transfer function (``phase_consistency``) alone and after the
 TIE step at that gain, for each ring threshold ``--thresholds`` z
-(``phase_consistency.WIENER_THRESHOLD``: the best z of the TIE + Wiener columns). Usage::
+(``phase_consistency.WIENER_THRESHOLD``: the best z of the TIE + Wiener columns). ``--tiles T``
+adds the network run in overlapping T² tiles (overlap T/4, blended as ``predict`` blends) and
+that estimate after both steps, the preset's prediction (``sample.tile``; a section of its
+own). Usage::
 
     .venv/bin/python benchmarks/qpi_validation.py --method cvdm-tieauto-mean-cells --seeds 0
+    .venv/bin/python benchmarks/qpi_validation.py --seeds 0 1 2 --gains 100 --thresholds 4 --tiles 64 128
 """
 
 from __future__ import annotations
@@ -55,10 +59,11 @@ def validation_maps(n_natural: int, n_cells: int) -> list[tuple[str, np.ndarray]
 
 
 def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800,
-            thresholds: tuple[float, ...] = ()) -> dict:
+            thresholds: tuple[float, ...] = (), tiles: tuple[int, ...] = ()) -> dict:
     """{(group, ℓ): {estimate name: [RMSE per map]}} for one trained run."""
     cfg = M.method_config("qpi-2shot", method, steps, seed)
-    model = load(M.run_dir("qpi-2shot", method, steps, seed) / "model").model
+    predictor = load(M.run_dir("qpi-2shot", method, steps, seed) / "model")
+    model = predictor.model
     task = task_of(cfg.data)
     out: dict = {}
     for level in LEVELS:
@@ -81,6 +86,12 @@ def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800,
             for z in thresholds:
                 est[f"tie+Wiener z {z:g}"] = wiener_data_consistency(tie_step, raw[0], raw[1],
                                                                      threshold=z).numpy()
+            for t in tiles:
+                tiled = predictor.sample_normalized(pair.x, 1, cfg.sample.steps, seed, t, t // 4)
+                net_t = torch.from_numpy(tiled["mean"][0]).double() * Q.PHASE_RANGE
+                est[f"network, {t}² tiles"] = net_t.numpy()
+                est[f"tie+Wiener, {t}² tiles"] = wiener_data_consistency(
+                    data_consistency(net_t, raw[0], raw[1], "tie"), raw[0], raw[1]).numpy()
             cell = out.setdefault((group, level), {})
             for name, e in est.items():
                 cell.setdefault(name, []).append(phase_metrics(e, phi, Q.PHASE_RANGE)["rmse_rad"])
@@ -95,9 +106,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=6, help="natural maps (and half as many synthetic cells)")
     ap.add_argument("--thresholds", type=float, nargs="+", default=[2, 4, 10],
                     help="ring thresholds z of the Wiener step after the TIE step (at the chosen gain)")
+    ap.add_argument("--tiles", type=int, nargs="+", default=[],
+                    help="also run the network in overlapping tiles of these sides (a section of its own)")
     args = ap.parse_args()
     maps = validation_maps(args.n, max(1, args.n // 2))
-    runs = [rows_of(args.method, s, args.gains, maps, thresholds=tuple(args.thresholds)) for s in args.seeds]
+    runs = [rows_of(args.method, s, args.gains, maps, thresholds=tuple(args.thresholds),
+                    tiles=tuple(args.tiles)) for s in args.seeds]
     names = list(runs[0][("natural", LEVELS[0])])
     keys = sorted(runs[0], key=lambda k: (k[0] != "natural", k[1]))
     per_name = {n: np.mean([np.mean(r[k][n]) for r in runs for k in keys]) for n in names}
@@ -107,7 +121,9 @@ def main() -> None:
              f"Command: `.venv/bin/python benchmarks/qpi_validation.py --method {args.method} --seeds "
              f"{' '.join(map(str, args.seeds))} --gains {' '.join(f'{g:g}' for g in args.gains)}"
              f" --thresholds {' '.join(f'{z:g}' for z in args.thresholds)}"
-             f"{f' --n {args.n}' if args.n != 6 else ''}`  ", f"Machine: {machine()}  ",
+             f"{f' --n {args.n}' if args.n != 6 else ''}"
+             f"{' --tiles ' + ' '.join(map(str, args.tiles)) if args.tiles else ''}`  ",
+             f"Machine: {machine()}  ",
              f"Date: {today()}", "", f"Validation maps only ({args.n} natural 128², {max(1, args.n // 2)} "
              "synthetic cells 256²; no test image). RMSE [rad], mean over maps and seeds "
              f"{', '.join(map(str, args.seeds))}, of "
@@ -115,13 +131,18 @@ def main() -> None:
              "TIE-preconditioned step with α = gain · σ̂², then the Wiener step (alone, and after the "
              f"TIE step at gain {phase.DATA_CONSISTENCY_GAIN:g}) at ring thresholds z. Lowest mean of "
              f"the gains: **{best}** ({per_name[best]:.3f}; network {per_name['network']:.3f}); of "
-             f"TIE + Wiener: **{best_z}** ({per_name[best_z]:.3f}).", "",
+             f"TIE + Wiener: **{best_z}** ({per_name[best_z]:.3f})."
+             + (" *T² tiles*: the network in overlapping T² tiles (overlap T/4), whole-image TIE + "
+                f"Wiener (gain {phase.DATA_CONSISTENCY_GAIN:g}, z {WIENER_THRESHOLD:g}) after it."
+                if args.tiles else ""),
+             "",
              "| maps | ℓ | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for group, level in keys:
         vals = [np.mean([np.mean(r[(group, level)][n]) for r in runs]) for n in names]
         lines.append(f"| {group} | {level:g} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     lines.append("| mean | | " + " | ".join(f"{per_name[n]:.3f}" for n in names) + " |")
-    write_section(f"qpi_validation_{args.method.replace('-', '_')}", "\n".join(lines))
+    tag = "_tiles" + "_".join(map(str, args.tiles)) if args.tiles else ""
+    write_section(f"qpi_validation_{args.method.replace('-', '_')}{tag}", "\n".join(lines))
     print("\n".join(lines))
 
 

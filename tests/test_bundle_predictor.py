@@ -178,3 +178,26 @@ def test_batched_tiles_blend_exactly_like_single_tiles(bundle, tmp_path) -> None
     assert not np.array_equal(a.mean, single.mean)  # the tiles did go through together
     with pytest.raises(UserError, match="tile_batch"):
         pred.predict(image, tile_batch=0)
+
+
+def test_the_bundles_tile_is_the_default_tiling_and_is_validated(tmp_path) -> None:
+    """``sample.tile``/``sample.overlap`` (a preset's choice, e.g. QPI's 64² training patches)
+    set how predict tiles when no tile is given; an explicit tile still wins."""
+    cfg = tiny_model_config("learned", residual=True, target_scale=0.2)
+    cfg.kind = "regression"
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.net.conv_out.weight.normal_(0, 0.05)
+    sample = SampleConfig(steps=1, samples=1, tile=32, overlap=8)
+    folder = save_bundle(tmp_path / "reg", model, cfg, sample, scale=2)
+    pred = microdiff.load(folder)
+    assert (pred.bundle.sample.tile, pred.bundle.sample.overlap) == (32, 8)
+    assert pred.tiling() == (32, 8) and pred.tiling(64) == (64, 8) and pred.tiling(8) == (8, 2)
+    image = np.random.default_rng(0).gamma(2, 100, (40, 48)).astype(np.float32)
+    default = pred.predict(image).mean
+    np.testing.assert_array_equal(default, pred.predict(image, tile=32, overlap=8).mean)
+    whole = pred.predict(image, tile=256).mean  # GroupNorm: statistics of the whole image differ
+    assert np.abs(whole - default).max() > 1e-4 * np.abs(default).max()
+    with pytest.raises(ValueError, match="sample.overlap"):
+        SampleConfig(tile=32, overlap=32)

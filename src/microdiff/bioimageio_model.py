@@ -26,11 +26,11 @@ class PosteriorMean(nn.Module):
 
     bundle: the model folder's ``bundle.json`` (config, scale, normalisation, task);
     samples, steps, seed: the posterior sampling (K samples, N steps, generator seed);
-    tile, overlap: tiling on the output grid, as ``microdiff predict``.
+    tile, overlap: tiling on the output grid, as ``microdiff predict`` (default: the bundle's).
     """
 
-    def __init__(self, bundle: dict, samples: int = 8, steps: int = 20, seed: int = 0, tile: int = 256,
-                 overlap: int = 32) -> None:
+    def __init__(self, bundle: dict, samples: int = 8, steps: int = 20, seed: int = 0,
+                 tile: int | None = None, overlap: int | None = None) -> None:
         super().__init__()
         self.bundle = Bundle.from_dict(bundle)
         self.model = build_model(self.bundle.model)

@@ -116,8 +116,11 @@ def predict(
     samples: Annotated[int | None, typer.Option(help="posterior samples K (default: the model's)")] = None,
     steps: Annotated[int | None, typer.Option(help="sampling steps (default: the model's)")] = None,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same output)")] = 0,
-    tile: Annotated[int, typer.Option(help="tile size on the output grid")] = 256,
-    overlap: Annotated[int, typer.Option(help="tile overlap in output pixels")] = 32,
+    tile: Annotated[int | None, typer.Option(
+        help="tile size on the output grid (default: the model's sample.tile, 256 unless its preset "
+             "sets one)")] = None,
+    overlap: Annotated[int | None, typer.Option(
+        help="tile overlap in output pixels (default: the model's sample.overlap)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
     save_samples: Annotated[bool, typer.Option(help="also write NAME_samples.tif (the K samples)")] = False,
     save_schedule: Annotated[bool, typer.Option(

@@ -35,8 +35,7 @@ from .options import (
     TaskKind,
     Uncertainty,
 )
-
-PRESET_DIR = Path(__file__).parent / "configs"
+from .presets import PRESET_DIR, preset_names, read_yaml  # noqa: F401  (the first two re-exported)
 
 
 class _Strict(BaseModel):
@@ -247,6 +246,15 @@ class SampleConfig(_Strict):
     gamma_min: float | None = Field(
         None, gt=0, lt=1, description="start sampling at γ ≥ this (unset: the schedule's own γ(1), "
         "floored at 1e-6); 1e-3 stops chains leaving the data when γ(1) has drifted to ~1e-5")
+    tile: int = Field(256, ge=8, description="predict, evaluate and calibrate run the networks in "
+                      "overlapping tiles of this side (output pixels); the --tile option overrides it")
+    overlap: int = Field(32, ge=0, description="the tiles' overlap in output pixels, below tile (--overlap)")
+
+    @model_validator(mode="after")
+    def _tiles(self) -> SampleConfig:
+        if self.overlap >= self.tile:
+            raise ValueError(f"sample.overlap ({self.overlap}) must be below sample.tile ({self.tile})")
+        return self
 
     def options(self) -> dict:
         """The keyword arguments of ``model.sample`` that this config sets (besides steps and K)."""
@@ -308,60 +316,10 @@ def config_from_dict(data: dict, source: str = "config") -> Config:
         raise ConfigError(first_error(err, source)) from None
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
-
-
-def _resolve_path(path_or_preset: str | Path) -> Path:
-    path = Path(path_or_preset)
-    if path.is_file():
-        return path
-    preset = PRESET_DIR / f"{path_or_preset}.yaml"
-    if not preset.exists():
-        raise ConfigError(
-            f"no config file {str(path_or_preset)!r} and no preset of that name "
-            f"(presets: {', '.join(preset_names())})"
-        )
-    return preset
-
-
-def _merge(base: dict, over: dict) -> dict:
-    """``over`` on top of ``base``, mappings merged key by key, everything else replaced."""
-    out = dict(base)
-    for key, value in over.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else value
-    return out
-
-
-def _read_yaml(path_or_preset: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
-    """The file's mapping, with ``base: PRESET_OR_FILE`` resolved (relative to the file)."""
-    path = _resolve_path(path_or_preset)
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'base' refers back to itself ({' → '.join(p.name for p in seen)})")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err.__class__.__name__})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot be read as a UTF-8 text file ({err.__class__.__name__})") from None
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    data = dict(data or {})
-    base = data.pop("base", None)
-    if base is None:
-        return data, path
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must name a preset or a YAML file, got {base!r}")
-    relative = path.parent / base
-    base_data, _ = _read_yaml(relative if relative.is_file() else base, (*seen, path.resolve()))
-    return _merge(base_data, data), path
-
-
 def load_config(path_or_preset: str | Path) -> Config:
     """Load a YAML file, or a preset by name (``demo``, ``paper``, ...). A file may start
     from another with ``base: PRESET_OR_FILE`` and change only some keys."""
-    data, path = _read_yaml(path_or_preset)
+    data, path = read_yaml(path_or_preset)
     return config_from_dict(data, str(path))
 
 

@@ -177,7 +177,7 @@ def export_bioimageio(model_dir: str | Path, out: str | Path, samples: int | Non
     folder_name = "".join(ch for ch in model_dir.resolve().parent.name if ch in NAME_CHARACTERS)
     title = name or f"microdiff CVDM {bundle.task.kind} {folder_name}".strip()
     options = {"samples": samples, "steps": steps or bundle.sample.steps,
-               "seed": seed, "tile": 256, "overlap": 32}
+               "seed": seed, "tile": bundle.sample.tile, "overlap": bundle.sample.overlap}
     net = PosteriorMean(bundle.to_dict(), **options)
     net.model.load_state_dict(model.state_dict())
     net.eval()

@@ -85,10 +85,10 @@ def network_bar(name: str, axes: str, planes: int, enabled: bool
 
 
 def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None = None,
-                  steps: int | None = None, seed: int = 0, tile: int = 256, overlap: int = 32,
-                  overwrite: bool = False, progress: bool = True, save_samples: bool = False,
-                  save_schedule: bool = False, device: str = "cpu", tile_batch: int = 1,
-                  stack: str | None = None, save_raw_std: bool = False) -> list[Path]:
+                  steps: int | None = None, seed: int = 0, tile: int | None = None,
+                  overlap: int | None = None, overwrite: bool = False, progress: bool = True,
+                  save_samples: bool = False, save_schedule: bool = False, device: str = "cpu",
+                  tile_batch: int = 1, stack: str | None = None, save_raw_std: bool = False) -> list[Path]:
     """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``); returns the paths
     written (by this process).
 
@@ -106,7 +106,7 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
 
 
 def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | None, steps: int | None,
-                   seed: int, tile: int, overlap: int, overwrite: bool, progress: bool,
+                   seed: int, tile: int | None, overlap: int | None, overwrite: bool, progress: bool,
                    save_samples: bool, save_schedule: bool, world: World,
                    device: torch.device, tile_batch: int, stack: str | None,
                    save_raw_std: bool = False) -> list[Path]:

@@ -86,8 +86,8 @@ class Predictor:
         samples: int | None = None,
         steps: int | None = None,
         seed: int = 0,
-        tile: int = 256,
-        overlap: int = 32,
+        tile: int | None = None,
+        overlap: int | None = None,
         pixel_size_um: float | None = None,
         return_samples: bool = False,
         return_schedule: bool = False,
@@ -97,8 +97,9 @@ class Predictor:
     ) -> Prediction:
         """Posterior mean and std of ``image`` (``axes`` ``"YX"`` or ``"CYX"``).
 
-        ``samples``/``steps`` default to the bundle's sampling config; ``tile`` and
-        ``overlap`` are on the output (target) grid; equal ``seed`` ⇒ equal output.
+        ``samples``/``steps``/``tile``/``overlap`` default to the bundle's sampling config
+        (:meth:`tiling`); ``tile`` and ``overlap`` are on the output (target) grid; equal
+        ``seed`` ⇒ equal output.
         ``return_samples`` adds the K samples, ``return_schedule`` the γ(0.5, x) map.
         ``tile_batch`` tiles (× K samples) go through the network together: faster on a
         GPU, more memory; the output depends on it (the random draws are shared differently).
@@ -108,6 +109,7 @@ class Predictor:
         spread) and ``lower``/``upper`` the conformal interval; a calibration with an
         intensity correction also sets ``mean`` (and ``samples``) to the corrected estimate.
         """
+        tile, overlap = self.tiling(tile, overlap)
         _check_options(samples, steps, tile_batch, tile, overlap)
         if return_schedule and not self.model.generative:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
@@ -134,6 +136,16 @@ class Predictor:
                 out["lower"], out["upper"] = lower.astype(np.float32), upper.astype(np.float32)
         return self._prediction(out, norm, samples, axes, pixel_size_um)
 
+    def tiling(self, tile: int | None = None, overlap: int | None = None) -> tuple[int, int]:
+        """The tile side and overlap (output pixels) the networks run in: the bundle's
+        ``sample.tile`` / ``sample.overlap`` where not given (a given ``tile`` at or below the
+        bundle's overlap gets an overlap of ``tile // 4``)."""
+        s = self.bundle.sample
+        tile = s.tile if tile is None else tile
+        if overlap is None:
+            overlap = s.overlap if s.overlap < tile else tile // 4
+        return tile, overlap
+
     @property
     def one_pass(self) -> bool:
         """Whether the model can predict with ``samples=0``: its point estimate is the mean
@@ -153,14 +165,17 @@ class Predictor:
             raise UserError("this task's data-consistency step refines samples; predict with at least 1")
 
     @torch.no_grad()
-    def sample_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0, tile: int = 256,
-                          overlap: int = 32, return_samples: bool = False, return_schedule: bool = False,
+    def sample_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0,
+                          tile: int | None = None, overlap: int | None = None, return_samples: bool = False,
+                          return_schedule: bool = False,
                           tile_batch: int = 1, progress: Callable[[int, int], None] | None = None
                           ) -> dict[str, np.ndarray]:
         """The model on a condition ``x`` ``[C, H, W]`` (normalised, on the output grid), tile
         by tile: ``mean`` and ``std`` ``[C, H, W]`` in normalised target units (uncalibrated),
-        plus ``samples`` ``[K·C, H, W]`` and ``schedule`` when asked."""
+        plus ``samples`` ``[K·C, H, W]`` and ``schedule`` when asked. ``tile``/``overlap``:
+        :meth:`tiling`."""
         s = self.bundle.sample
+        tile, overlap = self.tiling(tile, overlap)
         device = next(self.model.parameters()).device
         gen = torch.Generator(device=device).manual_seed(seed)
         n_tiles = len(tile_starts(x.shape[-2], tile, overlap)) * len(tile_starts(x.shape[-1], tile, overlap))
@@ -182,8 +197,9 @@ class Predictor:
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         return {k: v.numpy() for k, v in blended.items()}
 
-    def predict_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0, tile: int = 256,
-                           overlap: int = 32, return_samples: bool = False, return_schedule: bool = False,
+    def predict_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0,
+                           tile: int | None = None, overlap: int | None = None, return_samples: bool = False,
+                           return_schedule: bool = False,
                            tile_batch: int = 1, progress: Callable[[int, int], None] | None = None
                            ) -> dict[str, np.ndarray]:
         """:meth:`sample_normalized`, then the task's data-consistency step on the whole image
