@@ -155,16 +155,21 @@ def test_predict_can_return_samples_and_the_schedule_map(bundle) -> None:
     assert ((res.schedule > 0) & (res.schedule < 1)).all()  # γ(0.5, x) is a signal fraction
 
 
-def test_batched_tiles_blend_exactly_like_single_tiles(bundle, tmp_path) -> None:
-    """A deterministic (regression) model: batching tiles must not change the output; a
-    diffusion model: still the same output for the same seed and tile batch."""
+def _regression_bundle(tmp_path, sample: SampleConfig):
+    """A small regression U-Net (GroupNorm; a non-zero output layer) saved with ``sample``."""
     cfg = tiny_model_config("learned", residual=True, target_scale=0.2)
     cfg.kind = "regression"
     torch.manual_seed(0)
     model = build_model(cfg)
     with torch.no_grad():
         model.net.conv_out.weight.normal_(0, 0.05)
-    folder = save_bundle(tmp_path / "reg", model, cfg, SampleConfig(steps=1, samples=1), scale=2)
+    return save_bundle(tmp_path / "reg", model, cfg, sample, scale=2)
+
+
+def test_batched_tiles_blend_exactly_like_single_tiles(bundle, tmp_path) -> None:
+    """A deterministic (regression) model: batching tiles must not change the output; a
+    diffusion model: still the same output for the same seed and tile batch."""
+    folder = _regression_bundle(tmp_path, SampleConfig(steps=1, samples=1))
     image = np.random.default_rng(0).gamma(2, 100, (37, 45)).astype(np.float32)
     reg = microdiff.load(folder)
     one = reg.predict(image, tile=32, overlap=8, tile_batch=1).mean
@@ -181,16 +186,9 @@ def test_batched_tiles_blend_exactly_like_single_tiles(bundle, tmp_path) -> None
 
 
 def test_the_bundles_tile_is_the_default_tiling_and_is_validated(tmp_path) -> None:
-    """``sample.tile``/``sample.overlap`` (a preset's choice, e.g. QPI's 64² training patches)
+    """``sample.tile``/``sample.overlap`` (a config's choice, e.g. a model's training patches)
     set how predict tiles when no tile is given; an explicit tile still wins."""
-    cfg = tiny_model_config("learned", residual=True, target_scale=0.2)
-    cfg.kind = "regression"
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    with torch.no_grad():
-        model.net.conv_out.weight.normal_(0, 0.05)
-    sample = SampleConfig(steps=1, samples=1, tile=32, overlap=8)
-    folder = save_bundle(tmp_path / "reg", model, cfg, sample, scale=2)
+    folder = _regression_bundle(tmp_path, SampleConfig(steps=1, samples=1, tile=32, overlap=8))
     pred = microdiff.load(folder)
     assert (pred.bundle.sample.tile, pred.bundle.sample.overlap) == (32, 8)
     assert pred.tiling() == (32, 8) and pred.tiling(64) == (64, 8) and pred.tiling(8) == (8, 2)
