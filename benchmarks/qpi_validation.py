@@ -63,17 +63,14 @@ def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800,
     """{(group, ℓ): {estimate name: [RMSE per map]}} for one trained run."""
     cfg = M.method_config("qpi-2shot", method, steps, seed)
     predictor = load(M.run_dir("qpi-2shot", method, steps, seed) / "model")
-    model = predictor.model
     task = task_of(cfg.data)
     out: dict = {}
     for level in LEVELS:
         for i, (group, phi) in enumerate(maps):
             raw = Q.acquire(phi, level, Q.TUNE_SEED + 500 + i).to(torch.float64)
             pair = make_pair("val", raw.numpy().astype(np.float32), phi[None].astype(np.float32), task)
-            with torch.no_grad():
-                res = model.sample(pair.x[None], steps=cfg.sample.steps, samples=1,
-                                   generator=torch.Generator().manual_seed(seed), **cfg.sample.options())
-            net = res.mean[0, 0].double() * Q.PHASE_RANGE
+            net = M.draw(predictor, pair.x, cfg.sample.steps, 1, seed, cfg.sample.options())["mean"][0, 0]
+            net = net.double() * Q.PHASE_RANGE
             sigma2 = phase.two_shot_noise(raw[0], raw[1]) ** 2
             est = {"network": net.numpy(),
                    "TIE (auto α)": Q.tie(raw, phase.adaptive_tie_regularization(raw[0], raw[1]))}
@@ -87,8 +84,8 @@ def rows_of(method: str, seed: int, gains: list[float], maps, steps: int = 800,
                 est[f"tie+Wiener z {z:g}"] = wiener_data_consistency(tie_step, raw[0], raw[1],
                                                                      threshold=z).numpy()
             for t in tiles:
-                tiled = predictor.sample_normalized(pair.x, 1, cfg.sample.steps, seed, t, t // 4)
-                net_t = torch.from_numpy(tiled["mean"][0]).double() * Q.PHASE_RANGE
+                tiled = M.draw(predictor, pair.x, cfg.sample.steps, 1, seed, cfg.sample.options(), t)
+                net_t = tiled["mean"][0, 0].double() * Q.PHASE_RANGE
                 est[f"network, {t}² tiles"] = net_t.numpy()
                 est[f"tie+Wiener, {t}² tiles"] = wiener_data_consistency(
                     data_consistency(net_t, raw[0], raw[1], "tie"), raw[0], raw[1]).numpy()

@@ -35,7 +35,7 @@ from .options import (
     TaskKind,
     Uncertainty,
 )
-from .presets import PRESET_DIR, preset_names, read_yaml  # noqa: F401  (the first two re-exported)
+from .presets import preset_names, read_yaml  # noqa: F401  (preset_names re-exported)
 
 
 class _Strict(BaseModel):
