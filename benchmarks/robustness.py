@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from microdiff.config import Config
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
@@ -54,15 +56,30 @@ LONG_METHODS = ["zmd-scaled-var-any", "zmd-scaled-var-any/fixed-linear"]
 GAP_DB = 1.0  # unproductive: more than this below the best run of the grid (PSNR)
 
 
-def one_run(method: str, seed: int, lr: float, steps: int, images: list[P.TestImage]) -> dict:
+def run_paths(method: str, seed: int, lr: float, steps: int) -> tuple[Config, Path, Path]:
+    """(config, the folder of the run's robustness.json, the folder it trains in): a run at the
+    preset's learning rate trains where quality.py's run of the same config does."""
     out = P.run_dir(f"robustness-{steps}", method, seed, lr)
+    cfg = P.method_config(method, steps, seed, lr)
+    train_dir = out
+    if cfg == P.method_config(method, steps, seed):
+        train_dir = P.run_dir(P.run_tag(steps), method, seed)
+    return cfg, out, train_dir
+
+
+def finished(method: str, seed: int, lr: float, steps: int) -> bool:
+    """Whether the run is evaluated, or trained and only waiting for its evaluation."""
+    _, out, train_dir = run_paths(method, seed, lr, steps)
+    marker = train_dir / "train.json"
+    return (out / "robustness.json").exists() or (
+        marker.exists() and json.loads(marker.read_text())["steps"] >= steps)
+
+
+def one_run(method: str, seed: int, lr: float, steps: int, images: list[P.TestImage]) -> dict:
+    cfg, out, train_dir = run_paths(method, seed, lr, steps)
     cache = out / "robustness.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    cfg = P.method_config(method, steps, seed, lr)
-    train_dir = out
-    if cfg == P.method_config(method, steps, seed):  # the preset's lr: quality.py trains the same
-        train_dir = P.run_dir(P.run_tag(steps), method, seed)
     info = P.train_cached(cfg, train_dir)
     result = {"method": method, "seed": seed, "lr": lr, "train": info, "psnr": float("nan"),
               "ssim": float("nan")}
@@ -87,7 +104,8 @@ def parse_args() -> argparse.Namespace:
                     choices=[m for m in P.METHODS if not m.startswith("regression")],
                     help=f"default: {' '.join(DEFAULT_METHODS)} ({' '.join(LONG_METHODS)} with --long)")
     ap.add_argument("--report-only", action="store_true",
-                    help="write the report from the runs already finished; train nothing")
+                    help="write the report from the runs already trained (evaluating those not yet "
+                         "evaluated); train nothing")
     args = ap.parse_args()
     args.sizing = next((k for k in ("quick", "long", "full") if getattr(args, k)), "default")
     args.default_methods = LONG_METHODS if args.sizing == "long" else DEFAULT_METHODS
@@ -97,14 +115,13 @@ def parse_args() -> argparse.Namespace:
 
 def run_grid(args: argparse.Namespace, images: list[P.TestImage]) -> list[dict]:
     """Every (seed, lr, method) run of the sizing, seed-major so that a partial grid still
-    compares every method; with --report-only only those already evaluated."""
+    compares every method; with --report-only only those already trained."""
     z = SIZES[args.sizing]
     runs = []
     for seed in z["seeds"]:
         for lr in z["lrs"]:
             for method in args.methods:
-                done = (P.run_dir(f"robustness-{z['steps']}", method, seed, lr) / "robustness.json").exists()
-                if args.report_only and not done:
+                if args.report_only and not finished(method, seed, lr, z["steps"]):
                     continue
                 print(f"{method} lr {lr:g} seed {seed}", flush=True)
                 runs.append(one_run(method, seed, lr, z["steps"], images))
