@@ -72,6 +72,10 @@ METHODS: dict[str, tuple[str, list[str]]] = {
     # the regression U-Net on the demo's own data (single-structure and mixed images, half
     # each): the reference for the default preset's design, zmd-scaled-var-any (issue 17)
     "regression-any": ("demo-regression", ["data.structure=any"]),
+    # the faithful CVDM and DDPM's fixed schedule in the paper's design, on the same images:
+    # issue 17's time-to-quality comparison against zmd-scaled-var-any and regression-any
+    "learned-any": ("demo", [*PAPER, LEARNED, "data.structure=any"]),
+    "fixed-linear-any": ("demo", [*PAPER, "model.schedule.kind=fixed-linear", "data.structure=any"]),
     "learned/elbo": ("demo", [*PAPER, LEARNED, "model.schedule.eps_grad=elbo"]),
     "learned/no-eps-grad": ("demo", [*PAPER, LEARNED, "model.schedule.eps_grad=none"]),
     "learned/lr0.1": ("demo", [*PAPER, LEARNED, "model.schedule.lr_scale=0.1"]),
