@@ -190,6 +190,19 @@ def train_cached(cfg: Config, out: Path) -> dict:
     return info
 
 
+def training_seconds(out: Path) -> float:
+    """Wall-clock seconds of training the run in ``out`` took over all its sessions: the
+    trainer's clock restarts when a killed run resumes, so the sum of each segment's last
+    ``seconds`` in stats.jsonl (NaN without one)."""
+    path = out / "stats.jsonl"
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+    clock = [r["seconds"] for r in rows if r.get("kind") == "train"]
+    if not clock:
+        return float("nan")
+    ends = [a for a, b in zip(clock[:-1], clock[1:], strict=True) if b < a]
+    return float(sum(ends) + clock[-1])
+
+
 def trained_to(cfg: Config, out: Path, steps: int) -> dict:
     """Make sure ``out`` has the model after ``steps`` steps: a long run that has already
     passed them (its checkpoint is kept, even while it is still training) is used as it is;

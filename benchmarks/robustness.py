@@ -81,6 +81,7 @@ def one_run(method: str, seed: int, lr: float, steps: int, images: list[P.TestIm
     if cache.exists():
         return json.loads(cache.read_text())
     info = P.train_cached(cfg, train_dir)
+    info["seconds"] = P.training_seconds(train_dir)  # every session's share, not the last call's
     result = {"method": method, "seed": seed, "lr": lr, "train": info, "psnr": float("nan"),
               "ssim": float("nan")}
     if not info["diverged"]:
