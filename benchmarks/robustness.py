@@ -176,14 +176,14 @@ def method_row(method: str, rs: list[dict], lrs: list[float], samples: bool) -> 
     return row
 
 
-def report(args: argparse.Namespace, runs: list[dict], bicubic: float, seconds: float) -> str:
+def report(args: argparse.Namespace, runs: list[dict], n_images: int, bicubic: float, seconds: float
+           ) -> str:
     z = SIZES[args.sizing]
     best, best_sample = mark_unproductive(runs, bicubic)
     samples = args.sizing == "long"
     flags = "" if args.sizing == "default" else f" --{args.sizing}"
     if args.methods != args.default_methods:
         flags += f" --methods {' '.join(args.methods)}"
-    n_images = len(P.test_set(z.get("per_cell", 1), real=False))
     lines = [
         f"## Unproductive runs ({args.sizing} sizing)", "",
         f"Command: `.venv/bin/python benchmarks/robustness.py{flags}`  ",
@@ -220,7 +220,7 @@ def main() -> None:
     bicubic = float(np.mean([r["psnr"] for r in P.evaluate_baseline("bicubic", images)]))
     t0 = time.perf_counter()
     runs = run_grid(args, images)
-    text = report(args, runs, bicubic, time.perf_counter() - t0)
+    text = report(args, runs, len(images), bicubic, time.perf_counter() - t0)
     write_section(f"robustness_{args.sizing}", text)
     print(text)
 
