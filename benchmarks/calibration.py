@@ -170,7 +170,7 @@ def conditioned_maps(val_preds: dict[str, dict], val_names: list[str], test_pred
             "log-linear variance (std, local std, local intensity)": _calibrated_scores(log_linear, sims)}
 
 
-INTERVALS = {  # name → (unit, method): the default first
+INTERVALS = {  # name → (unit, method)
     "conformal, 32² tiles": ("tile", "conformal"),
     "conformal, images": ("image", "conformal"),
     "risk control (HB), 32² tiles": ("tile", "rcps"),
@@ -424,9 +424,11 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
               "half-width λ̂·std (normalised units).", "",
               "| interval | splits held | mean miscoverage | images ≤ α | half-width |",
               "|---|---|---|---|---|"]
-    for kind in INTERVALS:
+    default = C.resolve_unit(C.default_unit(uncertainty), 16, DELTA)  # microdiff calibrate on 16 images
+    for kind, (unit, method) in INTERVALS.items():
         per = {s: np.array(rows[s]["splits"][kind]) for s in seeds}
-        lines.append(f"| {kind}{' (default)' if kind == next(iter(INTERVALS)) else ''} | "
+        mark = " (default)" if (unit, method) == (default, "conformal") else ""
+        lines.append(f"| {kind}{mark} | "
                      + ", ".join(f"{np.mean(per[s][:, 0] <= ALPHA):.0%}" for s in seeds)
                      + f" | {P.mean_pm_std([per[s][:, 0].mean() for s in seeds], 3)} "
                      f"| {P.mean_pm_std([per[s][:, 1].mean() for s in seeds])} "
@@ -459,14 +461,18 @@ def report(method: str, seeds: list[int], rows: dict[int, dict], seconds: float,
     spread = max(float(ause["std"].std()), float(ause["intensity"].std()))
     verdict = ("ranks errors better than" if gap > spread else "does *not* rank errors better than"
                if gap < -spread else "ties (within the seed spread) with")
+    tile_role = ("the default for the samples' spread" if default == "tile"
+                 else "the default for the head's std below 9 images")
+    image_role = "the default for the head's std from 9 images" if default == "image" else "`--unit image`"
     lines += ["", f"How to read it: the std map is fitted to the bins' *{target}* scale of the error (the "
               "std-target table above compares the three), so `NAME_std.tif` is an error scale; errors are "
               "heavy-tailed (most pixels small, a few missed or invented filament pieces large), so a std "
               "matched to the RMS error holds more than 68 % of pixels within ±1σ, one matched to the 68 % "
               "quantile under-states the RMS error, and neither is a coverage promise. The interval is: "
-              "split conformal over 32² *tiles* (the default) promises that a new tile has at most α of "
+              f"split conformal over 32² *tiles* ({tile_role}) promises that a new tile has at most α of "
               "its pixels outside with probability ≥ 1 − δ if tiles are exchangeable, which tiles of one "
-              "image (sharing its noise and content) are not; over *images* the promise is per image and "
+              f"image (sharing its noise and content) are not; over *images* ({image_role}) the promise is "
+              "per image and "
               "needs only image exchangeability, but with 16 images λ̂ is the largest image score, and one "
               "image with a near-zero std makes it vacuous (the half-width column: a mean over splits "
               "dragged up by such splits); the Hoeffding–Bentkus risk control bounds only the tiles' "

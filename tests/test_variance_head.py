@@ -240,3 +240,27 @@ def test_the_montage_names_what_the_model_gives() -> None:
     assert one_pass[1:3] == ("mean network μ(x)", "variance head σ(x)")
     assert one_pass[0] == MONTAGE_COLUMNS[0] and one_pass[3:] == MONTAGE_COLUMNS[3:]
     assert montage_columns("mean-net", "samples")[1:3] == ("mean network μ(x)", "posterior std")
+
+
+def test_calibrate_gives_a_head_model_a_per_image_interval_by_default(tmp_path) -> None:
+    """With the head's std and ≥ 9 held-out images, calibration's units are whole images (the
+    promise that held on every seed in docs/benchmarks.md); the samples' spread keeps tiles,
+    and an explicit ``unit`` wins either way."""
+    from microdiff.calibrate_files import calibrate_folder
+    from microdiff.calibration import default_unit
+    from microdiff.data.simulate_files import write_simulated_pairs
+
+    assert default_unit("head") == "auto" and default_unit("samples") == "tile"
+    data = tmp_path / "held"
+    write_simulated_pairs(data, "mt", 9, 32, level=9, seed=5, progress=False)
+    torch.manual_seed(0)
+    model = build_model(_config())
+    head = SampleConfig(steps=2, samples=0, point_estimate="mean-net", uncertainty="head")
+    drawn = SampleConfig(steps=2, samples=2, point_estimate="mean-net")
+    head_dir = save_bundle(tmp_path / "head", model, _config(), head, scale=2)
+    drawn_dir = save_bundle(tmp_path / "drawn", model, _config(), drawn, scale=2)
+    by_image = calibrate_folder(head_dir, data, tile=8, progress=False)
+    assert by_image.unit == "image" and by_image.units == 9 and by_image.samples == 0
+    assert calibrate_folder(head_dir, data, tile=8, progress=False, unit="tile").units == 9 * 16
+    by_tile = calibrate_folder(drawn_dir, data, tile=8, progress=False)
+    assert by_tile.unit == "tile" and by_tile.units == 9 * 16

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import STD_FORMS, UNITS, Calibration, fit, resolve_unit
+from .calibration import STD_FORMS, UNITS, Calibration, default_unit, fit, resolve_unit
 from .checkpoint import write_calibration
 from .data.axes import as_2d, as_chw
 from .data.datasets import paired_files
@@ -67,11 +67,12 @@ def fit_maps(maps: Maps, intensity: bool = False, min_images: int = MIN_IMAGES, 
 
 def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
               samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
-              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str = "tile",
+              delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str | None = None,
               form: str = "scale", intensity: bool = False) -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
-    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's; ``unit`` and
-    ``form`` as :func:`microdiff.calibration.fit`, ``intensity`` as :func:`fit_maps` (only for a
+    ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's, ``unit`` to
+    :func:`microdiff.calibration.default_unit` of its std; ``unit`` and ``form`` as
+    :func:`microdiff.calibration.fit`, ``intensity`` as :func:`fit_maps` (only for a
     task whose targets are normalised per image, :attr:`Task.target_self_normalised`)."""
     if not predictor.model.generative:
         raise UserError("this model is a regression baseline: it has no std to calibrate")
@@ -79,11 +80,12 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
         raise UserError(f"alpha and delta must lie in (0, 1), got {alpha} and {delta}")
     if tile < 4:
         raise UserError(f"tile must be at least 4 pixels, got {tile}")
+    s = predictor.bundle.sample
+    unit = default_unit(s.uncertainty) if unit is None else unit
     if unit not in UNITS:
         raise UserError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     if form not in STD_FORMS:
         raise UserError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
-    s = predictor.bundle.sample
     samples = (0 if predictor.one_pass else s.samples) if samples is None else samples  # μ, σ: no samples
     steps = steps or s.steps
     if samples == 0 and not predictor.one_pass:
@@ -123,7 +125,7 @@ def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, n
 
 def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
                      seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-                     progress: bool = True, unit: str = "tile", form: str = "scale",
+                     progress: bool = True, unit: str | None = None, form: str = "scale",
                      intensity: bool = False) -> Calibration:
     """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
     in its ``bundle.json``."""

@@ -178,8 +178,10 @@ def calibrate(
     alpha: Annotated[float, typer.Option(help="interval: allowed fraction of pixels outside it")] = 0.1,
     delta: Annotated[float, typer.Option(help="interval: allowed chance that the promise fails")] = 0.1,
     tile: Annotated[int, typer.Option(help="side of the calibration tiles (output pixels)")] = 32,
-    unit: Annotated[str, typer.Option(help="interval units: tile, image (a per-image promise; needs 9 "
-                                            "images at delta 0.1 and can be very wide), or auto")] = "tile",
+    unit: Annotated[str | None, typer.Option(help="interval units: tile, image (a per-image promise; "
+                                                   "needs 9 images at delta 0.1 and can be very wide), or "
+                                                   "auto (images when there are 9); default: auto for a "
+                                                   "variance-head std, tile for the samples' spread")] = None,
     form: Annotated[str, typer.Option(help="std map: scale (std → k·std, stable on few images) or affine "
                                             "(std → a·std + b)")] = "scale",
     intensity: Annotated[bool, typer.Option(help="also fit the estimate's per-image gain and offset "

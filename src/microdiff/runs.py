@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .calibrate_files import fit_maps, held_out_maps
+from .calibration import default_unit
 from .checkpoint import (
     latest_checkpoint,
     load_training_state,
@@ -207,6 +208,7 @@ class _Run:
         tile = max(4, min(32, min(min(std.shape) for std, *_ in maps) // 2))  # ≥ 4 tiles per image
         intensity = self.cfg.train.calibrate_intensity and predictor.task.target_self_normalised
         cal = fit_maps(maps, intensity, tile=tile, samples=samples, steps=steps,
+                       unit=default_unit(self.cfg.sample.uncertainty),
                        source=f"{len(pairs)} held-out images of {self.out}")
         write_calibration(self.out / "model", cal)
         if self.progress:
