@@ -190,6 +190,30 @@ def train_cached(cfg: Config, out: Path) -> dict:
     return info
 
 
+def _train_job(threads: int, cfg: Config, out: Path) -> dict:
+    torch.set_num_threads(threads)
+    return train_cached(cfg, out)
+
+
+def train_many(jobs: list[tuple[Config, Path]], workers: int) -> None:
+    """:func:`train_cached` every ``(config, folder)`` of ``jobs``, ``workers`` at once in
+    separate processes with an equal share of the CPU's threads each (on a GPU they share
+    the device): the long benchmarks' "two runs at once, one thread each", as an option.
+    Each run still resumes from its last checkpoint when killed. A folder listed twice
+    trains once."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    todo = list({out: (cfg, out) for cfg, out in jobs}.values())
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_train_job, threads, cfg, out): out for cfg, out in todo}
+        for future, out in futures.items():
+            info = future.result()
+            print(f"trained {out} ({info['steps']} steps{', diverged' if info['diverged'] else ''})",
+                  flush=True)
+
+
 def training_seconds(out: Path) -> float:
     """Wall-clock seconds of training the run in ``out`` took over all its sessions: the
     trainer's clock restarts when a killed run resumes, so the sum of each segment's last

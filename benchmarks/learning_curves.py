@@ -40,7 +40,7 @@ from _report import machine, today, write_section  # noqa: E402
 
 from microdiff import metrics  # noqa: E402
 from microdiff.checkpoint import load_training_state  # noqa: E402
-from microdiff.config import apply_overrides  # noqa: E402
+from microdiff.config import Config, apply_overrides  # noqa: E402
 from microdiff.data.datasets import simulated  # noqa: E402
 from microdiff.data.sources import TEST_STREAM  # noqa: E402
 from microdiff.data.synthetic import SimulatorConfig  # noqa: E402
@@ -128,11 +128,16 @@ def evaluate_regression(model, images) -> dict:
     return _pool([{"k1": _scores(model(x)[0, 0], y)} for _, x, y in images])
 
 
-def run_curve(method: str, seed: int, steps: int, every: int, images, samples: int) -> dict:
-    """Train (cached) and evaluate every checkpoint (cached in curve.json)."""
+def curve_config(method: str, seed: int, steps: int, every: int) -> tuple[Config, Path]:
+    """The run's config (a checkpoint every ``every`` steps, all kept) and its folder."""
     cfg = apply_overrides(P.method_config(method, steps, seed),
                           [f"train.checkpoint_every={every}", "train.keep_checkpoints=1000"])
-    out = P.run_dir(P.run_tag(steps), method, seed)
+    return cfg, P.run_dir(P.run_tag(steps), method, seed)
+
+
+def run_curve(method: str, seed: int, steps: int, every: int, images, samples: int) -> dict:
+    """Train (cached) and evaluate every checkpoint (cached in curve.json)."""
+    cfg, out = curve_config(method, seed, steps, every)
     info = P.train_cached(cfg, out)
     cache_path = out / "curve.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {"points": {}}
@@ -174,11 +179,17 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="train this many runs at once (own processes, an equal share of the CPU "
+                         "threads each), then evaluate them one after another")
     ap.add_argument("--tag", default="", help="appended to the section and figure names, so another "
                     "set of methods does not replace the default section")
     args = ap.parse_args()
     images = curve_set(args.crop)
     results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
+    if args.jobs > 1 and not args.report_only:
+        P.train_many([curve_config(m, seed, args.steps, args.every) for seed in args.seeds
+                      for m in args.methods], args.jobs)
     for seed in args.seeds:
         for method in args.methods:
             out = P.run_dir(P.run_tag(args.steps), method, seed)

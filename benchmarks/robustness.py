@@ -15,7 +15,7 @@ docs/benchmarks.md. Usage::
 
     .venv/bin/python benchmarks/robustness.py           # ~50 min on a 2-core CPU (less after quality.py)
     .venv/bin/python benchmarks/robustness.py --quick   # ~8 min: a check, not a conclusion
-    .venv/bin/python benchmarks/robustness.py --long    # issue 17's design, 2000 steps (~10 CPU-hours)
+    .venv/bin/python benchmarks/robustness.py --long --jobs 2  # issue 17's design, 2000 steps (~10 CPU-hours)
     .venv/bin/python benchmarks/robustness.py --full    # GPU-sized
 
 The *long* sizing grids the default preset's design (``zmd-scaled-var-any``: μ(x) is the point
@@ -108,6 +108,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--methods", nargs="+", default=None,
                     choices=list(P.METHODS),
                     help=f"default: {' '.join(DEFAULT_METHODS)} ({' '.join(LONG_METHODS)} with --long)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="train this many runs at once, each in its own process with an equal share "
+                         "of the CPU threads (2 on a 2-core CPU; more on a GPU, which they share)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the report from the runs already trained (evaluating those not yet "
                          "evaluated); train nothing")
@@ -122,6 +125,9 @@ def run_grid(args: argparse.Namespace, images: list[P.TestImage]) -> list[dict]:
     """Every (seed, lr, method) run of the sizing, seed-major so that a partial grid still
     compares every method; with --report-only only those already trained."""
     z = SIZES[args.sizing]
+    if args.jobs > 1 and not args.report_only:
+        P.train_many([run_paths(m, seed, lr, z["steps"])[::2] for seed in z["seeds"] for lr in z["lrs"]
+                      for m in args.methods if not finished(m, seed, lr, z["steps"])], args.jobs)
     runs = []
     for seed in z["seeds"]:
         for lr in z["lrs"]:
