@@ -122,6 +122,42 @@ def test_a_model_with_the_variance_head_exports_its_one_pass_prediction(tmp_path
     assert float(torch.from_numpy(std).min()) > 0.0  # the head's σ, not a K = 1 spread of zeros
 
 
+def test_the_package_readme_states_the_calibration_the_std_carries(tmp_path) -> None:
+    """A calibrated bundle exports its calibrated std (as predict writes it) and the README
+    says what was fitted and what the interval promises; an uncalibrated one says so, and a
+    package predicting with other K × N than the calibration's says the scale differs."""
+    from microdiff.calibration import Calibration, StdCalibration
+    from microdiff.checkpoint import write_calibration
+    from microdiff.export_bioimageio import export_bioimageio
+    from microdiff.predictor import load
+
+    cfg = tiny_model_config("learned", residual=True, target_scale=0.2)
+    folder = save_bundle(tmp_path / "run" / "model", CVDM.from_config(cfg), cfg,
+                         SampleConfig(steps=3, samples=2), scale=2)
+
+    def readme(name: str, **kw) -> tuple[str, np.ndarray, np.ndarray]:
+        with zipfile.ZipFile(export_bioimageio(folder, tmp_path / name, **kw)) as z:
+            return (z.read("README.md").decode(), np.load(z.open("test_input.npy")),
+                    np.load(z.open("test_std.npy")))
+
+    text, _, _ = readme("raw.zip")
+    assert "not calibrated" in text
+    cal = Calibration(StdCalibration(0.4, 0.0), 1.7, 0.1, 0.1, 32, 2, 3, "held-out", 12, 12288, 12,
+                      "2026-12-07 00:00 UTC", 0.97, 0.68, unit="image", interval_method="conformal",
+                      form="scale")
+    write_calibration(folder, cal)
+    text, x, std = readme("cal.zip")
+    assert "std → 0.4·std" in text and "12 held-out images" in text and "0.97" in text and "0.68" in text
+    assert cal.promise() in text and "mean ± 1.7·std" in text and "not the 2 samples" not in text
+    pred = load(folder)
+    np.testing.assert_array_equal(std[0, 0], pred.predict(x[0, 0], seed=0).std)
+    np.testing.assert_allclose(std[0, 0], 0.4 * pred.predict(x[0, 0], seed=0, calibrated=False).std,
+                               rtol=1e-5)  # the calibrated std, not the raw spread
+    with pytest.warns(UserWarning, match="calibrated for 2 samples"):  # predict's own warning, too
+        text, _, _ = readme("other.zip", samples=4)
+    assert "predicts with 4 samples × 3 steps, not the 2 samples × 3 steps" in text
+
+
 def test_a_qpi_model_exports_with_its_channels(tmp_path) -> None:
     from bioimageio.core import test_model
 

@@ -114,10 +114,38 @@ def _what_mean(bundle: Bundle, options: dict) -> str:
 
 
 def _what_std(bundle: Bundle, options: dict) -> str:
+    calibrated = ", calibrated on held-out pairs" if bundle.calibration is not None else ""
     if bundle.sample.uncertainty == "head":
-        return "the per-pixel standard deviation predicted by the model's variance head σ(x) (one pass)"
+        return ("the per-pixel standard deviation predicted by the model's variance head σ(x) "
+                f"(one pass){calibrated}")
     return (f"the per-pixel standard deviation over {options['samples']} posterior samples "
-            f"({options['steps']} sampling steps, seed {options['seed']})")
+            f"({options['steps']} sampling steps, seed {options['seed']}){calibrated}")
+
+
+def _calibration_note(bundle: Bundle, options: dict) -> str:
+    """The README's paragraph on the std's calibration: what was fitted, on what, and what
+    the interval promises (the package outputs the std; mean ± λ̂·std is the interval)."""
+    cal = bundle.calibration
+    if cal is None:
+        return ("The std is not calibrated: its scale is the model's own. `microdiff calibrate MODEL DATA` "
+                "fits a calibration on held-out pairs; export again afterwards.")
+    line = f"{cal.std.slope:.3g}·std" + (f" + {cal.std.offset:.3g}" if cal.std.offset else "")
+    drawn = "one pass" if cal.samples == 0 else f"{cal.samples} samples × {cal.steps} steps"
+    lines = [f"The std is calibrated (microdiff `calibrate`, {cal.date}) on {cal.images} held-out images "
+             f"({cal.pixels} pixels) with {drawn}: std → {line}, in bins of the std matching the RMS "
+             f"error; ±1σ held {cal.coverage_before:.2f} of those pixels before and {cal.coverage_after:.2f} "
+             "after (0.68 for a Gaussian error; errors are heavier-tailed)."]
+    if cal.intensity is not None:
+        lines.append("The mean is first corrected by a gain and offset per image predicted from its own "
+                     "percentiles (fitted on the same images).")
+    if cal.interval_factor is not None:
+        lines.append(f"Interval: {cal.promise()}; compute it as mean ± {cal.interval_factor:.3g}·std "
+                     "(`microdiff predict` writes it as NAME_lower.tif / NAME_upper.tif).")
+    now = (options["samples"], options["steps"])
+    if bundle.sample.uncertainty == "samples" and now != (cal.samples, cal.steps):  # as predict warns
+        lines.append(f"This package predicts with {now[0]} samples × {now[1]} steps, not the {drawn} the "
+                     "calibration was fitted for: the std's spread, and so its scale, differ.")
+    return " ".join(lines)
 
 
 def _readme(bundle: Bundle, options: dict, name: str) -> str:
@@ -133,6 +161,8 @@ schedule is learned) trained with microdiff {bundle.microdiff_version} for {task
   the model normalises each image {task.describe_input_norm(bundle.percentiles)} inside).
 - `mean`: {_what_mean(bundle, options)}: deterministic, in the input's intensity units{rad}.
 - `std`: {_what_std(bundle, options)} (the model's uncertainty), same units.
+
+{_calibration_note(bundle, options)}
 
 Output pixels are {bundle.scale}× smaller than input pixels. Same image, same output:
 the seed is fixed. The same model runs in microdiff (`microdiff predict MODEL image.tif`),
