@@ -61,7 +61,8 @@ def test_widget_adds_mean_and_std_with_the_output_scale(model, qtbot, tmp_path) 
     assert (widget.samples.value, widget.steps.value) == (2, 3)  # the model's sampling config
     widget.seed.value, widget.device.value = 4, "cpu"
     _run(widget, qtbot)
-    assert widget.status.value.startswith("cell: mean and std added"), widget.status.value
+    assert widget.status.value.startswith("cell: mean and std (not calibrated) added"), widget.status.value
+    assert "cell lower" not in viewer.layers  # no calibration, no interval
     mean, std = viewer.layers["cell mean"], viewer.layers["cell std"]
     assert mean.data.shape == std.data.shape == (48, 40)
     np.testing.assert_allclose(mean.scale, (0.0313, 0.0313))
@@ -75,6 +76,30 @@ def test_widget_adds_mean_and_std_with_the_output_scale(model, qtbot, tmp_path) 
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     target = DOCS_IMG / "napari_widget.png" if os.environ.get("MICRODIFF_UPDATE_DOCS") else tmp_path / "w.png"
     assert widget.native.grab().save(str(target))  # the widget, rendered offscreen
+
+
+def test_a_calibrated_model_adds_its_interval_as_hidden_layers(model, qtbot) -> None:
+    from microdiff.calibration import Calibration, StdCalibration
+    from microdiff.checkpoint import write_calibration
+
+    write_calibration(model, Calibration(StdCalibration(0.5, 0.0), 2.0, 0.1, 0.1, 32, 2, 3, "held-out", 12,
+                                         12288, 12, "2026-12-07 00:00 UTC", 0.9, 0.7, unit="image",
+                                         interval_method="conformal", form="scale"))
+    viewer = ViewerModel()
+    image = np.random.default_rng(1).uniform(50, 500, (16, 16)).astype(np.float32)
+    viewer.add_image(image, name="cell")
+    widget = PredictWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.image.value, widget.model_folder.value = viewer.layers["cell"], model
+    widget.seed.value, widget.device.value = 2, "cpu"
+    _run(widget, qtbot)
+    assert widget.status.value.startswith(
+        "cell: mean and calibrated std, interval lower/upper (hidden) added"), widget.status.value
+    res = load(model).predict(image, samples=2, steps=3, seed=2)
+    for name, expected in (("std", res.std), ("lower", res.lower), ("upper", res.upper)):
+        np.testing.assert_array_equal(viewer.layers[f"cell {name}"].data, expected)
+    assert not viewer.layers["cell lower"].visible and viewer.layers["cell std"].visible
+    np.testing.assert_allclose(res.upper - res.mean, 2.0 * res.std, rtol=1e-4)  # λ̂ · calibrated std
 
 
 def test_a_z_stack_is_predicted_plane_by_plane_and_keeps_its_z_scale(model, qtbot) -> None:

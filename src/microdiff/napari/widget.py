@@ -162,8 +162,14 @@ class PredictWidget(Container):
         self._viewer.add_image(res.mean, name=f"{layer.name} mean", colormap="gray", **common)
         self._viewer.add_image(res.std, name=f"{layer.name} std", colormap="magma", blending="additive",
                                **common)
+        what = "mean and calibrated std" if res.std_raw is not None else "mean and std (not calibrated)"
+        if res.lower is not None:  # the conformal interval of the bundle's calibration, hidden
+            for bound, data in (("lower", res.lower), ("upper", res.upper)):
+                self._viewer.add_image(data, name=f"{layer.name} {bound}", colormap="gray", visible=False,
+                                       **common)
+            what += ", interval lower/upper (hidden)"
         self.progress.value = self.progress.max
-        self.status.value = f"{layer.name}: mean and std added (output pixel = input / {factor})"
+        self.status.value = f"{layer.name}: {what} added (output pixel = input / {factor})"
 
     def _errored(self, err: Exception) -> None:
         self._fail(str(err) if isinstance(err, UserError) else f"{type(err).__name__}: {err}")
