@@ -72,6 +72,7 @@ def test_widget_adds_mean_and_std_with_the_output_scale(model, qtbot, tmp_path) 
     res = load(model).predict(image, samples=2, steps=3, seed=4)
     np.testing.assert_array_equal(mean.data, res.mean)
     np.testing.assert_array_equal(std.data, res.std)
+    np.testing.assert_allclose(std.contrast_limits, (0.0, np.percentile(res.std, 99.5)), rtol=1e-6)
     assert widget.progress.value == widget.progress.max == 3  # one tile × 3 steps
     DOCS_IMG.mkdir(parents=True, exist_ok=True)
     target = DOCS_IMG / "napari_widget.png" if os.environ.get("MICRODIFF_UPDATE_DOCS") else tmp_path / "w.png"
@@ -151,6 +152,17 @@ def test_a_layer_that_does_not_fit_the_model_gets_one_sentence(model, qtbot, mon
     _run(widget, qtbot)
     assert "the model expects 1 input channel(s)" in shown[-1] and "Traceback" not in shown[-1]
     assert len(viewer.layers) == 1 and widget.run_button.enabled
+
+
+def test_a_hot_pixel_does_not_set_the_std_layers_contrast() -> None:
+    from microdiff.napari.widget import std_display_range
+
+    std = np.random.default_rng(0).uniform(0.02, 0.06, (64, 64)).astype(np.float32)
+    std[3, 5] = 44.0  # the variance head at a saturated spot: ~1000x the rest
+    low, high = std_display_range(std)
+    assert low == 0.0 and 0.055 < high < 0.06  # the map's own range, not the outlier's
+    assert std_display_range(np.zeros((4, 4))) == (0.0, 1.0)  # a zero map still gets a range
+    assert std_display_range(np.full((4, 4), np.nan)) == (0.0, 1.0)
 
 
 def test_output_geometry_puts_output_pixels_inside_input_pixels() -> None:
