@@ -20,8 +20,8 @@ Per seed: pooled ±1σ, each structure's ±1σ and the largest distance from the
 bins' RMSE / RMV, each image's ±1σ (10th – 90th percentile), the share of 100 random 16-image
 test sets (2 per structure and level) meeting all three bounds, the ±1σ on the real BioSR
 crop with the simulated fit, and, per structure, the mean error and ±1σ of the test pixels that
-training's patch filter (``data.min_contrast``) would mostly have rejected, against the rest. Writes the ``image_std-METHOD`` section of docs/benchmarks.md.
-Usage::
+training's patch filter (``data.min_contrast``) would mostly have rejected, against the rest.
+Writes the ``image_std-METHOD`` section of docs/benchmarks.md. Usage::
 
     .venv/bin/python benchmarks/image_std.py [--method zmd-scaled-var-any] [--seeds 0 1 2]
 """
