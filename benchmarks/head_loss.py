@@ -10,7 +10,11 @@ for ``--steps`` steps with another loss on r = |y − x_res − μ(x)| / mean_sc
 - ``gauss``: ½(s + r²e⁻ˢ), the package's loss (a control for retraining alone);
 - ``laplace``: s/2 + r·e^(−s/2), minimised at σ = E[r | x];
 - ``quantile``: the pinball loss of σ = e^(s/2) at 0.6827, minimised where ±σ holds 68.27 %
-  of the error given x.
+  of the error given x;
+- ``gauss-all``: the package's loss on patches drawn with no emptiness filter
+  (``data.min_contrast`` 0, where the preset rejects patches whose 99th − 1st percentile is
+  under 0.2 of their image's): whether a head that also sees the empty stretches of sparse
+  images learns μ(x)'s error there (``image_std.py``'s patch-filter table).
 
 Each head's σ on the 256 whole validation images is calibrated by the package's std map
 (scale) and scored on the 256 whole test images, as ``image_std.py`` scores (its bounds),
@@ -39,6 +43,8 @@ import image_std as S  # noqa: E402
 from _report import machine, today, write_section  # noqa: E402
 from head_norm import VarianceHead, retrained_head  # noqa: E402
 
+from microdiff.config import apply_overrides  # noqa: E402
+
 QUANTILE = 0.6827
 
 
@@ -53,11 +59,16 @@ def head_loss(kind: str, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 def retrained(model, cfg, run: Path, seed: int, kind: str, steps: int) -> VarianceHead:
-    """``head_norm.retrained_head`` (GroupNorm, as the run's head) with the ``kind`` loss."""
+    """``head_norm.retrained_head`` (GroupNorm, as the run's head) with the ``kind`` loss
+    (``gauss-all``: the Gaussian one on unfiltered patches)."""
+    kind_of_loss = "gauss" if kind == "gauss-all" else kind
+    if kind == "gauss-all":
+        cfg = apply_overrides(cfg, ["data.min_contrast=0"])
+
     def loss(m, x: torch.Tensor, y: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
         base = m.base(x)
         r = ((y if base is None else y - base) - mu).abs() / m.mean_scale
-        return head_loss(kind, m.predict_log_var(x, mu), r)
+        return head_loss(kind_of_loss, m.predict_log_var(x, mu), r)
 
     return retrained_head(model, cfg, run, seed, "group", steps, loss, f"loss-{kind}")
 
@@ -122,7 +133,7 @@ def main() -> None:
     ap.add_argument("--method", default="zmd-scaled-var-any")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--losses", nargs="+", default=["gauss", "quantile"],
-                    choices=["gauss", "laplace", "quantile"])
+                    choices=["gauss", "laplace", "quantile", "gauss-all"])
     ap.add_argument("--steps", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)
