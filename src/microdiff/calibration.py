@@ -286,6 +286,19 @@ class Calibration:
                    str(d.get("target", "rms")), str(d.get("form", "affine")),
                    None if d.get("intensity") is None else IntensityCalibration.from_dict(d["intensity"]))
 
+    def describe_map(self) -> str:
+        """The fitted std map, e.g. ``1.08·std`` (scale) or ``0.9·std + 0.002`` (affine)."""
+        return f"{self.std.slope:.3g}·std" + (f" + {self.std.offset:.3g}" if self.form == "affine" else "")
+
+    def describe_draws(self) -> str:
+        """What the calibrated std was computed from: one pass, or K samples × N steps."""
+        return "one pass, no samples" if self.samples == 0 else f"{self.samples} samples × {self.steps} steps"
+
+    def spread_differs(self, samples: int, steps: int, uncertainty: str) -> bool:
+        """Whether predicting with ``samples`` × ``steps`` changes the std the map was fitted to:
+        only for the samples' spread (``uncertainty`` ``samples``); the head's σ(x) draws none."""
+        return uncertainty == "samples" and (samples, steps) != (self.samples, self.steps)
+
     def promise(self) -> str:
         """One sentence: what the interval promises, or why there is none."""
         what = "a new image" if self.unit == "image" else f"a new {self.tile}×{self.tile} tile"

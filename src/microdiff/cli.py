@@ -196,11 +196,9 @@ def calibrate(
     cal = calibrate_folder(model, data, samples, steps, seed, alpha, delta, tile, unit=unit, form=form,
                            intensity=intensity)
     units = f"{cal.units} images" if cal.unit == "image" else f"{cal.units} tiles of {cal.tile}²"
-    drawn = "one pass, no samples" if cal.samples == 0 else f"{cal.samples} samples × {cal.steps} steps"
-    line = f"{cal.std.slope:.3g}·std" + (f" + {cal.std.offset:.3g}" if cal.form == "affine" else "")
     print(f"calibrated {model} on {cal.images} image(s) of {data} ({cal.pixels} pixels, {units}, "
-          f"{drawn}): std → {line}; ±1σ coverage {cal.coverage_before:.3f} → {cal.coverage_after:.3f} "
-          "(0.683 if Gaussian)")
+          f"{cal.describe_draws()}): std → {cal.describe_map()}; ±1σ coverage {cal.coverage_before:.3f} → "
+          f"{cal.coverage_after:.3f} (0.683 if Gaussian)")
     print(cal.promise() + ("" if cal.interval_factor is not None
                            else "; calibrate on more images or use a smaller --tile"))
     if intensity:

@@ -129,22 +129,20 @@ def _calibration_note(bundle: Bundle, options: dict) -> str:
     if cal is None:
         return ("The std is not calibrated: its scale is the model's own. `microdiff calibrate MODEL DATA` "
                 "fits a calibration on held-out pairs; export again afterwards.")
-    line = f"{cal.std.slope:.3g}·std" + (f" + {cal.std.offset:.3g}" if cal.std.offset else "")
-    drawn = "one pass" if cal.samples == 0 else f"{cal.samples} samples × {cal.steps} steps"
     lines = [f"The std is calibrated (microdiff `calibrate`, {cal.date}) on {cal.images} held-out images "
-             f"({cal.pixels} pixels) with {drawn}: std → {line}, in bins of the std matching the RMS "
-             f"error; ±1σ held {cal.coverage_before:.2f} of those pixels before and {cal.coverage_after:.2f} "
-             "after (0.68 for a Gaussian error; errors are heavier-tailed)."]
+             f"({cal.pixels} pixels) with {cal.describe_draws()}: std → {cal.describe_map()}, in bins of "
+             f"the std matching the RMS error; ±1σ held {cal.coverage_before:.2f} of those pixels before "
+             f"and {cal.coverage_after:.2f} after (0.68 for a Gaussian error; errors are heavier-tailed)."]
     if cal.intensity is not None:
         lines.append("The mean is first corrected by a gain and offset per image predicted from its own "
                      "percentiles (fitted on the same images).")
     if cal.interval_factor is not None:
         lines.append(f"Interval: {cal.promise()}; compute it as mean ± {cal.interval_factor:.3g}·std "
                      "(`microdiff predict` writes it as NAME_lower.tif / NAME_upper.tif).")
-    now = (options["samples"], options["steps"])
-    if bundle.sample.uncertainty == "samples" and now != (cal.samples, cal.steps):  # as predict warns
-        lines.append(f"This package predicts with {now[0]} samples × {now[1]} steps, not the {drawn} the "
-                     "calibration was fitted for: the std's spread, and so its scale, differ.")
+    if cal.spread_differs(options["samples"], options["steps"], bundle.sample.uncertainty):  # predict warns
+        lines.append(f"This package predicts with {options['samples']} samples × {options['steps']} steps, "
+                     f"not the {cal.describe_draws()} the calibration was fitted for: the std's spread, and "
+                     "so its scale, differ.")
     return " ".join(lines)
 
 

@@ -123,7 +123,7 @@ class Predictor:
                                       tile_batch, progress)
         cal = self.bundle.calibration if calibrated and self.model.generative else None
         if cal is not None:
-            if (samples, steps) != (cal.samples, cal.steps) and self.bundle.sample.uncertainty == "samples":
+            if cal.spread_differs(samples, steps, self.bundle.sample.uncertainty):
                 warnings.warn(f"the std was calibrated for {cal.samples} samples × {cal.steps} steps; "
                               f"predicting with {samples} × {steps} changes its spread (recalibrate with "
                               "microdiff calibrate for these settings)", stacklevel=3)
