@@ -5,13 +5,15 @@ For each seed of ``--method``'s long runs (this script trains nothing), the std 
 signal level, 128²; the variance head's σ(x)) give each image's estimate (target + error).
 ``microdiff.calibrate_files.fit_maps`` fits the calibration on N random validation images,
 with the intensity correction (``intensity=True``, what ``microdiff calibrate --intensity``
-fits from 32 images up) and without it, and ``predict``'s order applies it to the 256 test images:
+fits from 32 images up) and without it, each with the std map ``scale`` (the default) and
+``binned`` (``--form binned``), and ``predict``'s order applies it to the 256 test images:
 gain and offset, then the std map. Table 1: per N (10 draws below 256), the test MSE, pooled
 ±1σ, the largest distance of a structure's ±1σ from the pooled one and the share of draws
 meeting issue 18's three bounds (±1σ in [0.63, 0.73], every structure within 0.08, every
 bin's RMSE / RMV in [0.8, 1.25]). Table 2: the map fitted on all 256 validation images, per
 seed. Table 3: the same maps on the real BioSR crop (levels 01 and 09; μ(x), σ(x) in one
-pass): MSE and ±1σ, to show what the simulated fit does to real data. Writes the
+pass): MSE and ±1σ, to show what the simulated fit does to real data. Table 4: the interval
+over 100 random half splits of the test images, the whole calibration fitted on one half. Writes the
 ``intensity_calibration-METHOD`` section of docs/benchmarks.md. Usage::
 
     .venv/bin/python benchmarks/intensity_calibration.py [--method zmd-scaled-var-any] [--seeds 0 1 2]
@@ -36,6 +38,9 @@ from microdiff.calibration import calibration_bins  # noqa: E402
 
 SIZES = (8, 16, 32, 64, 256)
 DRAWS = 10
+VARIANTS = ((False, "scale"), (True, "scale"), (False, "binned"), (True, "binned"))  # (gain, std map)
+SPLIT_VARIANTS = ((False, "scale"), (True, "binned"))  # the default, and calibrate --intensity's
+SPLITS, ALPHA = 100, 0.1
 
 
 def triples(method: str, seed: int, kind: str) -> tuple[list[str], list[tuple[np.ndarray, ...]]]:
@@ -67,15 +72,35 @@ def scores(names: list[str], std: np.ndarray, err: np.ndarray) -> dict[str, floa
     dist = max(abs(v - pooled) for v in per.values())
     meets = 0.63 <= pooled <= 0.73 and dist <= 0.08 and bool(np.all((ratio >= 0.8) & (ratio <= 1.25)))
     return {"mse": float(np.mean(err ** 2)), "pooled": pooled, "dist": dist, "meets": float(meets),
+            "two": float(np.mean(np.abs(err) < 2 * std)),
             "lo": float(ratio.min()), "hi": float(ratio.max()), "first": float(ratio[0]),
             "first_std": float(rmv[0])} | per
 
 
-def fitted(maps: list[tuple[np.ndarray, ...]], idx: np.ndarray, intensity: bool):
-    """The calibration on the validation images ``idx``; below ``MIN_IMAGES`` the intensity
-    fit is forced (what ``microdiff calibrate`` refuses to fit, to show why)."""
+def fitted(maps: list[tuple[np.ndarray, ...]], idx: np.ndarray, intensity: bool, form: str = "scale"):
+    """The calibration (std map ``form``) on the validation images ``idx``; below
+    ``MIN_IMAGES`` the intensity fit is forced (what ``microdiff calibrate`` refuses to fit,
+    to show why)."""
     return fit_maps([maps[i] for i in idx], intensity, min(IC.MIN_IMAGES, len(idx)), tile=32, samples=0,
-                    steps=1, source="benchmark")
+                    steps=1, source="benchmark", form=form)
+
+
+def interval_splits(maps: list[tuple[np.ndarray, ...]], intensity: bool, form: str, seed: int
+                    ) -> list[tuple[float, float]]:
+    """Over SPLITS random halves of the test ``maps``: the whole calibration (gain, std map,
+    interval over images at α = δ = 0.1) fitted on one half as ``microdiff calibrate`` fits
+    it, the other half's pooled miscoverage and mean half-width (normalised units)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(SPLITS):
+        order = rng.permutation(len(maps))
+        half = len(maps) // 2
+        cal = fit_maps([maps[i] for i in order[:half]], intensity, tile=32, samples=0, steps=1,
+                       source="split", unit="image", form=form, alpha=ALPHA)
+        std, err = applied(cal, [maps[i] for i in order[half:]])
+        out.append((float(np.mean(np.abs(err) > cal.interval_factor * std)),
+                    float(cal.interval_factor * std.mean())))
+    return out
 
 
 def real_maps(method: str, seed: int) -> dict[str, list[tuple[np.ndarray, ...]]]:
@@ -109,19 +134,20 @@ def measure(method: str, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     res: dict = {"sizes": {}, "full": {}, "real": {}}
     for n in SIZES:
-        for intensity in (False, True):
-            draws = [np.arange(len(val))] if n >= len(val) else [rng.choice(len(val), n, replace=False)
-                                                                 for _ in range(DRAWS)]
-            res["sizes"][(n, intensity)] = [scores(tnames, *applied(fitted(val, d, intensity), test))
-                                            for d in draws]
+        draws = [np.arange(len(val))] if n >= len(val) else [rng.choice(len(val), n, replace=False)
+                                                             for _ in range(DRAWS)]
+        for variant in VARIANTS:
+            res["sizes"][(n, *variant)] = [scores(tnames, *applied(fitted(val, d, *variant), test))
+                                           for d in draws]
     res["spearman"] = gain_spearman(vnames, val)
+    res["splits"] = {v: interval_splits(test, *v, seed) for v in SPLIT_VARIANTS}
     reals = real_maps(method, seed)
-    for intensity in (False, True):
-        cal = fitted(val, np.arange(len(val)), intensity)
-        res["full"][intensity] = scores(tnames, *applied(cal, test))
+    for variant in VARIANTS:
+        cal = fitted(val, np.arange(len(val)), *variant)
+        res["full"][variant] = scores(tnames, *applied(cal, test))
         for group, maps in reals.items():
             std, err = applied(cal, maps)
-            res["real"][(group, intensity)] = {"mse": float(np.mean(err ** 2)),
+            res["real"][(group, *variant)] = {"mse": float(np.mean(err ** 2)),
                                                "cov": float(np.mean(np.abs(err) < std))}
     return res
 
@@ -138,43 +164,60 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
              "gain and offset regressed on the estimate's 99.8th and 1st percentiles and mean), applied "
              "as `predict` applies it to 256 whole test images (every structure, signal levels 1 and 9). "
              f"Below {IC.MIN_IMAGES} images the package fits no correction; the *forced* rows fit it "
-             "anyway, to show why. MSE in normalised units² × 10³; distance: the largest gap between a "
+             "anyway, to show why. *std map*: the package's default one factor (*scale*) or the monotone "
+             "curve through the ten bins (*binned*, `--form binned`). MSE in normalised units² × 10³; "
+             "distance: the largest gap between a "
              "structure's ±1σ and the pooled one (≤ 0.08 wanted); *meet*: the share of draws × seeds "
              "meeting issue 18's three bounds (pooled ±1σ in [0.63, 0.73], every structure within 0.08, "
              "every bin's RMSE / RMV in [0.8, 1.25]). Mean ± std over draws and seeds.", "",
-             "| N | gain and offset | test MSE | ±1σ pooled | per-structure distance | worst draw's distance "
-             "| meet |", "|---|---|---|---|---|---|---|"]
+             "| N | gain and offset | std map | test MSE | ±1σ pooled | per-structure distance "
+             "| worst draw's distance | bins (median lowest – highest) | meet |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for n in SIZES:
-        for intensity in (False, True):
-            rows = [r for s in seeds for r in results[s]["sizes"][(n, intensity)]]
+        for intensity, form in VARIANTS:
+            rows = [r for s in seeds for r in results[s]["sizes"][(n, intensity, form)]]
             label = ("forced" if n < IC.MIN_IMAGES else "yes") if intensity else "no"
-            lines.append(f"| {n} | {label} | {pm([1e3 * r['mse'] for r in rows])} | "
+            lines.append(f"| {n} | {label} | {form} | {pm([1e3 * r['mse'] for r in rows])} | "
                          f"{pm([r['pooled'] for r in rows])} | {pm([r['dist'] for r in rows])} | "
-                         f"{max(r['dist'] for r in rows):.3f} | {np.mean([r['meets'] for r in rows]):.0%} |")
+                         f"{max(r['dist'] for r in rows):.3f} | {np.median([r['lo'] for r in rows]):.2f} – "
+                         f"{np.median([r['hi'] for r in rows]):.2f} | "
+                         f"{np.mean([r['meets'] for r in rows]):.0%} |")
     lines += ["", "Fitted on all 256 validation images, per seed (±1σ per structure, the bins' RMSE / RMV):",
-              "", "| seed | gain and offset | test MSE | ±1σ | mt | factin | ccp | er | distance | bins | "
-              "lowest-std bin: RMV, RMSE / RMV | all three bounds |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "", "| seed | gain and offset | std map | test MSE | ±1σ | ±2σ | mt | factin | ccp | er "
+              "| distance | bins | lowest-std bin: RMV, RMSE / RMV | all three bounds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in seeds:
-        for intensity in (False, True):
-            r = results[s]["full"][intensity]
-            lines.append(f"| {s} | {'yes' if intensity else 'no'} | {1e3 * r['mse']:.3f} | "
-                         f"{r['pooled']:.3f} | "
+        for intensity, form in VARIANTS:
+            r = results[s]["full"][(intensity, form)]
+            lines.append(f"| {s} | {'yes' if intensity else 'no'} | {form} | {1e3 * r['mse']:.3f} | "
+                         f"{r['pooled']:.3f} | {r['two']:.3f} | "
                          + " | ".join(f"{r[k]:.2f}" for k in CS.STRUCTURES)
                          + f" | {r['dist']:.3f} | {r['lo']:.2f} – {r['hi']:.2f} | "
                          f"{r['first_std']:.4f}, {r['first']:.2f} | {'yes' if r['meets'] else 'no'} |")
+    lines += ["", f"The interval (α = δ = {ALPHA}, whole images as units) over {SPLITS} random half "
+              "splits of the 256 test images: the whole calibration (gain, std map, λ̂) fitted on one half as "
+              "`microdiff calibrate` fits it, measured on the other; the share of splits whose test half's "
+              f"miscoverage is ≤ α (promised: ≥ {1 - ALPHA:.0%}; per seed), the mean miscoverage and the "
+              "mean half-width λ̂·std (normalised units):", "",
+              "| gain and offset | std map | splits held | mean miscoverage | half-width |",
+              "|---|---|---|---|---|"]
+    for intensity, form in SPLIT_VARIANTS:
+        per = {s: np.array(results[s]["splits"][(intensity, form)]) for s in seeds}
+        lines.append(f"| {'yes' if intensity else 'no'} | {form} | "
+                     + ", ".join(f"{np.mean(per[s][:, 0] <= ALPHA):.0%}" for s in seeds)
+                     + f" | {pm([per[s][:, 0].mean() for s in seeds])} | "
+                     f"{pm([per[s][:, 1].mean() for s in seeds])} |")
     rho = {k: pm([results[s]["spearman"][k] for s in seeds], 2) for k in CS.STRUCTURES}
     lines += ["", "Spearman of each validation image's gain with its estimate's 99.8th percentile "
               "(mean ± std over seeds): " + ", ".join(f"{k} {v}" for k, v in rho.items()) + "."]
-    lines += ["", "The same two calibrations (fitted on the 256 simulated validation images) on the real "
+    lines += ["", "The same calibrations (fitted on the 256 simulated validation images) on the real "
               "BioSR crop (one pass; MSE × 10³ and ±1σ; mean ± std over seeds):", "",
-              "| level | MSE without | MSE with | ±1σ without | ±1σ with |", "|---|---|---|---|---|"]
-    for group in sorted({g for s in seeds for g, _ in results[s]["real"]}):
-        cell = {i: [results[s]["real"][(group, i)] for s in seeds] for i in (False, True)}
-        lines.append(f"| {group} | {pm([1e3 * r['mse'] for r in cell[False]])} | "
-                     f"{pm([1e3 * r['mse'] for r in cell[True]])} | "
-                     f"{pm([r['cov'] for r in cell[False]], 2)} | "
-                     f"{pm([r['cov'] for r in cell[True]], 2)} |")
+              "| level | gain and offset | std map | MSE | ±1σ |", "|---|---|---|---|---|"]
+    for group in sorted({k[0] for s in seeds for k in results[s]["real"]}):
+        for intensity, form in VARIANTS:
+            cell = [results[s]["real"][(group, intensity, form)] for s in seeds]
+            lines.append(f"| {group} | {'yes' if intensity else 'no'} | {form} | "
+                         f"{pm([1e3 * r['mse'] for r in cell])} | {pm([r['cov'] for r in cell], 2)} |")
     return "\n".join(lines) + "\n"
 
 

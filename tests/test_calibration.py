@@ -190,3 +190,51 @@ def test_std_targets_match_their_closed_forms_on_gaussian_and_laplace_errors() -
     assert 0.72 < 1 - math.exp(-math.sqrt(2) * math.sqrt(q)) < 0.73  # balanced: ±1σ between the two
     with pytest.raises(ValueError, match="target must be"):
         C.calibration_bins(sigma, gauss, target="mad")
+
+
+def test_binned_form_follows_a_curved_error_scale_the_line_cannot() -> None:
+    """The true error scale g(s) = 0.5·s + 0.3·s² of a std s: the binned map's calibrated
+    std equals g within 3 % at points inside the bins' range, and each bin's RMSE / RMV is
+    within 3 % of 1; the scale form, one factor, is off by more than 10 % at both ends."""
+    rng = np.random.default_rng(2)
+    std = rng.uniform(0.05, 1.0, 400_000)
+    truth = 0.5 * std + 0.3 * std ** 2
+    error = rng.normal(0.0, truth)
+    cal = C.fit_std_calibration(std, error, form="binned")
+    assert cal.knots is not None and len(cal.knots[0]) == 10
+    probe = np.array([0.15, 0.3, 0.5, 0.7, 0.9])
+    np.testing.assert_allclose(cal.apply(probe), 0.5 * probe + 0.3 * probe ** 2, rtol=0.03)
+    rmv, rmse, _ = C.calibration_bins(cal.apply(std), error)
+    np.testing.assert_allclose(rmse / rmv, 1.0, atol=0.03)
+    scale = C.fit_std_calibration(std, error).apply(np.array([0.1, 0.95]))
+    true_ends = np.array([0.053, 0.74075])
+    assert np.all(np.abs(scale / true_ends - 1) > 0.1)
+
+
+def test_binned_knots_are_isotonic_and_extrapolate_in_proportion() -> None:
+    """Bins (RMV 1, 2, 3, 4) with scales (1, 3, 2, 8): the violating pair (3, 2) pools to its
+    mean 2.5; equal RMVs merge. Below the first knot the map is s·y₀/x₀, above the last
+    s·y₋₁/x₋₁, linear in between."""
+    x, y = C.binned_knots(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 8.0]))
+    assert x == (1.0, 2.0, 3.0, 4.0) and y == pytest.approx((1.0, 2.5, 2.5, 8.0))
+    merged = C.binned_knots(np.array([1.0, 1.0, 2.0]), np.array([1.0, 3.0, 4.0]))
+    assert merged == ((1.0, 2.0), pytest.approx((2.0, 4.0)))
+    assert C.binned_knots(np.array([0.0, 2.0, 2.0]), np.array([1.0, 1.0, 1.0])) is None
+    m = C.StdCalibration(knots=(x, y))
+    np.testing.assert_allclose(m.apply(np.array([0.5, 1.5, 2.5, 3.5, 8.0])),
+                               [0.5, 1.75, 2.5, 5.25, 16.0])
+    flat = C.fit_std_calibration(np.full(1000, 2.0), np.random.default_rng(3).normal(0, 0.5, 1000),
+                                 form="binned")  # one distinct knot: falls back to a scale
+    assert flat.knots is None and flat.slope == pytest.approx(0.25, rel=0.1)
+
+
+def test_binned_calibration_round_trips_and_malformed_knots_are_refused() -> None:
+    sigma, error = _known_scale(10 * 64 * 64, 4)
+    maps = list(zip(3.0 * sigma.reshape(10, 64, 64), error.reshape(10, 64, 64), strict=True))
+    cal = C.fit(maps, samples=0, steps=1, source="synthetic", form="binned")
+    assert cal.form == "binned" and cal.std.knots is not None
+    assert C.Calibration.from_dict(cal.to_dict()) == cal
+    assert cal.describe_map().startswith("binned (10 knots, 0.3")
+    bad = cal.to_dict() | {"knots": [[0.1, 0.2], [0.1]]}
+    with pytest.raises(ValueError, match="two equal lists"):
+        C.Calibration.from_dict(bad)

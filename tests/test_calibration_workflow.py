@@ -119,6 +119,7 @@ def test_calibrate_fits_the_gain_from_32_pairs_and_predict_applies_it(model_fold
     assert f"gain and offset: fitted on {MIN_IMAGES} images" in proc.stdout
     cal = read_bundle(model_folder).calibration
     assert cal.intensity is not None and cal.intensity.images == MIN_IMAGES
+    assert cal.form == "binned" and cal.std.knots is not None and "std → binned (" in proc.stdout
     pred = microdiff.load(model_folder)
     x, _ = pred.condition(image, "YX")
     g, _ = cal.intensity.params(pred.predict_normalized(x, 3, 2, seed=3)["mean"][0])
@@ -127,10 +128,12 @@ def test_calibrate_fits_the_gain_from_32_pairs_and_predict_applies_it(model_fold
     assert slope == pytest.approx(g, rel=1e-4) and abs(g - 1) > 1e-3
     np.testing.assert_allclose(corrected.std_raw, raw.std, rtol=1e-6)  # the raw spread, uncorrected
     np.testing.assert_array_equal(pred.predict(image, seed=3, calibrated=False).mean, raw.mean)
-    assert calibrate_folder(model_folder, data, tile=8, progress=False).intensity is None  # opt-in
+    plain = calibrate_folder(model_folder, data, tile=8, progress=False)  # opt-in; one factor without it
+    assert plain.intensity is None and plain.form == "scale" and plain.std.knots is None
     few = tmp_path / "few"
     write_simulated_pairs(few, "mt", 3, 32, level=9, seed=7, progress=False)
-    assert calibrate_folder(model_folder, few, tile=8, progress=False, intensity=True).intensity is None
+    unfitted = calibrate_folder(model_folder, few, tile=8, progress=False, intensity=True)
+    assert unfitted.intensity is None and unfitted.form == "scale"
 
 
 def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> None:
@@ -148,7 +151,7 @@ def test_calibrate_refuses_bad_input_in_one_sentence(model_folder, tmp_path) -> 
     proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--alpha", "1.5")
     assert proc.returncode != 0 and "alpha and delta" in proc.stderr
     proc = _run("calibrate", str(model_folder), str(data), "--tile", "8", "--form", "cubic")
-    assert proc.returncode != 0 and "form must be one of scale, affine" in proc.stderr
+    assert proc.returncode != 0 and "form must be one of auto, scale, affine, binned" in proc.stderr
     proc = _run("predict", str(model_folder), str(data / "input"), "--out", str(tmp_path / "p"), "--raw-std")
     assert proc.returncode != 0 and "not calibrated" in proc.stderr
     reg_cfg = tiny_model_config("learned-exact").model_copy(update={"kind": "regression"})

@@ -3,11 +3,12 @@
 The model samples each held-out input as ``predict`` would (same K, steps, tiling), in
 its normalised target units; against the targets (normalised as in training) they fit the
 estimate's per-image gain and offset (:mod:`microdiff.intensity_calibration`, opt-in, from
-32 images up), then the std map and the conformal interval of :mod:`microdiff.calibration` on
-the corrected errors, stored in the model folder's ``bundle.json``. ``predict``,
-``evaluate``, napari and the BioImage Model Zoo export then use them. The held-out pairs must not be training
-files, and should be like the images the model will be used on: the interval's promise
-holds for images exchangeable with them.
+32 images up), then the std map (by default the binned curve after a gain, else one factor)
+and the conformal interval of :mod:`microdiff.calibration` on the corrected errors, stored in
+the model folder's ``bundle.json``. ``predict``, ``evaluate``, napari and the BioImage Model
+Zoo export then use them. The held-out pairs must not be training files, and should be like
+the images the model will be used on: the interval's promise holds for images exchangeable
+with them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .intensity_calibration import MIN_IMAGES, fit_intensity
 from .predictor import Predictor, load
 
 Maps = list[tuple[np.ndarray, np.ndarray, np.ndarray]]  # (std, estimate, target) 2-D maps
+FORMS = ("auto", *STD_FORMS)  # auto: binned after a fitted gain, scale otherwise (see fit_maps)
 
 
 def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], samples: int,
@@ -48,27 +50,33 @@ def held_out_maps(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.n
     return maps
 
 
-def fit_maps(maps: Maps, intensity: bool = False, min_images: int = MIN_IMAGES, **fit_options) -> Calibration:
+def fit_maps(maps: Maps, intensity: bool = False, min_images: int = MIN_IMAGES, form: str = "auto",
+             **fit_options) -> Calibration:
     """:func:`microdiff.calibration.fit` on held-out :func:`held_out_maps`; with
     ``intensity``, first the estimate's per-image gain and offset
     (:func:`~microdiff.intensity_calibration.fit_intensity`, from ``min_images`` maps up), and the
-    std map and interval
-    are then fitted to the corrected estimate's errors and std, as ``predict`` applies them."""
+    std map and interval are then fitted to the corrected estimate's errors and std, as
+    ``predict`` applies them. ``form="auto"``: the binned std map when the gain was fitted
+    (the gain leaves the darkest pixels' error above their std, which one factor cannot
+    fix and the bins' curve does), one factor otherwise (steadier on few images without
+    it; docs/benchmarks.md, *The estimate's gain per image*)."""
     if not maps:
         raise ValueError("no held-out images to calibrate on")
     ic = fit_intensity([m for _, m, _ in maps], [t for _, _, t in maps], min_images) if intensity else None
+    if form == "auto":
+        form = "binned" if ic is not None else "scale"
     pairs = []
     for std, mean, target in maps:
         if ic is not None:
             mean, std, _ = ic.apply(mean, std)
         pairs.append((std, mean - target))
-    return dataclasses.replace(fit(pairs, **fit_options), intensity=ic)
+    return dataclasses.replace(fit(pairs, form=form, **fit_options), intensity=ic)
 
 
 def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarray]], source: str,
               samples: int | None = None, steps: int | None = None, seed: int = 0, alpha: float = 0.1,
               delta: float = 0.1, tile: int = 32, progress: bool = False, unit: str | None = None,
-              form: str = "scale", intensity: bool = False) -> Calibration:
+              form: str = "auto", intensity: bool = False) -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
     ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's, ``unit`` to
     :func:`microdiff.calibration.default_unit` of its std; ``unit`` and ``form`` as
@@ -84,8 +92,8 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
     unit = default_unit(s.uncertainty) if unit is None else unit
     if unit not in UNITS:
         raise UserError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
-    if form not in STD_FORMS:
-        raise UserError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
+    if form not in FORMS:
+        raise UserError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
     samples = (0 if predictor.one_pass else s.samples) if samples is None else samples  # μ, σ: no samples
     steps = steps or s.steps
     if samples == 0 and not predictor.one_pass:
@@ -125,7 +133,7 @@ def folder_pairs(predictor: Predictor, data: Path) -> list[tuple[torch.Tensor, n
 
 def calibrate_folder(model: Path, data: Path, samples: int | None = None, steps: int | None = None,
                      seed: int = 0, alpha: float = 0.1, delta: float = 0.1, tile: int = 32,
-                     progress: bool = True, unit: str | None = None, form: str = "scale",
+                     progress: bool = True, unit: str | None = None, form: str = "auto",
                      intensity: bool = False) -> Calibration:
     """Calibrate the model folder ``model`` on the paired folder ``data`` and store the result
     in its ``bundle.json``."""

@@ -2,7 +2,8 @@
 
 Two promises, fitted on held-out pairs (never the training files):
 
-* a **calibrated std**: ``std_cal = slope · std + offset`` fitted so that, in equal-count
+* a **calibrated std**: ``std_cal = slope · std + offset`` (or a monotone curve through the
+  bins, ``form="binned"``) fitted so that, in equal-count
   bins of the predicted std, the root-mean-square error matches the root-mean-variance
   (RMSE ≈ RMV: the binned fit CAREamics uses for its samples). After it ``NAME_std.tif``
   is in the units of the error it predicts.
@@ -43,18 +44,27 @@ class Uncertifiable(ValueError):
 
 @dataclass(frozen=True)
 class StdCalibration:
-    """``std_cal = max(slope · std + offset, STD_FLOOR)`` (target units)."""
+    """``std_cal = max(slope · std + offset, STD_FLOOR)`` (target units); with ``knots``
+    (rmv, scale), the binned form: the piecewise-linear curve through the knots, and beyond
+    the first or last knot the ratio scale / rmv of that knot (so std 0 maps to 0)."""
 
     slope: float = 1.0
     offset: float = 0.0
+    knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def apply(self, std: np.ndarray) -> np.ndarray:
-        return np.maximum(self.slope * np.asarray(std, dtype=np.float64) + self.offset, STD_FLOOR)
+        s = np.asarray(std, dtype=np.float64)
+        if self.knots is None:
+            return np.maximum(self.slope * s + self.offset, STD_FLOOR)
+        x, y = (np.asarray(k, dtype=np.float64) for k in self.knots)
+        inside = np.interp(s, x, y)
+        out = np.where(s < x[0], s * (y[0] / x[0]), np.where(s > x[-1], s * (y[-1] / x[-1]), inside))
+        return np.maximum(out, STD_FLOOR)
 
 
 ONE_SIGMA = 0.6827  # the fraction of a Gaussian within ±1σ
 STD_TARGETS = ("rms", "coverage", "balanced")
-STD_FORMS = ("scale", "affine")  # std → k·std, or std → a·std + b
+STD_FORMS = ("scale", "affine", "binned")  # std → k·std, a·std + b, or a monotone curve through the bins
 
 
 def calibration_bins(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: float = 0.95,
@@ -93,11 +103,19 @@ def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep
     additive bias but, fitted on a few images, can bend the low-std bins far off
     (docs/benchmarks.md, *How many images calibration needs*); a line with a non-positive
     slope (the std does not rank the error at all) falls back to a pure scale,
-    slope = √(Σe² / Σs²), offset 0."""
+    slope = √(Σe² / Σs²), offset 0. ``"binned"``: the curve through the bins' (RMV, scale)
+    points, the scales made non-decreasing in the std by isotonic regression (equal weights:
+    the bins hold equal counts), so that each bin's ratio is 1 on the calibration pixels
+    whatever the shape of the miscalibration (CAREamics' binned fit, made a monotone map);
+    ten parameters, so it wants many held-out images (*How many images calibration needs*)."""
     if form not in STD_FORMS:
         raise ValueError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
     rmv, scale, _ = calibration_bins(std, error, bins, keep, target)
-    if form == "scale":
+    if form == "binned":
+        knots = binned_knots(rmv, scale)
+        if knots is not None:
+            return StdCalibration(knots=knots)
+    elif form == "scale":
         ok = (rmv > 0) & (scale > 0)
         if ok.any():
             return StdCalibration(float(np.exp(np.mean(np.log(scale[ok] / rmv[ok])))), 0.0)
@@ -107,6 +125,23 @@ def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep
             return StdCalibration(float(slope), float(offset))
     s, e = np.ravel(std).astype(np.float64), np.ravel(error).astype(np.float64)
     return StdCalibration(float(math.sqrt(np.sum(e ** 2) / max(np.sum(s ** 2), 1e-300))), 0.0)
+
+
+def binned_knots(rmv: np.ndarray, scale: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The binned form's knots: bins with RMV > 0, equal RMVs merged (mean scale), scales
+    made non-decreasing (isotonic regression); None when fewer than two distinct positive
+    knots remain (then the caller falls back to a scale)."""
+    from scipy.optimize import isotonic_regression
+
+    ok = rmv > 0
+    x, inverse = np.unique(rmv[ok], return_inverse=True)
+    if x.size < 2:
+        return None
+    y = np.bincount(inverse, weights=scale[ok]) / np.bincount(inverse)
+    y = isotonic_regression(y, weights=np.bincount(inverse).astype(np.float64)).x
+    if y[-1] <= 0:
+        return None
+    return tuple(float(v) for v in x), tuple(float(v) for v in y)
 
 
 def hoeffding_bentkus_p(risk: float, n: int, alpha: float) -> float:
@@ -269,6 +304,7 @@ class Calibration:
                 "source": self.source, "images": self.images, "pixels": self.pixels, "units": self.units,
                 "date": self.date, "coverage_1sigma_before": self.coverage_before,
                 "coverage_1sigma_after": self.coverage_after,
+                "knots": None if self.std.knots is None else [list(k) for k in self.std.knots],
                 "intensity": None if self.intensity is None else self.intensity.to_dict()}
 
     @classmethod
@@ -276,8 +312,12 @@ class Calibration:
         """Inverse of :meth:`to_dict` (``KeyError``/``TypeError``/``ValueError`` when malformed)."""
         if d.get("method") != "binned-linear":
             raise ValueError(f"unknown calibration method {d.get('method')!r}")
-        factor = d["interval_factor"]
-        return cls(StdCalibration(float(d["slope"]), float(d["offset"])),
+        factor, knots = d["interval_factor"], d.get("knots")
+        if knots is not None:
+            knots = tuple(tuple(float(v) for v in k) for k in knots)
+            if len(knots) != 2 or len(knots[0]) != len(knots[1]) or len(knots[0]) < 2:
+                raise ValueError("the binned std map needs two equal lists of at least two knots")
+        return cls(StdCalibration(float(d["slope"]), float(d["offset"]), knots),
                    None if factor is None else float(factor), float(d["alpha"]), float(d["delta"]),
                    int(d["tile"]), int(d["samples"]), int(d["steps"]), str(d["source"]), int(d["images"]),
                    int(d["pixels"]), int(d["units"]), str(d["date"]),
@@ -287,7 +327,11 @@ class Calibration:
                    None if d.get("intensity") is None else IntensityCalibration.from_dict(d["intensity"]))
 
     def describe_map(self) -> str:
-        """The fitted std map, e.g. ``1.08·std`` (scale) or ``0.9·std + 0.002`` (affine)."""
+        """The fitted std map, e.g. ``1.08·std`` (scale), ``0.9·std + 0.002`` (affine) or
+        ``binned (10 knots, 0.92–1.31·std)``."""
+        if self.std.knots is not None:
+            ratio = np.divide(*(np.asarray(k) for k in self.std.knots[::-1]))
+            return f"binned ({ratio.size} knots, {ratio.min():.3g}–{ratio.max():.3g}·std)"
         return f"{self.std.slope:.3g}·std" + (f" + {self.std.offset:.3g}" if self.form == "affine" else "")
 
     def describe_draws(self) -> str:
