@@ -132,7 +132,7 @@ def measure(method: str, seed: int) -> dict:
     vnames, val = triples(method, seed, "val")
     tnames, test = triples(method, seed, "test")
     rng = np.random.default_rng(seed)
-    res: dict = {"sizes": {}, "full": {}, "real": {}}
+    res: dict = {"sizes": {}, "full": {}, "real": {}, "bins": {}}
     for n in SIZES:
         draws = [np.arange(len(val))] if n >= len(val) else [rng.choice(len(val), n, replace=False)
                                                              for _ in range(DRAWS)]
@@ -144,12 +144,52 @@ def measure(method: str, seed: int) -> dict:
     reals = real_maps(method, seed)
     for variant in VARIANTS:
         cal = fitted(val, np.arange(len(val)), *variant)
-        res["full"][variant] = scores(tnames, *applied(cal, test))
+        std, err = applied(cal, test)
+        res["full"][variant] = scores(tnames, std, err)
+        res["bins"][variant] = calibration_bins(std.ravel(), err.ravel())[:2]
         for group, maps in reals.items():
             std, err = applied(cal, maps)
             res["real"][(group, *variant)] = {"mse": float(np.mean(err ** 2)),
                                                "cov": float(np.mean(np.abs(err) < std))}
     return res
+
+
+def figure(method: str, results: dict[int, dict]) -> str:
+    """docs/img/intensity_calibration_METHOD.png: the bins' RMSE against RMV on the test images
+    (256-image fits; the default and gain + binned) and the interval's split distribution;
+    returns its path relative to docs/."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 4.0), dpi=120)
+    top = 0.0
+    for seed, r in results.items():
+        for variant, style in zip(SPLIT_VARIANTS, ("o--", "s-"), strict=True):
+            rmv, rmse = r["bins"][variant]
+            label = f"seed {seed}, " + ("gain + binned" if variant[0] else "scale (default)")
+            axes[0].plot(rmv, rmse, style, ms=4, color=f"C{seed}", alpha=0.85, label=label)
+            top = max(top, rmv.max(), rmse.max())
+    axes[0].plot([0, top], [0, top], "k:", lw=1, label="ideal")
+    for k in (0.8, 1.25):
+        axes[0].plot([0, top], [0, k * top], color="0.7", lw=0.8)
+    axes[0].set(xlabel="RMV: root-mean calibrated variance (bin)", ylabel="RMSE of the estimate (bin)",
+                title="256 test images, 10 bins of the std", xscale="log", yscale="log")
+    axes[0].legend(fontsize=6)
+    for seed, r in results.items():
+        for variant, hatch in zip(SPLIT_VARIANTS, ("", "//"), strict=True):
+            axes[1].hist([m for m, _ in r["splits"][variant]], bins=20, alpha=0.45, color=f"C{seed}",
+                         hatch=hatch, label=f"seed {seed}, " + ("gain + binned" if variant[0] else "scale"))
+    axes[1].axvline(ALPHA, color="k", ls=":", label=f"α = {ALPHA}")
+    axes[1].set(xlabel="miscoverage on the test half", ylabel=f"splits (of {SPLITS})",
+                title="per-image interval, 100 half splits")
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    name = f"img/intensity_calibration_{method}.png"
+    fig.savefig(P.ROOT / "docs" / name)
+    plt.close(fig)
+    return name
 
 
 def report(args, results: dict[int, dict], seconds: float) -> str:
@@ -207,6 +247,7 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
                      + ", ".join(f"{np.mean(per[s][:, 0] <= ALPHA):.0%}" for s in seeds)
                      + f" | {pm([per[s][:, 0].mean() for s in seeds])} | "
                      f"{pm([per[s][:, 1].mean() for s in seeds])} |")
+    lines += ["", f"![the bins and the interval's splits]({figure(args.method, results)})"]
     rho = {k: pm([results[s]["spearman"][k] for s in seeds], 2) for k in CS.STRUCTURES}
     lines += ["", "Spearman of each validation image's gain with its estimate's 99.8th percentile "
               "(mean ± std over seeds): " + ", ".join(f"{k} {v}" for k, v in rho.items()) + "."]
