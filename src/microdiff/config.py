@@ -223,7 +223,8 @@ class TrainConfig(_Strict):
     val_steps: int = Field(20, ge=1, description="sampling steps of validation")
     val_samples: int = Field(4, ge=0, description="posterior samples of validation (0: one pass)")
     calibrate: bool = Field(True, description="at the end, calibrate std and interval on held-out images")
-    calibrate_intensity: bool = Field(False, description="the final calibration also fits the gain per image")
+    calibrate_intensity: bool = Field(False, description="the final calibration also fits the gain per image "
+                                             "(and then the binned std map)")
 
 
 class SampleConfig(_Strict):
