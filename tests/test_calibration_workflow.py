@@ -49,7 +49,8 @@ def test_calibration_round_trips_through_the_bundle(model_folder) -> None:
     new = replace(CAL, unit="image", interval_method="conformal", target="balanced", form="scale")
     write_calibration(model_folder, new)
     assert read_bundle(model_folder).calibration == new
-    older = {k: v for k, v in new.to_dict().items() if k not in ("unit", "interval_method", "target", "form")}
+    older = {k: v for k, v in new.to_dict().items()
+             if k not in ("unit", "interval_method", "target", "form", "knots", "intensity")}
     assert Calibration.from_dict(older) == replace(new, unit="tile", interval_method="rcps", target="rms",
                                                    form="affine")
     write_calibration(model_folder, None)
@@ -206,3 +207,39 @@ def test_montage_marks_where_the_target_leaves_the_interval() -> None:
     expected[:4] = 1.0
     assert len(panels) == 6
     np.testing.assert_array_equal(panels[5], expected)
+
+
+def test_demo_report_applies_the_gain_before_the_std_map() -> None:
+    """The demo's metrics and montage of a calibrated model with a per-image gain (g = 1.5,
+    c = 0.1 for every image) and a binned std map use g · mean + c with the map of g · std,
+    as `predict` writes them, not the map of the raw std (the metrics match intensities
+    affinely, so the montage's std panel, std · |matching slope|, tells the two apart)."""
+    from microdiff import metrics
+    from microdiff.config import Config
+    from microdiff.data.datasets import Pair
+    from microdiff.demo import _evaluate
+    from microdiff.evaluation import image_metrics
+    from microdiff.intensity_calibration import IntensityCalibration
+
+    cfg = Config()
+    cfg.model = tiny_model_config("learned-exact")
+    cfg.sample.steps, cfg.sample.samples = 2, 2
+    torch.manual_seed(0)
+    model = CVDM.from_config(cfg.model)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(1, 32, 32, generator=g), torch.rand(1, 32, 32, generator=g)
+    inf = float("inf")
+    gain = IntensityCalibration((1.5, 0, 0, 0), (0.1, 0, 0, 0), (-inf,) * 4, (inf,) * 4, 32)
+    curve = StdCalibration(knots=((100.0, 1000.0), (10.0, 2000.0)))  # the untrained model's std: 10–1000
+    rows, _, _, stack = _evaluate(model, cfg, [Pair("mt_0", x[:, ::2, ::2], x, y, 2)],
+                                  replace(CAL, std=curve, intensity=gain))
+    with torch.no_grad():
+        seeded = torch.Generator().manual_seed(cfg.train.seed)
+        res = model.sample(x[None], steps=2, samples=2, generator=seeded, **cfg.sample.options())
+    mean, std, target = (a[0, 0].double().numpy() for a in (res.mean, res.std, y[None]))
+    want = image_metrics(1.5 * mean + 0.1, target, None, curve.apply(1.5 * std))
+    assert rows[0]["coverage_1sigma"] == pytest.approx(want["coverage_1sigma"])
+    slope = abs(metrics.affine_fit(1.5 * mean + 0.1, target)[0])
+    np.testing.assert_allclose(stack[0][2], curve.apply(1.5 * std) * slope, rtol=1e-4, atol=1e-7)
+    plain = curve.apply(std) * abs(metrics.affine_fit(mean, target)[0])  # the map of the raw std
+    assert np.median(np.abs(stack[0][2] / plain - 1)) > 0.05

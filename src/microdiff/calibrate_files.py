@@ -79,8 +79,8 @@ def calibrate(predictor: Predictor, pairs: Iterable[tuple[torch.Tensor, np.ndarr
               form: str = "auto", intensity: bool = False) -> Calibration:
     """Fit a :class:`~microdiff.calibration.Calibration` of ``predictor``'s model on held-out
     ``pairs`` (see :func:`held_out_maps`); K and steps default to the bundle's, ``unit`` to
-    :func:`microdiff.calibration.default_unit` of its std; ``unit`` and ``form`` as
-    :func:`microdiff.calibration.fit`, ``intensity`` as :func:`fit_maps` (only for a
+    :func:`microdiff.calibration.default_unit` of its std; ``unit`` as
+    :func:`microdiff.calibration.fit`, ``form`` and ``intensity`` as :func:`fit_maps` (the latter only for a
     task whose targets are normalised per image, :attr:`Task.target_self_normalised`)."""
     if not predictor.model.generative:
         raise UserError("this model is a regression baseline: it has no std to calibrate")

@@ -48,9 +48,18 @@ class StdCalibration:
     (rmv, scale), the binned form: the piecewise-linear curve through the knots, and beyond
     the first or last knot the ratio scale / rmv of that knot (so std 0 maps to 0)."""
 
-    slope: float = 1.0
+    slope: float = 1.0  # the binned form keeps its one-factor fit here (what older readers apply)
     offset: float = 0.0
     knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.knots is not None:
+            x, y = (np.asarray(k, dtype=np.float64) for k in self.knots)
+            if not (x.ndim == y.ndim == 1 and x.size == y.size >= 2 and np.all(np.isfinite(x))
+                    and np.all(np.isfinite(y)) and x[0] > 0 and np.all(np.diff(x) > 0) and y[0] >= 0
+                    and np.all(np.diff(y) >= 0)):
+                raise ValueError("the binned std map needs two equal lists of at least two finite knots, the "
+                                 "std's positive and increasing, the error's non-negative and non-decreasing")
 
     def apply(self, std: np.ndarray) -> np.ndarray:
         s = np.asarray(std, dtype=np.float64)
@@ -105,21 +114,19 @@ def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep
     slope (the std does not rank the error at all) falls back to a pure scale,
     slope = √(Σe² / Σs²), offset 0. ``"binned"``: the curve through the bins' (RMV, scale)
     points, the scales made non-decreasing in the std by isotonic regression (equal weights:
-    the bins hold equal counts), so that each bin's ratio is 1 on the calibration pixels
-    whatever the shape of the miscalibration (CAREamics' binned fit, made a monotone map);
-    ten parameters, so it wants many held-out images (*How many images calibration needs*)."""
+    the bins hold equal counts), which puts each bin's ratio close to 1 on the calibration
+    pixels wherever the bins are monotone, whatever the shape of the miscalibration
+    (CAREamics' binned fit, made a monotone map); ten parameters, so it wants many held-out
+    images (*How many images calibration needs*)."""
     if form not in STD_FORMS:
         raise ValueError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
     rmv, scale, _ = calibration_bins(std, error, bins, keep, target)
-    if form == "binned":
-        knots = binned_knots(rmv, scale)
-        if knots is not None:
-            return StdCalibration(knots=knots)
-    elif form == "scale":
-        ok = (rmv > 0) & (scale > 0)
-        if ok.any():
-            return StdCalibration(float(np.exp(np.mean(np.log(scale[ok] / rmv[ok])))), 0.0)
-    elif np.ptp(rmv) > 0:
+    ok = (rmv > 0) & (scale > 0) & np.isfinite(rmv) & np.isfinite(scale)
+    if form in ("scale", "binned") and ok.any():
+        k = float(np.exp(np.mean(np.log(scale[ok] / rmv[ok]))))
+        knots = binned_knots(rmv[ok], scale[ok]) if form == "binned" else None
+        return StdCalibration(k, 0.0, knots)
+    if form == "affine" and np.ptp(rmv) > 0:
         slope, offset = np.polyfit(rmv, scale, 1)
         if slope > 0:
             return StdCalibration(float(slope), float(offset))
@@ -128,19 +135,18 @@ def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep
 
 
 def binned_knots(rmv: np.ndarray, scale: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The binned form's knots: bins with RMV > 0, equal RMVs merged (mean scale), scales
-    made non-decreasing (isotonic regression); None when fewer than two distinct positive
-    knots remain (then the caller falls back to a scale)."""
+    """The binned form's knots from bins with positive, finite RMV and scale: equal RMVs
+    merged (the RMS of their scales, weighted by their count), scales made non-decreasing
+    (isotonic regression, SciPy ≥ 1.12); None when fewer than two distinct knots remain (the
+    one factor is then the map)."""
     from scipy.optimize import isotonic_regression
 
-    ok = rmv > 0
-    x, inverse = np.unique(rmv[ok], return_inverse=True)
+    x, inverse = np.unique(rmv, return_inverse=True)
     if x.size < 2:
         return None
-    y = np.bincount(inverse, weights=scale[ok]) / np.bincount(inverse)
-    y = isotonic_regression(y, weights=np.bincount(inverse).astype(np.float64)).x
-    if y[-1] <= 0:
-        return None
+    counts = np.bincount(inverse).astype(np.float64)
+    y = np.sqrt(np.bincount(inverse, weights=scale ** 2) / counts)
+    y = np.maximum.accumulate(isotonic_regression(y, weights=counts).x)  # exact under rounding
     return tuple(float(v) for v in x), tuple(float(v) for v in y)
 
 
@@ -315,8 +321,8 @@ class Calibration:
         factor, knots = d["interval_factor"], d.get("knots")
         if knots is not None:
             knots = tuple(tuple(float(v) for v in k) for k in knots)
-            if len(knots) != 2 or len(knots[0]) != len(knots[1]) or len(knots[0]) < 2:
-                raise ValueError("the binned std map needs two equal lists of at least two knots")
+            if len(knots) != 2:
+                raise ValueError("the binned std map needs two lists of knots (std, error)")
         return cls(StdCalibration(float(d["slope"]), float(d["offset"]), knots),
                    None if factor is None else float(factor), float(d["alpha"]), float(d["delta"]),
                    int(d["tile"]), int(d["samples"]), int(d["steps"]), str(d["source"]), int(d["images"]),

@@ -184,8 +184,8 @@ def calibrate(
                                                    "variance-head std, tile for the samples' spread")] = None,
     form: Annotated[str, typer.Option(help="std map: scale (std → k·std, stable on few images), affine "
                                             "(std → a·std + b), binned (a monotone curve through ten "
-                                            "bins of the std; wants 64+ images) or auto (binned with "
-                                            "--intensity's gain, else scale)")] = "auto",
+                                            "bins of the std; on its own it wants many images) or auto "
+                                            "(binned after --intensity's gain, else scale)")] = "auto",
     intensity: Annotated[bool, typer.Option(help="also fit the estimate's per-image gain and offset "
                                                  "(opt-in; needs 32 or more held-out images; see the "
                                                  "guide)")] = False,

@@ -140,6 +140,8 @@ def _evaluate(model: ImageModel, cfg: Config, pairs: list[Pair], cal: Calibratio
         raw = {}
         if cal is not None and model.generative:
             raw = {"coverage_1sigma_raw": image_metrics(mean, y, px, std)["coverage_1sigma"]}
+            if cal.intensity is not None:  # as predict applies it: gain and offset, then the std map
+                mean, std, _ = cal.intensity.apply(mean, std)
             std = cal.std.apply(std)
         rows.append({"image": p.name, "structure": structure, "method": method,
                      **image_metrics(mean, y, px, std if model.generative else None), **raw})
