@@ -74,7 +74,7 @@ def scores(names: list[str], std: np.ndarray, err: np.ndarray) -> dict[str, floa
     return {"mse": float(np.mean(err ** 2)), "pooled": pooled, "dist": dist, "meets": float(meets),
             "two": float(np.mean(np.abs(err) < 2 * std)),
             "lo": float(ratio.min()), "hi": float(ratio.max()), "first": float(ratio[0]),
-            "first_std": float(rmv[0])} | per
+            "first_std": float(rmv[0]), "bins": (rmv, rmse)} | per
 
 
 def fitted(maps: list[tuple[np.ndarray, ...]], idx: np.ndarray, intensity: bool, form: str = "scale"):
@@ -134,7 +134,7 @@ def measure(method: str, seed: int) -> dict:
     vnames, val = triples(method, seed, "val")
     tnames, test = triples(method, seed, "test")
     rng = np.random.default_rng(seed)
-    res: dict = {"sizes": {}, "full": {}, "real": {}, "bins": {}}
+    res: dict = {"sizes": {}, "full": {}, "real": {}}
     for n in SIZES:
         draws = [np.arange(len(val))] if n >= len(val) else [rng.choice(len(val), n, replace=False)
                                                              for _ in range(DRAWS)]
@@ -146,9 +146,7 @@ def measure(method: str, seed: int) -> dict:
     reals = real_maps(method, seed)
     for variant in VARIANTS:
         cal = fitted(val, np.arange(len(val)), *variant)
-        std, err = applied(cal, test)
-        res["full"][variant] = scores(tnames, std, err)
-        res["bins"][variant] = calibration_bins(std.ravel(), err.ravel())[:2]
+        res["full"][variant] = scores(tnames, *applied(cal, test))
         for group, maps in reals.items():
             std, err = applied(cal, maps)
             res["real"][(group, *variant)] = {"mse": float(np.mean(err ** 2)),
@@ -169,7 +167,7 @@ def figure(method: str, results: dict[int, dict]) -> str:
     top = 0.0
     for seed, r in results.items():
         for variant, style in zip(SPLIT_VARIANTS, ("o--", "s-"), strict=True):
-            rmv, rmse = r["bins"][variant]
+            rmv, rmse = r["full"][variant]["bins"]
             label = f"seed {seed}, " + ("gain + binned" if variant[0] else "scale (default)")
             axes[0].plot(rmv, rmse, style, ms=4, color=f"C{seed}", alpha=0.85, label=label)
             top = max(top, rmv.max(), rmse.max())
