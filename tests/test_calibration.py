@@ -212,25 +212,28 @@ def test_binned_form_follows_a_curved_error_scale_the_line_cannot() -> None:
 
 
 def test_binned_knots_are_isotonic_and_extrapolate_in_proportion() -> None:
-    """Bins (RMV 1, 2, 3, 4) with scales (2, 6, 4, 16): the violating pair (6, 4) pools to its
-    mean 5. Equal RMVs merge into one knot, the RMS of their scales, weighted by their count
-    when pooled: (2, 2) at RMV 1 then 1 at RMV 2 pool to (2·2 + 1)/3. Below the first knot the
-    map is s·y₀/x₀, above the last s·y₋₁/x₋₁, linear in between."""
+    """Bins (RMV 1, 2, 3, 4) with scales (2, 6, 4, 16): the violating pair (6, 4) pools to the
+    RMS of its scales, √26 (the pooled bins' RMSE; the arithmetic mean 5 would be 2 % low). Equal
+    RMVs merge into one knot, the RMS of their scales, weighted by their count when pooled: (2, 2)
+    at RMV 1 then 1 at RMV 2 pool to √((2·2² + 1²)/3) = √3. Below the first knot the map is
+    s·y₀/x₀, above the last s·y₋₁/x₋₁, linear in between."""
     x, y = C.binned_knots(np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 6.0, 4.0, 16.0]))
-    assert x == (1.0, 2.0, 3.0, 4.0) and y == pytest.approx((2.0, 5.0, 5.0, 16.0))
+    r = math.sqrt(26.0)
+    assert x == (1.0, 2.0, 3.0, 4.0) and y == pytest.approx((2.0, r, r, 16.0))
     merged = C.binned_knots(np.array([1.0, 1.0, 2.0]), np.array([1.0, 3.0, 4.0]))
     assert merged == ((1.0, 2.0), pytest.approx((math.sqrt(5.0), 4.0)))
     pooled = C.binned_knots(np.array([1.0, 1.0, 2.0]), np.array([2.0, 2.0, 1.0]))
-    assert pooled == ((1.0, 2.0), pytest.approx((5 / 3, 5 / 3)))
+    assert pooled == ((1.0, 2.0), pytest.approx((math.sqrt(3.0), math.sqrt(3.0))))
     assert C.binned_knots(np.array([2.0, 2.0]), np.array([1.0, 3.0])) is None
     m = C.StdCalibration(knots=(x, y))
-    np.testing.assert_allclose(m.apply(np.array([0.5, 1.5, 2.5, 3.5, 8.0])), [1.0, 3.5, 5.0, 10.5, 32.0])
+    np.testing.assert_allclose(m.apply(np.array([0.5, 1.5, 2.5, 3.5, 8.0])),
+                               [1.0, (2.0 + r) / 2, r, (r + 16.0) / 2, 32.0])
 
 
 def test_binned_fit_keeps_a_factor_and_ignores_empty_or_broken_bins() -> None:
-    """The binned form stores the scale form's factor as its slope (what a reader without knots
-    applies); bins with a zero or non-finite error scale give no knot; one distinct knot falls
-    back to that factor."""
+    """The binned form stores the scale form's factor as its slope (a summary of the map); bins
+    with a zero or non-finite error scale give no knot; one distinct knot falls back to that
+    factor."""
     sigma, error = _known_scale(50_000, 5)
     binned = C.fit_std_calibration(2.0 * sigma, error, form="binned")
     assert binned.slope == pytest.approx(C.fit_std_calibration(2.0 * sigma, error).slope, rel=1e-12)
@@ -250,9 +253,14 @@ def test_binned_calibration_round_trips_and_malformed_knots_are_refused() -> Non
     cal = C.fit(maps, samples=0, steps=1, source="synthetic", form="binned")
     assert cal.form == "binned" and cal.std.knots is not None
     assert C.Calibration.from_dict(cal.to_dict()) == cal
+    # readers from before the knots know only "binned-linear": they refuse the curve, not misapply it
+    assert cal.to_dict()["method"] == C.BINNED_METHOD != "binned-linear"
+    assert C.Calibration.from_dict(cal.to_dict() | {"method": "binned-linear"}) == cal  # 2026-12-07 bundles
+    with pytest.raises(ValueError, match="needs its knots"):
+        C.Calibration.from_dict(cal.to_dict() | {"knots": None})
     assert cal.describe_map().startswith("binned (10 knots, 0.3")
     for knots in ([[0.1, 0.2], [0.1]], [[0.1], [0.1]], [[0.2, 0.1], [0.1, 0.2]], [[0.1, 0.2], [0.2, 0.1]],
-                  [[0.1, float("nan")], [0.1, 0.2]], [[0.0, 0.1], [0.1, 0.2]]):
+                  [[0.1, float("nan")], [0.1, 0.2]], [[0.0, 0.1], [0.1, 0.2]], [[0.1, 0.2], [0.0, 0.0]]):
         with pytest.raises(ValueError, match="two equal lists"):
             C.Calibration.from_dict(cal.to_dict() | {"knots": knots})
     with pytest.raises(ValueError, match="two lists of knots"):

@@ -128,6 +128,13 @@ def test_calibrate_fits_the_gain_from_32_pairs_and_predict_applies_it(model_fold
     slope, _ = np.polyfit(raw.mean.ravel(), corrected.mean.ravel(), 1)
     assert slope == pytest.approx(g, rel=1e-4) and abs(g - 1) > 1e-3
     np.testing.assert_allclose(corrected.std_raw, raw.std, rtol=1e-6)  # the raw spread, uncorrected
+    # the std map applies to the gain-corrected std, as it was fitted: f(g·s), not g·f(s)
+    s_norm = pred.predict_normalized(x, 3, 2, seed=3)["std"][0]
+    to_physical = float(np.median(raw.std / s_norm))
+    np.testing.assert_allclose(raw.std, to_physical * s_norm, rtol=1e-4)  # a pure scale between units
+    expected = to_physical * cal.std.apply(g * s_norm)
+    np.testing.assert_allclose(corrected.std, expected, rtol=1e-4)
+    assert np.max(np.abs(to_physical * g * cal.std.apply(s_norm) / expected - 1)) > 1e-3  # order matters
     np.testing.assert_array_equal(pred.predict(image, seed=3, calibrated=False).mean, raw.mean)
     plain = calibrate_folder(model_folder, data, tile=8, progress=False)  # opt-in; one factor without it
     assert plain.intensity is None and plain.form == "scale" and plain.std.knots is None

@@ -118,6 +118,26 @@ def test_fit_maps_fits_the_std_to_the_corrected_errors() -> None:
     assert corrected.std.apply(one)[0] == pytest.approx(0.002, rel=0.3)  # the remaining noise
 
 
+def test_fit_maps_fits_the_std_map_on_the_gain_corrected_std() -> None:
+    """Errors left after the gain with a spread of half the corrected std g·s: the binned map
+    fitted on (g·s, error) is f(u) ≈ u / 2. Fitted on the uncorrected s instead, it would be
+    ≈ g·s / 2, off by the gains (1.24–1.48 here)."""
+    from microdiff.calibrate_files import fit_maps
+
+    rng = np.random.default_rng(8)
+    maps = []
+    for _ in range(48):
+        e = _estimate(rng, rng.uniform(0.2, 0.6), 64)
+        g, c = _true_gain(e)
+        std = rng.uniform(0.005, 0.03, e.shape)
+        maps.append((std, e, g * e + c + rng.normal(0, 1, e.shape) * 0.5 * g * std))
+    cal = fit_maps(maps, intensity=True, tile=16, samples=2, steps=3, source="t")
+    assert cal.form == "binned" and cal.std.knots is not None and len(cal.std.knots[0]) >= 5
+    x, y = (np.asarray(k) for k in cal.std.knots)
+    assert x.min() > 1.2 * 0.005 and x.max() < 1.5 * 0.03  # the knots sit on the corrected std g·s
+    np.testing.assert_allclose(y / x, 0.5, rtol=0.1)
+
+
 def test_predictor_applies_it_per_channel_and_to_samples() -> None:
     from microdiff.predictor import _intensity_corrected
 

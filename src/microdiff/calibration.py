@@ -33,121 +33,24 @@ import numpy as np
 from scipy.stats import binom
 
 from .intensity_calibration import IntensityCalibration
+from .std_map import (  # noqa: F401  (re-exported: the calibration API)
+    ONE_SIGMA,
+    STD_FLOOR,
+    STD_FORMS,
+    STD_TARGETS,
+    StdCalibration,
+    binned_knots,
+    calibration_bins,
+    fit_std_calibration,
+)
 
-STD_FLOOR = 1e-8  # calibrated std never reaches zero
+BINNED_METHOD = "binned-monotone"  # bundle.json's method of the binned form: readers older than
+# the knots would apply the one factor with an interval factor fitted on the curve, so they refuse it
 UNITS = ("auto", "image", "tile")  # the interval's exchangeable units (see fit)
 
 
 class Uncertifiable(ValueError):
     """Too few calibration units to certify the interval at the asked alpha and delta."""
-
-
-@dataclass(frozen=True)
-class StdCalibration:
-    """``std_cal = max(slope · std + offset, STD_FLOOR)`` (target units); with ``knots``
-    (rmv, scale), the binned form: the piecewise-linear curve through the knots, and beyond
-    the first or last knot the ratio scale / rmv of that knot (so std 0 maps to 0)."""
-
-    slope: float = 1.0  # the binned form keeps its one-factor fit here (what older readers apply)
-    offset: float = 0.0
-    knots: tuple[tuple[float, ...], tuple[float, ...]] | None = None
-
-    def __post_init__(self) -> None:
-        if self.knots is not None:
-            x, y = (np.asarray(k, dtype=np.float64) for k in self.knots)
-            if not (x.ndim == y.ndim == 1 and x.size == y.size >= 2 and np.all(np.isfinite(x))
-                    and np.all(np.isfinite(y)) and x[0] > 0 and np.all(np.diff(x) > 0) and y[0] >= 0
-                    and np.all(np.diff(y) >= 0)):
-                raise ValueError("the binned std map needs two equal lists of at least two finite knots, the "
-                                 "std's positive and increasing, the error's non-negative and non-decreasing")
-
-    def apply(self, std: np.ndarray) -> np.ndarray:
-        s = np.asarray(std, dtype=np.float64)
-        if self.knots is None:
-            return np.maximum(self.slope * s + self.offset, STD_FLOOR)
-        x, y = (np.asarray(k, dtype=np.float64) for k in self.knots)
-        inside = np.interp(s, x, y)
-        out = np.where(s < x[0], s * (y[0] / x[0]), np.where(s > x[-1], s * (y[-1] / x[-1]), inside))
-        return np.maximum(out, STD_FLOOR)
-
-
-ONE_SIGMA = 0.6827  # the fraction of a Gaussian within ±1σ
-STD_TARGETS = ("rms", "coverage", "balanced")
-STD_FORMS = ("scale", "affine", "binned")  # std → k·std, a·std + b, or a monotone curve through the bins
-
-
-def calibration_bins(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: float = 0.95,
-                     target: str = "rms") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """RMV and the error's scale per equal-count bin of the predicted std over the ``keep``
-    fraction of the pixels with the lowest std (the issue's "bins holding 95 % of the
-    pixels"; the top tail of a few extreme stds is left out): (rmv ``[bins]``, scale
-    ``[bins]``, pixels per bin). The scale is the RMSE (``target="rms"``), the 68.27 %
-    quantile of |error| (``"coverage"``: ±scale holds 68 % of the bin) or their geometric
-    mean (``"balanced"``)."""
-    if target not in STD_TARGETS:
-        raise ValueError(f"target must be one of {', '.join(STD_TARGETS)}, got {target!r}")
-    s = np.ravel(std).astype(np.float64)
-    e = np.ravel(error).astype(np.float64)
-    if s.shape != e.shape:
-        raise ValueError(f"std and error differ in size: {s.size} and {e.size} values")
-    if not 0 < keep <= 1:
-        raise ValueError(f"keep must lie in (0, 1], got {keep}")
-    order = np.argsort(s, kind="stable")[: max(bins, int(round(keep * s.size)))]
-    parts = np.array_split(order, bins)
-    rmv = np.array([math.sqrt(np.mean(s[p] ** 2)) for p in parts])
-    rmse = np.array([math.sqrt(np.mean(e[p] ** 2)) for p in parts])
-    if target == "rms":
-        return rmv, rmse, np.array([p.size for p in parts])
-    q = np.array([float(np.quantile(np.abs(e[p]), ONE_SIGMA)) for p in parts])
-    return rmv, (q if target == "coverage" else np.sqrt(q * rmse)), np.array([p.size for p in parts])
-
-
-def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: float = 0.95,
-                        target: str = "rms", form: str = "scale") -> StdCalibration:
-    """The std map through the bins of :func:`calibration_bins` (equal counts, so equal
-    weights). ``form="scale"`` (the default): std → k·std with log k the mean over the bins
-    of log(scale / RMV), the factor that puts the bins' ratios, on average in relative terms,
-    at 1; one parameter, so it stays stable when few held-out images are at hand.
-    ``"affine"``: the least-squares line scale ≈ slope · RMV + offset, which also removes an
-    additive bias but, fitted on a few images, can bend the low-std bins far off
-    (docs/benchmarks.md, *How many images calibration needs*); a line with a non-positive
-    slope (the std does not rank the error at all) falls back to a pure scale,
-    slope = √(Σe² / Σs²), offset 0. ``"binned"``: the curve through the bins' (RMV, scale)
-    points, the scales made non-decreasing in the std by isotonic regression (equal weights:
-    the bins hold equal counts), which puts each bin's ratio close to 1 on the calibration
-    pixels wherever the bins are monotone, whatever the shape of the miscalibration
-    (CAREamics' binned fit, made a monotone map); ten parameters, so it wants many held-out
-    images (*How many images calibration needs*)."""
-    if form not in STD_FORMS:
-        raise ValueError(f"form must be one of {', '.join(STD_FORMS)}, got {form!r}")
-    rmv, scale, _ = calibration_bins(std, error, bins, keep, target)
-    ok = (rmv > 0) & (scale > 0) & np.isfinite(rmv) & np.isfinite(scale)
-    if form in ("scale", "binned") and ok.any():
-        k = float(np.exp(np.mean(np.log(scale[ok] / rmv[ok]))))
-        knots = binned_knots(rmv[ok], scale[ok]) if form == "binned" else None
-        return StdCalibration(k, 0.0, knots)
-    if form == "affine" and np.ptp(rmv) > 0:
-        slope, offset = np.polyfit(rmv, scale, 1)
-        if slope > 0:
-            return StdCalibration(float(slope), float(offset))
-    s, e = np.ravel(std).astype(np.float64), np.ravel(error).astype(np.float64)
-    return StdCalibration(float(math.sqrt(np.sum(e ** 2) / max(np.sum(s ** 2), 1e-300))), 0.0)
-
-
-def binned_knots(rmv: np.ndarray, scale: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The binned form's knots from bins with positive, finite RMV and scale: equal RMVs
-    merged (the RMS of their scales, weighted by their count), scales made non-decreasing
-    (isotonic regression, SciPy ≥ 1.12); None when fewer than two distinct knots remain (the
-    one factor is then the map)."""
-    from scipy.optimize import isotonic_regression
-
-    x, inverse = np.unique(rmv, return_inverse=True)
-    if x.size < 2:
-        return None
-    counts = np.bincount(inverse).astype(np.float64)
-    y = np.sqrt(np.bincount(inverse, weights=scale ** 2) / counts)
-    y = np.maximum.accumulate(isotonic_regression(y, weights=counts).x)  # exact under rounding
-    return tuple(float(v) for v in x), tuple(float(v) for v in y)
 
 
 def hoeffding_bentkus_p(risk: float, n: int, alpha: float) -> float:
@@ -303,7 +206,8 @@ class Calibration:
     intensity: IntensityCalibration | None = None
 
     def to_dict(self) -> dict:
-        return {"method": "binned-linear", "slope": self.std.slope, "offset": self.std.offset,
+        method = "binned-linear" if self.std.knots is None else BINNED_METHOD  # older readers refuse it
+        return {"method": method, "slope": self.std.slope, "offset": self.std.offset,
                 "target": self.target, "form": self.form, "interval_factor": self.interval_factor,
                 "interval_method": self.interval_method, "unit": self.unit, "alpha": self.alpha,
                 "delta": self.delta, "tile": self.tile, "samples": self.samples, "steps": self.steps,
@@ -316,9 +220,11 @@ class Calibration:
     @classmethod
     def from_dict(cls, d: dict) -> Calibration:
         """Inverse of :meth:`to_dict` (``KeyError``/``TypeError``/``ValueError`` when malformed)."""
-        if d.get("method") != "binned-linear":
+        if d.get("method") not in ("binned-linear", BINNED_METHOD):
             raise ValueError(f"unknown calibration method {d.get('method')!r}")
         factor, knots = d["interval_factor"], d.get("knots")
+        if d["method"] == BINNED_METHOD and knots is None:
+            raise ValueError(f"a {BINNED_METHOD} calibration needs its knots")
         if knots is not None:
             knots = tuple(tuple(float(v) for v in k) for k in knots)
             if len(knots) != 2:
