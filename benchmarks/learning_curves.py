@@ -279,7 +279,7 @@ def report(args, results: dict[str, dict[int, dict]]) -> None:
                   for m, per in results.items() if "fit" in _last(next(iter(per.values())))["ema"]) + "."]
     lines += time_to_quality(results)
     img = P.ROOT / "docs" / "img" / f"learning_curves{suffix}.png"
-    _plot(img, rows)
+    _plot(img, rows, _point_series(results))
     lines += ["", f"![PSNR of the point estimate against training steps](img/{img.name})"]
     write_section(f"learning_curves{suffix}", "\n".join(lines))
     print("\n".join(lines))
@@ -307,31 +307,43 @@ def _seconds_per_step(method: str, seeds: list[int]) -> float:
     return float(np.median(per)) if per else float("nan")
 
 
+def _point_series(results: dict[str, dict[int, dict]]) -> list[tuple]:
+    """Per method: (method, label, steps, PSNR mean, PSNR std, SSIM mean, SSIM std, s / step) of
+    the estimate a user gets (``_point_key``), over the seeds every step has."""
+    out = []
+    for m, per_seed in results.items():
+        key = _point_key(m, _last(next(iter(per_seed.values())))["ema"])
+        st, mn, sd = _series(per_seed, "ema", key)
+        _, ms, ss = _series(per_seed, "ema", key, "ssim")
+        if st:
+            label = {"mu": "μ(x)", "k8": "mean of 8 samples", "k1": "prediction"}[key]
+            out.append((m, label, st, mn, sd, ms, ss, _seconds_per_step(m, list(per_seed))))
+    return out
+
+
 def time_to_quality(results: dict[str, dict[int, dict]]) -> list[str]:
-    """Per method: the point estimate's PSNR at the last checkpoint and the first evaluated step
-    where it is within 0.3 dB of regression's final PSNR (mean over seeds)."""
+    """Per method: the point estimate's PSNR and SSIM at the last checkpoint and the first evaluated
+    step (and the training seconds it stands for) where the PSNR is within 0.3 dB of regression's
+    final PSNR (mean over seeds)."""
     reg = [m for m in results if P.method_config(m, P.LONG_STEPS, 0).model.kind == "regression"]
     if not reg:
         return []
     steps, mean, _ = _series(results[reg[0]], "ema", "k1")
     target = mean[-1] - 0.3
     lines = ["", f"Time to quality: the first evaluated step at which the point estimate is within 0.3 dB of "
-             f"regression's PSNR at step {steps[-1]} ({mean[-1]:.2f} dB), with the median seconds per "
-             "training step of these runs (one thread on a shared 2-core CPU: indicative only).", "",
-             "| method | point estimate | PSNR at the last step | reaches regression − 0.3 dB at "
-             "| s / step |",
-             "|---|---|---|---|---|"]
-    for m, per_seed in results.items():
-        key = _point_key(m, _last(next(iter(per_seed.values())))["ema"])
-        st, mn, sd = _series(per_seed, "ema", key)
-        if not st:
-            continue
+             f"regression's PSNR at step {steps[-1]} ({mean[-1]:.2f} dB), and the training seconds that "
+             "step stands for at the median seconds per step of these runs (one thread on a shared "
+             "2-core CPU: indicative only).", "",
+             "| method | point estimate | PSNR at the last step | SSIM at the last step | reaches "
+             "regression − 0.3 dB at step | ≈ training seconds to reach it | s / step |",
+             "|---|---|---|---|---|---|---|"]
+    for m, label, st, mn, sd, ms, ss, sps in _point_series(results):
         reach = next((s for s, v in zip(st, mn, strict=True) if v >= target), None)
-        label = {"mu": "μ(x)", "k8": "mean of 8 samples", "k1": "prediction"}[key]
-        spread = "" if len(per_seed) == 1 else f" ± {sd[-1]:.2f}"
-        lines.append(f"| {m} | {label} | {mn[-1]:.2f}{spread} (step {st[-1]}) | "
+        one = len(results[m]) == 1
+        lines.append(f"| {m} | {label} | {mn[-1]:.2f}{'' if one else f' ± {sd[-1]:.2f}'} (step {st[-1]}) | "
+                     f"{ms[-1]:.3f}{'' if one else f' ± {ss[-1]:.3f}'} | "
                      f"{reach if reach is not None else 'not reached'} | "
-                     f"{_seconds_per_step(m, list(per_seed)):.2f} |")
+                     f"{f'{reach * sps:.0f}' if reach is not None else '–'} | {sps:.2f} |")
     return lines
 
 
@@ -345,20 +357,31 @@ def _series_fit(per_seed: dict[int, dict]) -> tuple[list[int], list[float], list
     return common, [float(np.mean(v)) for v in vals], [float(np.std(v)) for v in vals]
 
 
-def _plot(path: Path, rows) -> None:
+def _plot(path: Path, rows, points) -> None:
+    """Left: μ(x), regression and the 4- and 16-sample means against training steps (the
+    K→∞ fit, unstable, and the chain averages only in the table); right: the estimate a user
+    gets against training seconds (steps × the runs' median seconds per step). One colour per
+    method in both panels."""
     import matplotlib.pyplot as plt
 
     from microdiff.plots import save_figure
 
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r[0] for r in rows))}
+    styles = {"μ(x)": "-", "regression (EMA)": "-", "K=16": "--", "K=4": ":"}
+    fig, (ax, ax_t) = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
     for m, label, steps, mean, std in rows:
-        if label in ("K=1", "RB@20", "regression (raw)"):
-            continue
-        ax.errorbar(steps, mean, yerr=std, marker="o", ms=3, capsize=2, label=f"{m}: {label}")
+        if label in styles:
+            ax.errorbar(steps, mean, yerr=std, marker="o", ms=3, capsize=2, color=colors[m],
+                        linestyle=styles[label], label=f"{m}: {label}")
+    for m, label, steps, mean, std, *_, sps in points:
+        ax_t.errorbar(np.asarray(steps) * sps, mean, yerr=std, marker="o", ms=3, capsize=2,
+                      color=colors.get(m), label=f"{m}: {label}")
     ax.set_xlabel("training steps")
-    ax.set_ylabel("PSNR of the point estimate [dB]")
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
+    ax_t.set_xlabel("training seconds (one thread, shared CPU; indicative)")
+    for a in (ax, ax_t):
+        a.set_ylabel("PSNR of the point estimate [dB]")
+        a.legend(fontsize=6, ncol=2 if a is ax else 1)
+        a.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
 
