@@ -266,7 +266,8 @@ def report(args, results: dict[str, dict[int, dict]]) -> None:
     rows = [r for r in rows if np.isfinite(r[3]).any()]  # e.g. a K→∞ fit that never converged
     for m, label, steps, mean, std in rows:
         one_seed = len(results[m]) == 1
-        cells = [("–" if s not in steps else f"{mean[steps.index(s)]:.2f}" if one_seed
+        cells = [("–" if s not in steps or not np.isfinite(mean[steps.index(s)])  # e.g. a fit with B ≤ 0
+                  else f"{mean[steps.index(s)]:.2f}" if one_seed
                   else f"{mean[steps.index(s)]:.2f} ± {std[steps.index(s)]:.2f}") for s in shown]
         lines.append(f"| {m} | {label} | " + " | ".join(cells) + " |")
     def v_over_b(per: dict[int, dict]) -> str:
