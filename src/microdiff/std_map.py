@@ -70,10 +70,11 @@ def calibration_bins(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: f
     parts = np.array_split(order, bins)
     rmv = np.array([math.sqrt(np.mean(s[p] ** 2)) for p in parts])
     rmse = np.array([math.sqrt(np.mean(e[p] ** 2)) for p in parts])
+    counts = np.array([p.size for p in parts])
     if target == "rms":
-        return rmv, rmse, np.array([p.size for p in parts])
+        return rmv, rmse, counts
     q = np.array([float(np.quantile(np.abs(e[p]), ONE_SIGMA)) for p in parts])
-    return rmv, (q if target == "coverage" else np.sqrt(q * rmse)), np.array([p.size for p in parts])
+    return rmv, (q if target == "coverage" else np.sqrt(q * rmse)), counts
 
 
 def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep: float = 0.95,
@@ -87,8 +88,8 @@ def fit_std_calibration(std: np.ndarray, error: np.ndarray, bins: int = 10, keep
     (docs/benchmarks.md, *How many images calibration needs*); a line with a non-positive
     slope (the std does not rank the error at all) falls back to a pure scale,
     slope = √(Σe² / Σs²), offset 0. ``"binned"``: the curve through the bins' (RMV, scale)
-    points, the scales made non-decreasing in the std by isotonic regression (equal weights:
-    the bins hold equal counts), which puts each bin's ratio close to 1 on the calibration
+    points, the scales made non-decreasing in the std by isotonic regression (:func:`binned_knots`),
+    which puts each bin's ratio close to 1 on the calibration
     pixels wherever the bins are monotone, whatever the shape of the miscalibration
     (CAREamics' binned fit, made a monotone map); ten parameters, so it wants many held-out
     images (*How many images calibration needs*)."""
