@@ -18,9 +18,10 @@ CPU: one tile (128² input, one 256² output tile) is timed and multiplied by th
 tiles of the image, and the image by the planes (the table says "extrapolated"; the regression
 and one-pass rows give both figures, which checks the scaling); on a GPU only the 20-step
 stack is extrapolated. Median of ``--repeats`` runs after a warm-up. On a GPU
-(``--device cuda``) the networks run in bf16 and ``--tile-batch`` tiles go through together.
-Writes the ``prediction_modes`` section of docs/benchmarks.md (``prediction_modes_gpu`` on a
-GPU). Quality of each mode: the sections the table names. Usage::
+(``--device cuda``) the networks run in bf16 (``--no-bf16``: float32, as ``predict --no-bf16``)
+and ``--tile-batch`` tiles go through together. Writes the ``prediction_modes`` section of
+docs/benchmarks.md (on a GPU ``prediction_modes_gpu``, or ``prediction_modes_gpu_fp32`` with
+``--no-bf16``). Quality of each mode: the sections the table names. Usage::
 
     .venv/bin/python benchmarks/prediction_modes.py [--size 512] [--planes 50] [--repeats 3]
 """
@@ -52,13 +53,14 @@ from microdiff.predictor import predict_planes  # noqa: E402
 TILE, OVERLAP = 256, 32
 
 
-def bundle(folder: Path, preset: str, overrides: list[str], device: str) -> microdiff.Predictor:
+def bundle(folder: Path, preset: str, overrides: list[str], device: str,
+           bf16: bool = True) -> microdiff.Predictor:
     """A freshly initialised model of ``preset`` as a loaded bundle."""
     cfg = apply_overrides(load_config(preset), overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     save_bundle(folder, model, cfg.model, cfg.sample, scale=cfg.data.scale)
-    return microdiff.load(folder, device)
+    return microdiff.load(folder, device, bf16=bf16)
 
 
 def median_seconds(run, repeats: int) -> float:
@@ -86,8 +88,10 @@ def main() -> None:
     ap.add_argument("--sampled", default="20:8", help="today's sampler, STEPS:K")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tile-batch", type=int, help="tiles per network call (default: 8 on a GPU, 1 on a CPU)")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="CUDA: float32 networks")
     args = ap.parse_args()
     gpu = args.device == "cuda"
+    precision = ("bf16" if args.bf16 else "float32") if gpu else ""
     tile_batch = args.tile_batch or (8 if gpu else 1)
     rng = np.random.default_rng(0)
     image = rng.uniform(100, 900, (args.size, args.size)).astype(np.float32)
@@ -101,7 +105,7 @@ def main() -> None:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (preset, overrides, kw) in modes.items():
-            pred = bundle(Path(tmp) / name, preset, overrides, args.device)
+            pred = bundle(Path(tmp) / name, preset, overrides, args.device, args.bf16)
             kw = kw | {"tile": TILE, "overlap": OVERLAP, "tile_batch": tile_batch, "seed": 0}
             pred.predict(one_tile, **kw)  # warm-up
             tile_s = median_seconds(lambda p=pred, k=kw: p.predict(one_tile, **k), args.repeats)
@@ -133,11 +137,12 @@ def main() -> None:
                "few-step": "*few_step*", "sampled": "*few_step*, *long sizing*"}
     cmd = (f".venv/bin/python benchmarks/prediction_modes.py --size {args.size} --planes {args.planes} "
            f"--repeats {args.repeats} --few {args.few} --sampled {args.sampled}"
-           + (f" --device {args.device} --tile-batch {tile_batch}" if gpu else ""))
-    lines = [f"## Prediction time per output mode ({'GPU' if gpu else 'CPU'}, issue 20)", "",
+           + (f" --device {args.device} --tile-batch {tile_batch}" if gpu else "")
+           + ("" if args.bf16 else " --no-bf16"))
+    lines = [f"## Prediction time per output mode ({f'GPU, {precision}' if gpu else 'CPU'}, issue 20)", "",
              f"Command: `{cmd}` ({today()}; {machine()}).", "",
              f"A random {args.size}² input ({out}² output, {n_tiles} tiles of {TILE}² with {OVERLAP}-pixel "
-             f"overlap, {tile_batch} per call{', bf16' if gpu else ''}) through `Predictor.predict`; "
+             f"overlap, {tile_batch} per call{', ' + precision if gpu else ''}) through `Predictor.predict`; "
              f"the stack: {args.planes} such planes through `predict_planes`. Freshly initialised "
              "weights (time does not depend on them); median of "
              f"{args.repeats} runs. *one tile*: a 128² input (one 256² output tile). Extrapolated: one "
@@ -154,7 +159,8 @@ def main() -> None:
         lines += ["", f"Scaling check: one tile × {n_tiles} would predict {r['tile_s'] * n_tiles:.1f} s "
                   f"(regression) and {o['tile_s'] * n_tiles:.1f} s (one pass) against the measured "
                   f"{r['image_s']:.1f} s and {o['image_s']:.1f} s."]
-    write_section("prediction_modes_gpu" if gpu else "prediction_modes", "\n".join(lines))
+    section = "prediction_modes" + ("_gpu" if gpu else "") + ("" if args.bf16 or not gpu else "_fp32")
+    write_section(section, "\n".join(lines))
     print("\n".join(lines))
 
 

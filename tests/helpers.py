@@ -71,3 +71,17 @@ def fit(model, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> tuple[Trai
             history.append(record)
     trainer.model.eval()
     return trainer, history
+
+
+def conv_output_dtypes(predictor, image) -> set[torch.dtype]:
+    """The dtypes of every convolution's output while ``predictor`` predicts ``image``
+    (``[H, W]``): what precision its networks really run in."""
+    seen: set[torch.dtype] = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+             for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    try:
+        predictor.predict(image, samples=2, steps=3)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen

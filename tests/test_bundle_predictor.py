@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_model_config
+from helpers import conv_output_dtypes, tiny_model_config
 
 import microdiff
 from microdiff.checkpoint import BundleError, load_bundle, read_bundle, save_bundle
@@ -199,3 +199,30 @@ def test_the_bundles_tile_is_the_default_tiling_and_is_validated(tmp_path) -> No
     assert np.abs(whole - default).max() > 1e-4 * np.abs(default).max()
     with pytest.raises(ValueError, match="sample.overlap"):
         SampleConfig(tile=32, overlap=32)
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_switch_leaves_a_cpu_prediction_in_float32(bundle, bf16) -> None:
+    """``bf16`` (``predict --bf16/--no-bf16``) acts on CUDA only: on a CPU the networks run in
+    float32 either way and the outputs are identical (tests/test_cuda.py covers the GPU)."""
+    folder, _ = bundle
+    image = np.random.default_rng(0).random((12, 12)).astype(np.float32)
+    predictor = microdiff.load(folder, "cpu", bf16=bf16)
+    assert predictor.bf16 is bf16
+    assert conv_output_dtypes(predictor, image) == {torch.float32}
+    reference = microdiff.load(folder, "cpu", bf16=not bf16).predict(image, samples=2, steps=3)
+    np.testing.assert_array_equal(predictor.predict(image, samples=2, steps=3).mean, reference.mean)
+
+
+def test_predict_files_hands_the_bf16_switch_to_the_predictor(bundle, tmp_path, monkeypatch) -> None:
+    """``predict --no-bf16`` reaches the :class:`Predictor` that predicts the files."""
+    from microdiff import predict_files as pf
+    from microdiff.data.io import Image, write_image
+
+    folder, _ = bundle
+    made = []
+    monkeypatch.setattr(pf, "load", lambda *a, **k: made.append(microdiff.load(*a, **k)) or made[-1])
+    write_image(tmp_path / "in" / "a.tif", Image(np.ones((12, 12), np.float32), "YX", None))
+    pf.predict_files(folder, [tmp_path / "in"], tmp_path / "out", samples=1, steps=2, progress=False,
+                     bf16=False)
+    assert [p.bf16 for p in made] == [False]

@@ -112,7 +112,7 @@ def test_predict_command_writes_mean_and_std_with_pixel_size(tmp_path) -> None:
         assert mean.data.shape == std.data.shape == (40, 24) and mean.data.dtype == np.float32
         assert mean.pixel_size == pytest.approx(0.0313, rel=1e-5)
     extra = _run("predict", str(tmp_path / "model"), str(tmp_path / "in" / "a.tif"), "--out",
-                 str(tmp_path / "extra"), "--samples", "3", "--save-samples", "--save-schedule")
+                 str(tmp_path / "extra"), "--samples", "3", "--save-samples", "--save-schedule", "--no-bf16")
     assert extra.returncode == 0, extra.stderr
     samples = read_image(tmp_path / "extra" / "a_samples.tif")
     assert samples.data.shape == (3, 40, 24) and samples.pixel_size == pytest.approx(0.0313, rel=1e-5)

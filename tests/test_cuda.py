@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from helpers import tiny_config, tiny_model
+from helpers import conv_output_dtypes, tiny_config, tiny_model
 
 from microdiff.config import TrainConfig
 from microdiff.distributed import World
@@ -106,3 +106,18 @@ def test_a_model_trained_on_cuda_predicts_on_cuda_as_on_cpu(tmp_path) -> None:
     scale = float(np.abs(out["cpu"].mean).max())
     np.testing.assert_allclose(out["cuda"].mean, out["cpu"].mean, atol=2e-2 * scale)
     assert np.isfinite(out["cuda"].std).all() and (out["cuda"].std > 0).any()
+
+
+
+def test_no_bf16_runs_the_networks_in_float32_on_cuda(tmp_path) -> None:
+    """``bf16=False`` (``predict --no-bf16``): every convolution's output is float32 on the
+    GPU; the default: bfloat16."""
+    cfg = tiny_config(steps=3)
+    cfg.model.zmd.enabled = True
+    cfg.sample.point_estimate = "mean-net"
+    cfg.train.device = "cuda"
+    train_run(cfg, tmp_path / "run", progress=False)
+    image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    dtypes = {bf16: conv_output_dtypes(load(tmp_path / "run" / "model", "cuda", bf16=bf16), image)
+              for bf16 in (True, False)}
+    assert dtypes == {True: {torch.bfloat16}, False: {torch.float32}}

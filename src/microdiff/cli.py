@@ -132,6 +132,9 @@ def predict(
         help="Z-stacks: slices (each plane) or mean (their mean, e.g. raw SIM frames)")] = None,
     raw_std: Annotated[bool, typer.Option(
         help="calibrated models: also write NAME_std_uncalibrated.tif (the samples' spread)")] = False,
+    bf16: Annotated[bool, typer.Option(
+        help="CUDA: run the networks under bf16 autocast (--no-bf16: float32 throughout; "
+             "no effect on a CPU)")] = True,
 ) -> None:
     """Predict NAME_mean.tif and NAME_std.tif (input units, pixel size / scale) for each image;
     NAME_lower.tif and NAME_upper.tif (the interval) for a calibrated model."""
@@ -140,7 +143,7 @@ def predict(
     written = predict_files(model, inputs, out, samples=samples, steps=steps, seed=seed, tile=tile,
                             overlap=overlap, overwrite=overwrite, save_samples=save_samples,
                             save_schedule=save_schedule, device=device, tile_batch=tile_batch,
-                            stack=stack, save_raw_std=raw_std)
+                            stack=stack, save_raw_std=raw_std, bf16=bf16)
     from .distributed import world_from_env
 
     world = world_from_env()

@@ -88,9 +88,10 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
                   steps: int | None = None, seed: int = 0, tile: int | None = None,
                   overlap: int | None = None, overwrite: bool = False, progress: bool = True,
                   save_samples: bool = False, save_schedule: bool = False, device: str = "cpu",
-                  tile_batch: int = 1, stack: str | None = None, save_raw_std: bool = False) -> list[Path]:
-    """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``); returns the paths
-    written (by this process).
+                  tile_batch: int = 1, stack: str | None = None, save_raw_std: bool = False,
+                  bf16: bool = True) -> list[Path]:
+    """Predict every input on ``device`` (``cpu``, ``cuda``, ``auto``; ``bf16``: autocast on
+    CUDA); returns the paths written (by this process).
 
     Under ``torchrun`` the files are dealt to the ranks in turn (each rank on its own GPU
     with ``cuda``); each file's output depends only on the file and ``seed``, so it is
@@ -100,7 +101,8 @@ def predict_files(model: Path, inputs: list[Path], out: Path, samples: int | Non
         dev = resolve_device(device)
         return _predict_files(model, inputs, out, samples, steps, seed, tile, overlap, overwrite,
                               progress and world.is_main, save_samples, save_schedule, world,
-                              distributed.local_device(dev, world), tile_batch, stack, save_raw_std)
+                              distributed.local_device(dev, world), tile_batch, stack, save_raw_std,
+                              bf16)
     finally:
         distributed.stop(created)
 
@@ -109,13 +111,13 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
                    seed: int, tile: int | None, overlap: int | None, overwrite: bool, progress: bool,
                    save_samples: bool, save_schedule: bool, world: World,
                    device: torch.device, tile_batch: int, stack: str | None,
-                   save_raw_std: bool = False) -> list[Path]:
+                   save_raw_std: bool = False, bf16: bool = True) -> list[Path]:
     if stack is not None and stack not in STACK_MODES:
         raise UserError(f"--stack {stack!r}: use one of {', '.join(STACK_MODES)}")
     if stack == "slices" and (save_samples or save_schedule):  # before any file is written
         raise UserError("--stack slices writes mean and std stacks only; "
                         "drop --save-samples and --save-schedule")
-    predictor = load(model, device)
+    predictor = load(model, device, bf16)
     cal = predictor.bundle.calibration if predictor.model.generative else None
     if save_raw_std and cal is None:
         raise UserError("--raw-std: this model's std is not calibrated (microdiff calibrate), "

@@ -54,9 +54,11 @@ class Prediction:
 class Predictor:
     """A loaded model plus what is needed to apply it to raw images (its :class:`Bundle`)."""
 
-    def __init__(self, model: ImageModel, bundle: Bundle | dict) -> None:
+    def __init__(self, model: ImageModel, bundle: Bundle | dict, bf16: bool = True) -> None:
         bundle = Bundle.from_dict(bundle) if isinstance(bundle, dict) else bundle  # bundle.json's mapping
         self.model, self.bundle = model, bundle
+        self.bf16 = bf16
+        """Run the networks under bf16 autocast on CUDA (no effect on a CPU); off: float32."""
         self.scale = bundle.scale
         self.percentiles = bundle.percentiles
         self.task = bundle.task
@@ -192,7 +194,7 @@ class Predictor:
                 parts["schedule"] = out.gamma_half.expand_as(out.mean)
             return {k: v.float().cpu() for k, v in parts.items()}
 
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and self.bf16):
             blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch)  # networks in
             # bf16 on a GPU; the schedule and sampler arithmetic stay float32
         return {k: v.numpy() for k, v in blended.items()}
@@ -295,11 +297,12 @@ def predict_planes(predictor: Predictor, planes: np.ndarray,
                       results[0].pixel_size_um, **extra)
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> Predictor:
+def load(folder: str | Path, device: str | torch.device = "cpu", bf16: bool = True) -> Predictor:
     """Load an inference bundle (see :mod:`microdiff.checkpoint`) as a :class:`Predictor`
     on ``device`` (``cpu``, ``cuda``, ``cuda:1``; ``auto``: CUDA when available). Equal
-    seeds give equal outputs on one device; CPU and GPU outputs differ by float rounding."""
-    return Predictor(*load_bundle(folder, str(resolve_device(device))))
+    seeds give equal outputs on one device; CPU and GPU outputs differ by float rounding.
+    ``bf16``: the networks under bf16 autocast on CUDA (:attr:`Predictor.bf16`)."""
+    return Predictor(*load_bundle(folder, str(resolve_device(device))), bf16=bf16)
 
 
 def _intensity_corrected(ic: IntensityCalibration, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
