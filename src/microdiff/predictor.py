@@ -195,8 +195,10 @@ class Predictor:
             return {k: v.float().cpu() for k, v in parts.items()}
 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and self.bf16):
-            blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch)  # networks in
-            # bf16 on a GPU; the schedule and sampler arithmetic stay float32
+            # networks in bf16 on a GPU; the schedule and sampler arithmetic stay float32; the
+            # samples blended across tile overlaps so that they keep their spread
+            blended = apply_tiled(run, x, tile=tile, overlap=overlap, batch=tile_batch,
+                                  draws={"samples": samples} if return_samples else None)
         return {k: v.numpy() for k, v in blended.items()}
 
     def predict_normalized(self, x: torch.Tensor, samples: int, steps: int, seed: int = 0,

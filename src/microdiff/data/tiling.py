@@ -5,6 +5,13 @@ next to an edge it shares with a neighbouring tile (where a convolutional networ
 padding instead of the true neighbourhood), and a raised cosine in between; at the image
 border it stays 1. Outputs are the weighted average, so a translation-equivariant
 function whose receptive-field radius is at most ``margin`` gives the untiled result.
+
+Random draws (posterior samples) are the exception: two tiles draw independently, and a
+weighted average of independent draws spreads less than either (by √(Σw²)/Σw, 0.71 where
+two tiles weigh equally). For the outputs named in ``draws`` the blend keeps the spread:
+with S the weighted average of the draws, M that of each tile's mean of its draws, and
+ρ = √(Σw²)/Σw, a draw is M + (S − M)/ρ, whose spread over the draws at each pixel is the
+tiles' (and equals S where one tile covers the pixel).
 """
 
 from __future__ import annotations
@@ -48,12 +55,15 @@ def apply_tiled(
     margin: int | None = None,
     batch: int = 4,
     progress: Callable[[int, int], None] | None = None,
+    draws: dict[str, int] | None = None,
 ) -> Tensor | dict[str, Tensor]:
     """``fn`` over ``image`` ``[C, H, W]`` in tiles; ``fn`` maps ``[N, C, h, w]`` to
     ``[N, C', h, w]`` (or to a dict of such tensors, each blended on its own). Returns
     ``[C', H, W]`` float32 (or the dict of them). ``margin`` defaults to ``overlap // 4``;
     it must leave a positive blend: ``overlap ≥ 2·margin + 1``. ``progress(done, total)``
-    is called after each batch of tiles.
+    is called after each batch of tiles. ``draws``: ``{name: K}`` for dict outputs whose
+    ``C' = K·c`` channels are K independent draws (K blocks of c channels), blended so that
+    they keep their spread (module docstring).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be [C, H, W], got shape {tuple(image.shape)}")
@@ -67,7 +77,9 @@ def apply_tiled(
     th, tw = min(tile, h), min(tile, w)
     boxes = [(y, x) for y in ys for x in xs]
     out: dict[str, Tensor] = {}
-    acc = None
+    centres: dict[str, Tensor] = {}  # Σ w · (a tile's mean of its draws), for each name in draws
+    draws = draws or {}
+    acc = squares = None
     single = False
     for i in range(0, len(boxes), batch):
         chunk = boxes[i: i + batch]
@@ -79,14 +91,25 @@ def apply_tiled(
             out = {k: torch.zeros(r.shape[1], h, w, dtype=torch.float64, device=r.device)
                    for k, r in named.items()}
             acc = torch.zeros(1, h, w, dtype=torch.float64, device=next(iter(named.values())).device)
+            squares = torch.zeros_like(acc)
+            centres = {k: torch.zeros(named[k].shape[1] // n, h, w, dtype=torch.float64, device=acc.device)
+                       for k, n in draws.items()}
         for j, (y, x) in enumerate(chunk):
             wy = _edge_ramp(th, overlap, margin, y > 0, y + th < h)
             wx = _edge_ramp(tw, overlap, margin, x > 0, x + tw < w)
             weight = (wy[:, None] * wx[None, :]).to(acc.device)
             for k, r in named.items():
                 out[k][:, y: y + th, x: x + tw] += r[j].detach().double() * weight
+            for k, n in draws.items():
+                centre = named[k][j].detach().double().unflatten(0, (n, -1)).mean(0)
+                centres[k][:, y: y + th, x: x + tw] += centre * weight
             acc[:, y: y + th, x: x + tw] += weight
+            squares[:, y: y + th, x: x + tw] += weight ** 2
         if progress is not None:
             progress(min(i + batch, len(boxes)), len(boxes))
-    blended = {k: (v / acc).float() for k, v in out.items()}
+    blended = {k: v / acc for k, v in out.items()}
+    for k, n in draws.items():
+        centre = (centres[k] / acc).repeat(n, 1, 1)
+        blended[k] = centre + (blended[k] - centre) * (acc / squares.sqrt())
+    blended = {k: v.float() for k, v in blended.items()}
     return blended[""] if single else blended
