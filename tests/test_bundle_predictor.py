@@ -226,3 +226,33 @@ def test_predict_files_hands_the_bf16_switch_to_the_predictor(bundle, tmp_path, 
     pf.predict_files(folder, [tmp_path / "in"], tmp_path / "out", samples=1, steps=2, progress=False,
                      bf16=False)
     assert [p.bf16 for p in made] == [False]
+
+
+def test_outputs_are_named_by_the_whole_stem_and_never_shared(bundle, tmp_path) -> None:
+    """``cell_0.5um.tif`` and ``cell_0.7um.tif`` give two sets of outputs; two inputs that would
+    write the same outputs (``a.tif`` in two folders) are refused before anything is written."""
+    from microdiff.data.io import Image, write_image
+    from microdiff.predict_files import predict_files
+
+    folder, _ = bundle
+    for name in ("in/cell_0.5um.tif", "in/cell_0.7um.tif", "one/a.tif", "two/a.tif"):
+        write_image(tmp_path / name, Image(np.ones((12, 12), np.float32), "YX", None))
+    written = predict_files(folder, [tmp_path / "in"], tmp_path / "out", samples=1, steps=2, progress=False)
+    assert sorted(p.name for p in written) == ["cell_0.5um_mean.tif", "cell_0.5um_std.tif",
+                                                "cell_0.7um_mean.tif", "cell_0.7um_std.tif"]
+    with pytest.raises(UserError, match="would both write a_mean.tif"):
+        predict_files(folder, [tmp_path / "one", tmp_path / "two"], tmp_path / "out2", samples=1, steps=2,
+                      progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_a_stack_refuses_samples_rather_than_dropping_them(bundle) -> None:
+    from microdiff.predictor import predict_planes
+
+    folder, _ = bundle
+    pred = microdiff.load(folder)
+    planes = np.ones((2, 12, 12), np.float32)
+    for ask in ("return_samples", "return_schedule"):
+        with pytest.raises(UserError, match="plane by plane gives mean and std"):
+            predict_planes(pred, planes, samples=1, steps=2, **{ask: True})
+    assert predict_planes(pred, planes, samples=1, steps=2).mean.shape == (2, 24, 24)

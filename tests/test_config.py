@@ -148,6 +148,27 @@ def test_zero_samples_needs_the_one_pass_design() -> None:
     assert apply_overrides(load_config("demo-regression"), ["sample.samples=0"]).sample.samples == 0
 
 
+def test_super_resolution_needs_as_many_output_channels_as_input_channels() -> None:
+    """sr outputs go back to input units channel by channel (the input's percentiles), so a
+    2 → 1 channel sr model could train but not predict: refused at the config."""
+    with pytest.raises(ConfigError, match=r"in_channels \(2\) must equal model.out_channels \(1\)"):
+        apply_overrides(load_config("demo"), ["model.in_channels=2"])
+    two = apply_overrides(load_config("demo"), ["model.in_channels=2", "model.out_channels=2"])
+    assert (two.model.in_channels, two.model.out_channels) == (2, 2)
+
+
+def test_data_consistency_does_not_take_the_heads_std() -> None:
+    """QPI's data consistency refines samples and gives their spread as the std, so a variance
+    head's σ(x) would be ignored (and samples 0 would leave nothing to refine): refused."""
+    head = ["model.zmd.variance_net={base_channels: 8, channel_mults: [1], num_res_blocks: 1}",
+            "sample.uncertainty=head"]
+    tie = load_config("qpi-2shot-tie")
+    assert tie.data.data_consistency and tie.model.zmd.enabled
+    with pytest.raises(ConfigError, match="data_consistency.*uncertainty=head"):
+        apply_overrides(tie, head)
+    assert apply_overrides(tie, [*head, "data.data_consistency=false"]).sample.uncertainty == "head"
+
+
 def test_a_key_of_a_section_set_whole_in_the_same_list() -> None:
     """``model.zmd.net={...}`` then ``model.zmd.net.norm=pixel``: the second finds its key (the
     section's defaults are filled in after the first) and the first's values stay."""

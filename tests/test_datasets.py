@@ -113,3 +113,15 @@ def test_rotate_flip_moves_input_and_target_together() -> None:
     a = rotate_flip(x, y, torch.Generator().manual_seed(5))
     b = rotate_flip(x, y, torch.Generator().manual_seed(5))
     assert torch.equal(a[0], b[0])
+
+
+def test_pairs_are_named_by_the_whole_stem(tmp_path) -> None:
+    """``cell_0.5um.tif`` and ``cell_0.7um.tif`` are two pairs (not one, cut at the first
+    dot); two images of one name in a folder are refused, not one dropped."""
+    for name in ("cell_0.5um.tif", "cell_0.7um.tif"):
+        write_image(tmp_path / "input" / name, Image(np.ones((8, 8), np.float32), "YX"))
+        write_image(tmp_path / "target" / name, Image(np.ones((16, 16), np.float32), "YX"))
+    assert [p.name for p in paired_folder(tmp_path)] == ["cell_0.5um", "cell_0.7um"]
+    write_image(tmp_path / "input" / "cell_0.5um.png", Image(np.ones((8, 8), np.uint8), "YX"))
+    with pytest.raises(UserError, match="two images named 'cell_0.5um'"):
+        paired_folder(tmp_path)

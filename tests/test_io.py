@@ -12,6 +12,7 @@ from microdiff.data.io import (
     Image,
     ImageReadError,
     ImageWriteError,
+    image_stem,
     read_biosr_cell,
     read_image,
     read_npz_pairs,
@@ -23,6 +24,13 @@ from microdiff.data.io import (
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize(("name", "stem"), [
+    ("a.tif", "a"), ("cell_0.5um.tif", "cell_0.5um"), ("a.ome.tif", "a"), ("A.OME.TIFF", "A"),
+    ("x.y.mrc", "x.y"), ("cell_0.5um", "cell_0.5um"), ("notes.txt", "notes.txt")])
+def test_image_stem_strips_only_the_image_suffix(name, stem) -> None:
+    assert image_stem(name) == stem
 
 
 @pytest.mark.parametrize("name", ["a.tif", "a.tiff", "a.ome.tif"])
@@ -139,3 +147,15 @@ def test_real_biosr_pair_reads() -> None:
     assert raw.data.shape == (9, 128, 128) and gt.data.squeeze().shape == (256, 256)
     wf = widefield_from_raw_sim(raw)
     assert wf.data.shape == (128, 128)
+
+
+def test_an_rgb_image_predicts_as_three_channels_as_it_trains() -> None:
+    """``YXC`` (an RGB TIFF or PNG) is channels-last: prediction moves the channels first as
+    training does (``image_chw``), so a three-channel (qpi-poly) model takes it."""
+    from microdiff.data.axes import as_2d, image_chw
+
+    rgb = Image((rng.random((6, 5, 3)) * 255).astype(np.uint8), "YXC", None)
+    data, axes = as_2d(rgb)
+    assert axes == "CYX" and data.shape == (3, 6, 5)
+    np.testing.assert_array_equal(data, image_chw(rgb))
+    np.testing.assert_array_equal(data[1], rgb.data[:, :, 1])

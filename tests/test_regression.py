@@ -57,6 +57,8 @@ def test_regression_trains_predicts_and_evaluates(tmp_path) -> None:
     image = np.random.default_rng(0).gamma(2, 100, (20, 24)).astype(np.float32)
     res = pred.predict(image, samples=4, seed=0)
     assert res.mean.shape == (40, 48) and np.all(res.std == 0)
+    # samples 0 (the demo preset's one pass, kept by --set model.kind=regression) is one pass too
+    np.testing.assert_array_equal(pred.predict(image, samples=0, seed=0).mean, res.mean)
     with pytest.raises(UserError, match="no learned schedule"):
         pred.predict(image, return_schedule=True)
     write_simulated_pairs(tmp_path / "data", "er", 2, 32, level=9, seed=0, progress=False)

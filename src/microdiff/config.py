@@ -295,6 +295,11 @@ class Config(_Strict):
         if self.data.baseline_channel and self.model.in_channels != need:
             raise ValueError(f"data.baseline_channel adds {need - 2} TIE channel(s) to the 2 intensities: "
                              f"set model.in_channels={need}, not {self.model.in_channels}")
+        m = self.model
+        if self.data.task == "sr" and m.in_channels != m.out_channels:
+            raise ValueError(f"super-resolution puts each output channel back in its input channel's "
+                             f"intensity units: model.in_channels ({m.in_channels}) must equal "
+                             f"model.out_channels ({m.out_channels})")
         return self
 
     @model_validator(mode="after")
@@ -304,6 +309,9 @@ class Config(_Strict):
             raise ValueError("sample.point_estimate=mean-net needs the mean network (model.zmd.enabled=true)")
         if s.uncertainty == "head" and m.kind == "cvdm" and (not m.zmd.enabled or m.zmd.variance_net is None):
             raise ValueError("sample.uncertainty=head needs the variance head (model.zmd.variance_net)")
+        if s.uncertainty == "head" and m.kind == "cvdm" and self.data.data_consistency:
+            raise ValueError("data.data_consistency refines posterior samples and gives their spread as "
+                             "the std; it does not combine with sample.uncertainty=head (use samples)")
         for key, k in (("sample.samples", s.samples), ("train.val_samples", self.train.val_samples)):
             if k == 0 and m.kind == "cvdm" and (s.point_estimate, s.uncertainty) != ("mean-net", "head"):
                 raise ValueError(f"{key}=0 (one pass, no samples) needs sample.point_estimate=mean-net "

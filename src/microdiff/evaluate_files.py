@@ -31,7 +31,7 @@ from .baselines import BASELINES, apply_baseline
 from .config import SampleConfig
 from .data.axes import as_2d
 from .data.datasets import paired_files
-from .data.io import read_image
+from .data.io import image_stem, read_image
 from .data.normalize import Normalizer
 from .errors import ShapeError, UserError
 from .evaluation import (
@@ -52,7 +52,7 @@ def _manifest_kinds(data: Path) -> dict[str, str]:
         pairs = json.loads(path.read_text()).get("pairs", []) if path.is_file() else []
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
         return {}
-    return {p["name"].split(".")[0]: p.get("kind", "all")
+    return {image_stem(p["name"]): p.get("kind", "all")
             for p in pairs if isinstance(p, dict) and "name" in p}
 
 

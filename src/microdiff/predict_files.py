@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data.axes import STACK_MODES, as_2d
-from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, read_image, write_image
+from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, image_stem, read_image, write_image
 from .devices import resolve_device
 from .distributed import World
 from .errors import UserError
@@ -43,6 +43,17 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
         else:
             raise UserError(f"{p}: no such file or folder")
     return files
+
+
+def _refuse_shared_names(files: list[Path]) -> None:
+    """Two inputs with one name (``a.tif`` in two folders, ``a.tif`` and ``a.png``) would write
+    the same outputs: refused before anything is predicted."""
+    seen: dict[str, Path] = {}
+    for f in files:
+        other = seen.setdefault(image_stem(f), f)
+        if other != f:
+            raise UserError(f"{other} and {f} would both write {image_stem(f)}_mean.tif; "
+                            "rename one or predict them into different --out folders")
 
 
 def output_image(res: Prediction, kind: str, axes: str, z_spacing: float | None = None) -> Image:
@@ -124,9 +135,10 @@ def _predict_files(model: Path, inputs: list[Path], out: Path, samples: int | No
                         "NAME_std.tif is already the samples' spread")
     calibrated = ["lower", "upper"] * (cal is not None and cal.interval_factor is not None)
     files = collect_inputs(inputs)
+    _refuse_shared_names(files)
     targets = []
     for f in files:
-        stem = f.name.split(".")[0]
+        stem = image_stem(f)
         kinds = (["mean", "std"] + calibrated + ["std_uncalibrated"] * save_raw_std
                  + ["samples"] * save_samples + ["schedule"] * save_schedule)
         paths = {k: out / f"{stem}_{k}.tif" for k in kinds}

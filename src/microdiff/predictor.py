@@ -68,7 +68,9 @@ class Predictor:
         chw = as_chw(image, axes)
         if chw.shape[0] != self.in_channels:
             raise ShapeError(f"the model expects {self.in_channels} input channel(s), "
-                             f"the image has {chw.shape[0]}")
+                             f"the image has {chw.shape[0]}"
+                             + (" (an RGB image: save it as one channel, YX)" if axes == "CYX"
+                                and self.in_channels == 1 and chw.shape[0] in (3, 4) else ""))
         check_finite(chw)
         return chw
 
@@ -118,9 +120,6 @@ class Predictor:
         x, norm = self.condition(image, axes)
         samples = self.bundle.sample.samples if samples is None else samples
         steps = steps or self.bundle.sample.steps
-        refine = self.task.data_consistency
-        if samples == 0:
-            self.check_one_pass(return_samples, refine)
         out = self.predict_normalized(x, samples, steps, seed, tile, overlap, return_samples, return_schedule,
                                       tile_batch, progress)
         cal = self.bundle.calibration if calibrated and self.model.generative else None
@@ -210,6 +209,8 @@ class Predictor:
         (:meth:`refined`) when the task has one: the uncalibrated prediction ``predict`` gives
         and calibration fits, in normalised target units."""
         refine = bool(self.task.data_consistency)
+        if samples == 0 and self.model.generative:  # a regression model is one pass whatever K
+            self.check_one_pass(return_samples, refine)
         out = self.sample_normalized(x, samples, steps, seed, tile, overlap,
                                      return_samples or (refine and self.model.generative), return_schedule,
                                      tile_batch, progress)
@@ -285,7 +286,10 @@ def predict_planes(predictor: Predictor, planes: np.ndarray,
                    progress: Callable[[int, int], None] | None = None, **kwargs) -> Prediction:
     """A Z stack ``[Z, H, W]`` predicted plane by plane, each with the same seed (``kwargs``
     as :meth:`Predictor.predict`); mean and std ``[Z, H·s, W·s]``; ``progress(done, total)``
-    over all planes."""
+    over all planes (no samples or schedule map: asking for them is refused)."""
+    if kwargs.get("return_samples") or kwargs.get("return_schedule"):
+        raise UserError("a stack predicted plane by plane gives mean and std stacks only; "
+                        "predict a plane on its own for its samples or schedule map")
     results, n = [], len(planes)
     for i, plane in enumerate(planes):
         def plane_progress(done: int, total: int, i: int = i) -> None:

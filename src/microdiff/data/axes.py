@@ -35,12 +35,15 @@ def image_chw(img: Image) -> np.ndarray:
 def as_2d(img: Image, stack: str | None = None) -> tuple[np.ndarray, str]:
     """The image as ``YX`` or ``CYX`` data, or ``ZYX`` planes to predict one by one.
 
-    A single-plane ``ZYX`` stack is squeezed. A deeper one needs ``stack``: ``"slices"``
-    keeps the planes (``ZYX``: each predicted on its own), ``"mean"`` averages them (raw
-    SIM frames → a widefield image)."""
+    A single-plane ``ZYX`` stack is squeezed; ``YXC`` (RGB) becomes ``CYX``, as in training
+    (:func:`image_chw`). A deeper ``ZYX`` stack needs ``stack``: ``"slices"`` keeps the planes
+    (``ZYX``: each predicted on its own), ``"mean"`` averages them (raw SIM frames → a
+    widefield image)."""
     data, axes = img.data, img.axes
     if axes == "ZYX" and data.shape[0] == 1:
         return data[0], "YX"
+    if axes == "YXC":
+        return np.moveaxis(data, -1, 0), "CYX"
     if axes in ("YX", "CYX"):
         return data, axes
     if axes == "ZYX" and stack == "slices":

@@ -88,6 +88,15 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def image_stem(path: str | Path) -> str:
+    """The file name without its image suffix (``.ome.tif`` counts as one; another suffix
+    stays): ``cell_0.5um.tif`` → ``cell_0.5um``, ``a.ome.tif`` → ``a``, ``cell_0.5um`` →
+    ``cell_0.5um``; what outputs and pairs are named by."""
+    path = Path(path)
+    suffix = _suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix in _READERS else path.name
+
+
 # --- TIFF -------------------------------------------------------------------------------
 def read_tiff(path: str | Path) -> Image:
     """TIFF / ImageJ TIFF / OME-TIFF with axes and pixel size (µm)."""
