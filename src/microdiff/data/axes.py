@@ -51,5 +51,7 @@ def as_2d(img: Image, stack: str | None = None) -> tuple[np.ndarray, str]:
     if axes == "ZYX" and stack == "mean":
         return data.astype(np.float32).mean(axis=0), "YX"
     hint = ("use --stack slices to predict each plane, or --stack mean to predict their mean "
-            "(raw SIM frames)" if axes == "ZYX" else "save it as one channel (YX) or channels first (CYX)")
+            "(raw SIM frames); if the planes are channels (a defocus pair), save them with axes CYX "
+            "(an ImageJ hyperstack's channels)" if axes == "ZYX"
+            else "save it as one channel (YX) or channels first (CYX)")
     raise ShapeError(f"expected a 2-D image (YX or CYX), got axes {axes!r} with shape {data.shape}; {hint}")
