@@ -256,3 +256,32 @@ def test_a_stack_refuses_samples_rather_than_dropping_them(bundle) -> None:
         with pytest.raises(UserError, match="plane by plane gives mean and std"):
             predict_planes(pred, planes, samples=1, steps=2, **{ask: True})
     assert predict_planes(pred, planes, samples=1, steps=2).mean.shape == (2, 24, 24)
+
+
+def test_an_image_at_another_pixel_size_than_training_is_warned_about(tmp_path) -> None:
+    """The bundle keeps the training input's pixel size; an image more than 10 % off it is
+    predicted with a one-line warning that says by how much (the structures look 0.63× their
+    training size at 100 nm against 62.6 nm), one within 10 % or of unknown size without."""
+    import subprocess
+    import sys
+    import warnings
+
+    from microdiff.data.io import Image, write_image
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config("learned", residual=True, target_scale=0.2)
+    folder = save_bundle(tmp_path / "model", CVDM.from_config(cfg), cfg, SampleConfig(steps=2, samples=1),
+                         scale=2, pixel_size_um=0.0626)
+    pred, image = microdiff.load(folder), np.ones((12, 12), np.float32)
+    with pytest.warns(UserWarning, match=r"pixel size is 0.1 µm.*trained on 0.0626 µm.*0.63×"):
+        pred.predict(image, pixel_size_um=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pred.predict(image, pixel_size_um=0.066)
+        pred.predict(image)
+    write_image(tmp_path / "in" / "a.tif", Image(image, "YX", 0.1))
+    proc = subprocess.run([sys.executable, "-m", "microdiff.cli", "predict", str(folder),
+                           str(tmp_path / "in"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: the image's pixel size is 0.1 µm" in proc.stderr and "Traceback" not in proc.stderr

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -240,9 +241,14 @@ def export(
     print(f"wrote {path}; check it with: bioimageio test {path}")
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2 (``--debug``:
-    with the traceback)."""
+    with the traceback); warnings one line each (``warning: ...``)."""
+    warnings.showwarning = _one_line_warning
     try:
         app()
     except UserError as err:

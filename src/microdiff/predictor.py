@@ -115,6 +115,7 @@ class Predictor:
         """
         tile, overlap = self.tiling(tile, overlap)
         _check_options(samples, steps, tile_batch, tile, overlap)
+        self.warn_pixel_size(pixel_size_um)
         if return_schedule and not self.model.generative:
             raise UserError("this model is a regression baseline: it has no learned schedule to save")
         x, norm = self.condition(image, axes)
@@ -136,6 +137,15 @@ class Predictor:
                 lower, upper = cal.interval(out["mean"], out["std"])
                 out["lower"], out["upper"] = lower.astype(np.float32), upper.astype(np.float32)
         return self._prediction(out, norm, samples, axes, pixel_size_um)
+
+    def warn_pixel_size(self, pixel_size_um: float | None) -> None:
+        """Warn when the image's pixel size (µm) is more than 10 % off the one the model was
+        trained on (both known): the network then sees every structure at another size."""
+        trained = self.bundle.pixel_size_um
+        if pixel_size_um and trained and abs(pixel_size_um / trained - 1) > 0.1:
+            warnings.warn(f"the image's pixel size is {pixel_size_um:.4g} µm, the model was trained on "
+                          f"{trained:.4g} µm: it sees every structure at {trained / pixel_size_um:.2g}× "
+                          f"its size in training (resample the image to {trained:.4g} µm)", stacklevel=3)
 
     def tiling(self, tile: int | None = None, overlap: int | None = None) -> tuple[int, int]:
         """The tile side and overlap (output pixels) the networks run in: the bundle's
