@@ -76,40 +76,55 @@ def apply_tiled(
     ys, xs = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     th, tw = min(tile, h), min(tile, w)
     boxes = [(y, x) for y in ys for x in xs]
-    out: dict[str, Tensor] = {}
-    centres: dict[str, Tensor] = {}  # Σ w · (a tile's mean of its draws), for each name in draws
     draws = draws or {}
-    acc = squares = None
+    sums: _Sums | None = None
     single = False
     for i in range(0, len(boxes), batch):
         chunk = boxes[i: i + batch]
-        tiles = torch.stack([image[:, y: y + th, x: x + tw] for y, x in chunk])
-        result = fn(tiles)
+        result = fn(torch.stack([image[:, y: y + th, x: x + tw] for y, x in chunk]))
         single = not isinstance(result, dict)
         named = {"": result} if single else result
-        if acc is None:
-            out = {k: torch.zeros(r.shape[1], h, w, dtype=torch.float64, device=r.device)
-                   for k, r in named.items()}
-            acc = torch.zeros(1, h, w, dtype=torch.float64, device=next(iter(named.values())).device)
-            squares = torch.zeros_like(acc)
-            centres = {k: torch.zeros(named[k].shape[1] // n, h, w, dtype=torch.float64, device=acc.device)
-                       for k, n in draws.items()}
+        centres = {k: named[k].unflatten(1, (n, -1)).mean(1) for k, n in draws.items()}
+        sums = sums or _Sums(named, centres, h, w)
         for j, (y, x) in enumerate(chunk):
             wy = _edge_ramp(th, overlap, margin, y > 0, y + th < h)
             wx = _edge_ramp(tw, overlap, margin, x > 0, x + tw < w)
-            weight = (wy[:, None] * wx[None, :]).to(acc.device)
-            for k, r in named.items():
-                out[k][:, y: y + th, x: x + tw] += r[j].detach().double() * weight
-            for k, n in draws.items():
-                centre = named[k][j].detach().double().unflatten(0, (n, -1)).mean(0)
-                centres[k][:, y: y + th, x: x + tw] += centre * weight
-            acc[:, y: y + th, x: x + tw] += weight
-            squares[:, y: y + th, x: x + tw] += weight ** 2
+            sums.add(named, centres, j, (slice(None), slice(y, y + th), slice(x, x + tw)),
+                     wy[:, None] * wx[None, :])
         if progress is not None:
             progress(min(i + batch, len(boxes)), len(boxes))
-    blended = {k: v / acc for k, v in out.items()}
-    for k, n in draws.items():
-        centre = (centres[k] / acc).repeat(n, 1, 1)
-        blended[k] = centre + (blended[k] - centre) * (acc / squares.sqrt())
-    blended = {k: v.float() for k, v in blended.items()}
+    blended = {k: sums.blended(k, draws.get(k)) for k in sums.outputs}
     return blended[""] if single else blended
+
+
+class _Sums:
+    """:func:`apply_tiled`'s weighted sums on the image grid (float64): Σw·r for each output,
+    Σw·(a tile's mean of its draws) for each output of draws, Σw and Σw²."""
+
+    def __init__(self, named: dict[str, Tensor], centres: dict[str, Tensor], h: int, w: int) -> None:
+        def zeros(c: int, like: Tensor) -> Tensor:
+            return torch.zeros(c, h, w, dtype=torch.float64, device=like.device)
+
+        self.outputs = {k: zeros(r.shape[1], r) for k, r in named.items()}
+        self.centres = {k: zeros(r.shape[1], r) for k, r in centres.items()}
+        first = next(iter(named.values()))
+        self.weight, self.squares = zeros(1, first), zeros(1, first)
+
+    def add(self, named: dict[str, Tensor], centres: dict[str, Tensor], j: int, area: tuple,
+            weight: Tensor) -> None:
+        """Tile ``j`` of a batch (``[N, C', h, w]`` outputs), at ``area``, with ``weight`` ``[h, w]``."""
+        weight = weight.to(self.weight.device)
+        for total, parts in ((self.outputs, named), (self.centres, centres)):
+            for k, r in parts.items():
+                total[k][area] += r[j].detach().double() * weight
+        self.weight[area] += weight
+        self.squares[area] += weight ** 2
+
+    def blended(self, key: str, n: int | None) -> Tensor:
+        """Output ``key`` float32: Σw·r / Σw, or for ``n`` draws M + (S − M)/ρ, which keeps
+        their spread (module docstring)."""
+        s = self.outputs[key] / self.weight
+        if n is not None:
+            centre = (self.centres[key] / self.weight).repeat(n, 1, 1)
+            s = centre + (s - centre) * (self.weight / self.squares.sqrt())
+        return s.float()
