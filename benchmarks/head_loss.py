@@ -14,22 +14,16 @@ for ``--steps`` steps with another loss on r = |y − x_res − μ(x)| / mean_sc
 - ``gauss-all``: the package's loss on patches drawn with no emptiness filter
   (``data.min_contrast`` 0, where the preset rejects patches whose 99th − 1st percentile is
   under 0.2 of their image's): whether a head that also sees the empty stretches of sparse
-  images learns μ(x)'s error there (``image_std.py``'s patch-filter table);
-- ``gauss-softplus``: the package's loss with the softplus link (``model.zmd.variance_link:
-  softplus``, σ = softplus(o) instead of e^(o/2)): whether a link that grows linearly removes
-  the rare spikes of σ (pixels at 1000× their image's typical σ on sparse images).
-
-*spikes*: test images whose calibrated σ has a pixel above 5× the image's 99th percentile of
-σ, and the largest such ratio.
+  images learns μ(x)'s error there (``image_std.py``'s patch-filter table).
 
 Each head's σ on the 256 whole validation images is calibrated by the package's std map
 (scale) and scored on the 256 whole test images, as ``image_std.py`` scores (its bounds),
 next to the run's own jointly trained head. Retrained heads are cached in the run folder
 (``head-loss-{loss}-{steps}.pt``). Writes the ``head_loss-METHOD`` section of
-docs/benchmarks.md (``head_loss-METHOD-TAG`` with ``--tag``). Usage::
+docs/benchmarks.md. Usage::
 
     .venv/bin/python benchmarks/head_loss.py [--method zmd-scaled-var-any] [--seeds 1]
-        [--losses gauss quantile] [--steps 1000] [--tag link]
+        [--losses gauss quantile] [--steps 1000]
 """
 
 from __future__ import annotations
@@ -67,7 +61,7 @@ def head_loss(kind: str, s: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def retrained(model, cfg, run: Path, seed: int, kind: str, steps: int) -> VarianceHead:
     """``head_norm.retrained_head`` (GroupNorm, as the run's head) with the ``kind`` loss
     (``gauss-all``: the Gaussian one on unfiltered patches)."""
-    kind_of_loss = "gauss" if kind in ("gauss-all", "gauss-softplus") else kind
+    kind_of_loss = "gauss" if kind == "gauss-all" else kind
     if kind == "gauss-all":
         cfg = apply_overrides(cfg, ["data.min_contrast=0"])
 
@@ -76,8 +70,7 @@ def retrained(model, cfg, run: Path, seed: int, kind: str, steps: int) -> Varian
         r = ((y if base is None else y - base) - mu).abs() / m.mean_scale
         return head_loss(kind_of_loss, m.predict_log_var(x, mu), r)
 
-    link = "softplus" if kind == "gauss-softplus" else "exp"
-    return retrained_head(model, cfg, run, seed, "group", steps, loss, f"loss-{kind}", link)
+    return retrained_head(model, cfg, run, seed, "group", steps, loss, f"loss-{kind}")
 
 
 def head_maps(model, head, maps: S.Maps, images: list[P.TestImage]) -> S.Maps:
@@ -94,9 +87,7 @@ def head_maps(model, head, maps: S.Maps, images: list[P.TestImage]) -> S.Maps:
 def score(val: S.Maps, names: list[str], test: S.Maps) -> dict:
     std, err = S.calibrator(val, "none")(test)
     rho = float(np.mean([spearmanr(s.ravel(), np.abs(e).ravel())[0] for s, e in zip(std, err, strict=True)]))
-    ratio = [float(s.max() / np.percentile(s, 99)) for s in std]
-    spikes = {"spikes": sum(r > 5 for r in ratio), "worst": max(ratio)}
-    return S.scores(names, std, err) | S.per_image_coverage(std, err) | {"spearman": rho} | spikes
+    return S.scores(names, std, err) | S.per_image_coverage(std, err) | {"spearman": rho}
 
 
 def measure(method: str, seed: int, losses: list[str], steps: int) -> dict:
@@ -117,8 +108,7 @@ def measure(method: str, seed: int, losses: list[str], steps: int) -> dict:
 def report(args, results: dict[int, dict], seconds: float) -> str:
     seeds = list(results)
     cmd = (f"`.venv/bin/python benchmarks/head_loss.py --method {args.method} --seeds "
-           f"{' '.join(map(str, seeds))} --losses {' '.join(args.losses)} --steps {args.steps}"
-           + (f" --tag {args.tag}" if args.tag else "") + "`")
+           f"{' '.join(map(str, seeds))} --losses {' '.join(args.losses)} --steps {args.steps}`")
     lines = [f"## The variance head's loss ({args.method}, 2000 steps; issue 18)", "",
              f"Command: {cmd} ({seconds:.0f} s; {today()}; {machine()}).", "",
              f"*joint, gauss*: the run's own head (trained with the networks); *alone, …*: a head retrained "
@@ -126,17 +116,15 @@ def report(args, results: dict[int, dict], seconds: float) -> str:
              "package's std map fitted on the 256 whole validation images and scored on the 256 whole test "
              "images (bounds: ±1σ in [0.63, 0.73], every structure within 0.08, every bin's RMSE / RMV in "
              "[0.8, 1.25]); *per image*: 10th – 90th percentile of the test images' own ±1σ; Spearman: "
-             "std against |error| per image, mean over images; *spikes*: test images with a pixel of σ "
-             "above 5× their 99th percentile of σ (of 256), and the largest ratio.", "",
+             "std against |error| per image, mean over images.", "",
              "| seed | head | ±1σ | mt | factin | ccp | er | distance | bins | lowest-std bin | per image "
-             "| Spearman | spikes | largest |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| Spearman |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in seeds:
         for name, r in results[s].items():
             lines.append(f"| {s} | {name} | {r['pooled']:.3f} | "
                          + " | ".join(f"{r[k]:.2f}" for k in S.CS.STRUCTURES)
                          + f" | {r['dist']:.3f} | {r['lo']:.2f} – {r['hi']:.2f} | {r['first']:.2f} | "
-                         f"{r['cov10']:.2f} – {r['cov90']:.2f} | {r['spearman']:.3f} | {r['spikes']} | "
-                         f"{r['worst']:.1f} |")
+                         f"{r['cov10']:.2f} – {r['cov90']:.2f} | {r['spearman']:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,15 +133,14 @@ def main() -> None:
     ap.add_argument("--method", default="zmd-scaled-var-any")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
     ap.add_argument("--losses", nargs="+", default=["gauss", "quantile"],
-                    choices=["gauss", "laplace", "quantile", "gauss-all", "gauss-softplus"])
+                    choices=["gauss", "laplace", "quantile", "gauss-all"])
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--tag", help="write section head_loss-METHOD-TAG (keeps the untagged one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     results = {s: measure(args.method, s, args.losses, args.steps) for s in args.seeds}
     body = report(args, results, time.perf_counter() - t0)
-    write_section(f"head_loss-{args.method}" + (f"-{args.tag}" if args.tag else ""), body)
+    write_section(f"head_loss-{args.method}", body)
     print(body)
 
 

@@ -49,18 +49,18 @@ HEADS = [("trained", "whole"), ("trained", "tiles"), ("trained", "head-tiles"), 
          ("pixel", "whole")]
 
 
-def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int, loss=None,
-                   name: str | None = None, link: str = "exp") -> VarianceHead:
+def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int, loss=None, name: str | None = None
+                   ) -> VarianceHead:
     """The run's head architecture with ``norm``, trained alone (Adam 1e-3, 20 warm-up
     steps, clip 1, batch 8 of the run's patches and augmentation) against the final EMA
     μ(x), on ``loss(model, x, y, μ)`` (per-pixel; default the model's own Gaussian NLL of
-    the residual; ``link``: the head's output → σ, :class:`VarianceHead`); cached in ``run``
-    as ``head-{name or norm}-{steps}.pt``. The model's own head is put back."""
+    the residual); cached in ``run`` as ``head-{name or norm}-{steps}.pt``. The model's own
+    head is put back."""
     c = cfg.model
     spec = dataclasses.replace(c.zmd.variance_net, norm=norm)
     cache = run / f"head-{name or norm}-{steps}.pt"
     torch.manual_seed(seed)
-    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec, link)
+    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec)
     if cache.exists():
         head.load_state_dict(torch.load(cache)["state"])
         return head.eval()

@@ -231,44 +231,6 @@ def test_a_pixel_norm_head_survives_the_bundle(tmp_path) -> None:
         torch.testing.assert_close(pred.model.predict_std(x), model.predict_std(x))
 
 
-@pytest.mark.parametrize("link", ["exp", "softplus"])
-def test_the_link_turns_the_heads_output_into_sigma(link) -> None:
-    """``exp``: the output o is log σ² (σ = e^(o/2)); ``softplus``: σ = softplus(o) + 1e-4,
-    in units of mean_scale; predict_std multiplies by mean_scale. Checked against the closed
-    forms on the head's raw output."""
-    cfg = _config()
-    cfg.zmd.variance_link = link
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    with torch.no_grad():
-        for p in model.var_net.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-        x, _ = _toy(2, 5)
-        mu = model.predict_mean(x)
-        o = model.var_net(torch.cat([x, mu / model.mean_scale], dim=1))
-        sigma = torch.exp(0.5 * o) if link == "exp" else torch.log1p(torch.exp(o)) + 1e-4
-        assert model.var_net.link == link and float(o.std()) > 0.1  # outputs that differ by link
-        torch.testing.assert_close(model.predict_std(x, mu), model.mean_scale * sigma)
-
-
-def test_the_softplus_link_survives_the_bundle_and_is_validated(tmp_path) -> None:
-    """``model.zmd.variance_link`` is part of the bundle's model config: the loaded head
-    reads its output the same way (read as ``exp`` it would give another σ)."""
-    cfg = _config()
-    cfg.zmd.variance_link = "softplus"
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    sample = SampleConfig(steps=2, samples=0, point_estimate="mean-net", uncertainty="head")
-    pred = microdiff.load(save_bundle(tmp_path / "model", model, cfg, sample, scale=2))
-    assert pred.model.var_net.link == "softplus"
-    x, _ = _toy(2, 5)
-    with torch.no_grad():
-        torch.testing.assert_close(pred.model.predict_std(x), model.predict_std(x))
-    with pytest.raises(ValueError, match="variance link"):
-        from microdiff.variance_head import VarianceHead
-        VarianceHead(2, 1, HEAD, "log")
-
-
 def test_the_montage_names_what_the_model_gives() -> None:
     """A one-pass model's panels are μ(x) and σ(x), a sampled model's the posterior mean and std."""
     from microdiff.plots import MONTAGE_COLUMNS, montage_columns

@@ -98,8 +98,6 @@ class ZMDConfig(_Strict):
     scaled: bool = Field(False, description="μ(x) = target_scale · net(x), MSE in units of target_scale, "
                          "as the regression model (false: the authors' μ(x) = net(x), MSE in target units)")
     variance_net: UNetSpec | None = Field(None, description="the variance head: one-pass σ(x); docs/core.md")
-    variance_link: Literal["exp", "softplus"] = Field(
-        "exp", description="the head's output o → σ: exp (o = log σ²) or softplus (σ = softplus(o))")
 
 
 class ModelConfig(_Strict):

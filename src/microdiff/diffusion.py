@@ -138,8 +138,8 @@ class CVDM(nn.Module):
         mean_net = UNet(cfg.in_channels, cfg.out_channels, cfg.zmd.net) if zmd else None
         # built last, so the other networks' initial weights do not depend on it
         spec = cfg.zmd.variance_net
-        var_net = (VarianceHead(cfg.in_channels + cfg.out_channels, cfg.out_channels, spec,
-                                cfg.zmd.variance_link) if zmd and spec else None)
+        var_net = (VarianceHead(cfg.in_channels + cfg.out_channels, cfg.out_channels, spec)
+                   if zmd and spec else None)
         return cls(
             schedule,
             denoiser,

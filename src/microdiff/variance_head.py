@@ -18,33 +18,16 @@ from .sampling import SampleOutput
 
 #: bound on the predicted log σ² (units of mean_scale²): keeps exp finite
 LOG_VAR_BOUND = 30.0
-#: the softplus link's floor on σ (units of mean_scale): keeps log σ² finite
-SOFTPLUS_FLOOR = 1e-4
-#: how the U-Net's output o becomes σ: ``exp`` (o = log σ²) or ``softplus`` (σ = softplus(o))
-LINKS = ("exp", "softplus")
 
 
 class VarianceHead(UNet):
-    """``[B, C_in + C_out, H, W]`` → log σ² ``[B, C_out, H, W]`` (a U-Net; same weights' keys).
-
-    ``link``: ``exp`` reads the output o as log σ², so σ = e^(o/2) grows exponentially with o;
-    ``softplus`` reads σ = softplus(o) + ``SOFTPLUS_FLOOR`` (in units of mean_scale), which
-    grows linearly: a network output that overshoots on an unusual pixel gives a σ that
-    overshoots in proportion, not by orders of magnitude."""
-
-    def __init__(self, in_channels: int, out_channels: int, spec, link: str = "exp") -> None:
-        if link not in LINKS:
-            raise ValueError(f"variance link must be one of {', '.join(LINKS)}, got {link!r}")
-        super().__init__(in_channels, out_channels, spec)
-        self.link = link
+    """``[B, C_in + C_out, H, W]`` → log σ² ``[B, C_out, H, W]`` (a U-Net; same weights' keys)."""
 
     def log_var(self, x: Tensor, mu_scaled: Tensor) -> Tensor:
         """log σ² for condition ``x`` ``[B, C_in, H, W]`` and mean ``mu_scaled`` ``[B, C_out, H, W]``
         (μ / mean_scale), both detached; clamped to ±``LOG_VAR_BOUND``."""
-        out = self(torch.cat([x.detach(), mu_scaled.detach()], dim=1)).to(x.dtype)
-        if self.link == "softplus":
-            out = 2 * torch.log(nn.functional.softplus(out) + SOFTPLUS_FLOOR)
-        return out.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
+        out = self(torch.cat([x.detach(), mu_scaled.detach()], dim=1))
+        return out.to(x.dtype).clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
 
 
 def gaussian_nll(log_var: Tensor, r2: Tensor) -> Tensor:
