@@ -4,6 +4,8 @@ NCCL and prediction. Skipped where no GPU is visible (CI); run on a lent GPU wit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -91,33 +93,32 @@ def test_nccl_with_one_process_trains_as_a_plain_process(tmp_path, monkeypatch) 
         dist.destroy_process_group()
 
 
-def test_a_model_trained_on_cuda_predicts_on_cuda_as_on_cpu(tmp_path) -> None:
-    """Train on the GPU, then predict with the mean network μ(x) (deterministic) on GPU (bf16)
-    and CPU (float32): same image up to bf16 rounding; the std is finite on both."""
+def _trained_on_cuda(tmp_path) -> Path:
+    """The model folder of a 3-step run on the GPU whose point estimate is μ(x) (deterministic)."""
     cfg = tiny_config(steps=3)
     cfg.model.zmd.enabled = True
     cfg.sample.point_estimate = "mean-net"
     cfg.train.device = "cuda"
     train_run(cfg, tmp_path / "run", progress=False)
+    return tmp_path / "run" / "model"
+
+
+def test_a_model_trained_on_cuda_predicts_on_cuda_as_on_cpu(tmp_path) -> None:
+    """Train on the GPU, then predict with the mean network μ(x) (deterministic) on GPU (bf16)
+    and CPU (float32): same image up to bf16 rounding; the std is finite on both."""
+    folder = _trained_on_cuda(tmp_path)
     image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
-    out = {dev: load(tmp_path / "run" / "model", dev).predict(image, samples=2, steps=3)
-           for dev in ("cpu", "cuda")}
+    out = {dev: load(folder, dev).predict(image, samples=2, steps=3) for dev in ("cpu", "cuda")}
     assert out["cuda"].mean.shape == out["cpu"].mean.shape == (32, 32)
     scale = float(np.abs(out["cpu"].mean).max())
     np.testing.assert_allclose(out["cuda"].mean, out["cpu"].mean, atol=2e-2 * scale)
     assert np.isfinite(out["cuda"].std).all() and (out["cuda"].std > 0).any()
 
 
-
 def test_no_bf16_runs_the_networks_in_float32_on_cuda(tmp_path) -> None:
     """``bf16=False`` (``predict --no-bf16``): every convolution's output is float32 on the
     GPU; the default: bfloat16."""
-    cfg = tiny_config(steps=3)
-    cfg.model.zmd.enabled = True
-    cfg.sample.point_estimate = "mean-net"
-    cfg.train.device = "cuda"
-    train_run(cfg, tmp_path / "run", progress=False)
+    folder = _trained_on_cuda(tmp_path)
     image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
-    dtypes = {bf16: conv_output_dtypes(load(tmp_path / "run" / "model", "cuda", bf16=bf16), image)
-              for bf16 in (True, False)}
+    dtypes = {bf16: conv_output_dtypes(load(folder, "cuda", bf16=bf16), image) for bf16 in (True, False)}
     assert dtypes == {True: {torch.bfloat16}, False: {torch.float32}}
