@@ -49,30 +49,34 @@ HEADS = [("trained", "whole"), ("trained", "tiles"), ("trained", "head-tiles"), 
          ("pixel", "whole")]
 
 
-def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int, loss=None, name: str | None = None
-                   ) -> VarianceHead:
-    """The run's head architecture with ``norm``, trained alone (Adam 1e-3, 20 warm-up
+def retrained_head(model, cfg, run: Path, seed: int, norm: str, steps: int, loss=None,
+                   name: str | None = None, head_class: type[VarianceHead] = VarianceHead,
+                   init: dict | None = None, lr: float = 1e-3) -> VarianceHead:
+    """The run's head architecture with ``norm``, trained alone (Adam ``lr``, 20 warm-up
     steps, clip 1, batch 8 of the run's patches and augmentation) against the final EMA
     μ(x), on ``loss(model, x, y, μ)`` (per-pixel; default the model's own Gaussian NLL of
-    the residual); cached in ``run`` as ``head-{name or norm}-{steps}.pt``. The model's own
-    head is put back."""
+    the residual; ``head_class``: how the head's output becomes log σ²; ``init``: weights to
+    start from, default a fresh initialisation); cached in ``run`` as
+    ``head-{name or norm}-{steps}.pt``. The model's own head is put back."""
     c = cfg.model
     spec = dataclasses.replace(c.zmd.variance_net, norm=norm)
     cache = run / f"head-{name or norm}-{steps}.pt"
     torch.manual_seed(seed)
-    head = VarianceHead(c.in_channels + c.out_channels, c.out_channels, spec)
+    head = head_class(c.in_channels + c.out_channels, c.out_channels, spec)
     if cache.exists():
         head.load_state_dict(torch.load(cache)["state"])
         return head.eval()
+    if init is not None:
+        head.load_state_dict(init)
     loss = loss or (lambda m, x, y, mu: m._mean_terms(x, y, mu, None)["variance"])
     own, model.var_net = model.var_net, head
-    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
     d = cfg.data
     pairs = load_training_data(d, seed, progress=False).train
     gen = torch.Generator().manual_seed(seed + 11)
     for step in range(1, steps + 1):
         for g in opt.param_groups:
-            g["lr"] = 1e-3 * min(1.0, step / 20)
+            g["lr"] = lr * min(1.0, step / 20)
         x, y, _ = random_patches(pairs, 8, d.size, gen, d.min_contrast)
         x, y = rotate_flip(x, y, gen)
         with torch.no_grad():
