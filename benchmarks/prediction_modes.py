@@ -79,24 +79,12 @@ def parse(text: str) -> tuple[int, int]:
     return int(steps), int(k)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=512, help="input side in pixels (output: 2×)")
-    ap.add_argument("--planes", type=int, default=50, help="planes of the timed stack")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--few", default="4:8", help="few-step sampler, STEPS:K")
-    ap.add_argument("--sampled", default="20:8", help="today's sampler, STEPS:K")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tile-batch", type=int, help="tiles per network call (default: 8 on a GPU, 1 on a CPU)")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="CUDA: float32 networks")
-    args = ap.parse_args()
+def measure(args, tile_batch: int) -> dict[str, dict]:
+    """Seconds per tile, image and stack of each mode (see module), as rows by mode name."""
     gpu = args.device == "cuda"
-    precision = ("bf16" if args.bf16 else "float32") if gpu else ""
-    tile_batch = args.tile_batch or (8 if gpu else 1)
     rng = np.random.default_rng(0)
     image = rng.uniform(100, 900, (args.size, args.size)).astype(np.float32)
     one_tile = image[: TILE // 2, : TILE // 2]
-    n_tiles = len(tile_starts(2 * args.size, TILE, OVERLAP)) ** 2
     few, sampled = parse(args.few), parse(args.sampled)
     modes = {"regression": ("demo-regression", [], {}),
              "one-pass": ("demo", [], {"samples": 0}),  # the demo preset's default
@@ -119,6 +107,15 @@ def main() -> None:
                 row["stack_s"] = time.perf_counter() - t0
             rows[name] = row
             print(name, row, flush=True)
+    return rows
+
+
+def report(args, tile_batch: int, rows: dict[str, dict]) -> None:
+    """Write the table of ``rows`` to docs/benchmarks.md and print it."""
+    gpu = args.device == "cuda"
+    precision = ("bf16" if args.bf16 else "float32") if gpu else ""
+    few, sampled = parse(args.few), parse(args.sampled)
+    n_tiles = len(tile_starts(2 * args.size, TILE, OVERLAP)) ** 2
     out = 2 * args.size
     reg = rows["regression"].get("image_s") or rows["regression"]["tile_s"] * n_tiles
 
@@ -163,6 +160,21 @@ def main() -> None:
     write_section(section, "\n".join(lines))
     print("\n".join(lines))
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512, help="input side in pixels (output: 2×)")
+    ap.add_argument("--planes", type=int, default=50, help="planes of the timed stack")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--few", default="4:8", help="few-step sampler, STEPS:K")
+    ap.add_argument("--sampled", default="20:8", help="today's sampler, STEPS:K")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--tile-batch", type=int, help="tiles per network call (default: 8 on a GPU, 1 on a CPU)")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="CUDA: float32 networks")
+    args = ap.parse_args()
+    tile_batch = args.tile_batch or (8 if args.device == "cuda" else 1)
+    rows = measure(args, tile_batch)
+    report(args, tile_batch, rows)
 
 if __name__ == "__main__":
     main()
