@@ -240,6 +240,9 @@ def test_outputs_are_named_by_the_whole_stem_and_never_shared(bundle, tmp_path) 
     written = predict_files(folder, [tmp_path / "in"], tmp_path / "out", samples=1, steps=2, progress=False)
     assert sorted(p.name for p in written) == ["cell_0.5um_mean.tif", "cell_0.5um_std.tif",
                                                 "cell_0.7um_mean.tif", "cell_0.7um_std.tif"]
+    again = predict_files(folder, [tmp_path / "in" / "cell_0.7um.tif", tmp_path / "in"], tmp_path / "out3",
+                          samples=1, steps=2, progress=False)  # a file given and in its folder: once
+    assert [p.name for p in again][:2] == ["cell_0.7um_mean.tif", "cell_0.7um_std.tif"] and len(again) == 4
     with pytest.raises(UserError, match="would both write a_mean.tif"):
         predict_files(folder, [tmp_path / "one", tmp_path / "two"], tmp_path / "out2", samples=1, steps=2,
                       progress=False)

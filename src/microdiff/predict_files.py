@@ -30,7 +30,8 @@ from .predictor import Prediction, load, predict_planes
 
 
 def collect_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders expanded to their image files (sorted)."""
+    """Files as given, folders expanded to their image files (sorted); a file named twice
+    (given and inside a given folder) once."""
     files: list[Path] = []
     for p in inputs:
         if p.is_dir():
@@ -42,7 +43,10 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
             files.append(p)
         else:
             raise UserError(f"{p}: no such file or folder")
-    return files
+    first: dict[Path, Path] = {}
+    for f in files:
+        first.setdefault(f.resolve(), f)
+    return list(first.values())
 
 
 def _refuse_shared_names(files: list[Path]) -> None:
