@@ -293,6 +293,10 @@ class Config(_Strict):
         if self.data.baseline_channel and self.model.in_channels != need:
             raise ValueError(f"data.baseline_channel adds {need - 2} TIE channel(s) to the 2 intensities: "
                              f"set model.in_channels={need}, not {self.model.in_channels}")
+        return self
+
+    @model_validator(mode="after")
+    def _sr_channels(self) -> Config:
         m = self.model
         if self.data.task == "sr" and m.in_channels != m.out_channels:
             raise ValueError(f"super-resolution puts each output channel back in its input channel's "
