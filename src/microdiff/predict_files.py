@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .data.axes import STACK_MODES, as_2d
-from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, image_stem, read_image, write_image
+from .data.io import IMAGE_SUFFIXES, Image, ImageWriteError, image_stem, read_image, shared_stem, write_image
 from .devices import resolve_device
 from .distributed import World
 from .errors import UserError
@@ -52,12 +52,9 @@ def collect_inputs(inputs: list[Path]) -> list[Path]:
 def _refuse_shared_names(files: list[Path]) -> None:
     """Two inputs with one name (``a.tif`` in two folders, ``a.tif`` and ``a.png``) would write
     the same outputs: refused before anything is predicted."""
-    seen: dict[str, Path] = {}
-    for f in files:
-        other = seen.setdefault(image_stem(f), f)
-        if other != f:
-            raise UserError(f"{other} and {f} would both write {image_stem(f)}_mean.tif; "
-                            "rename one or predict them into different --out folders")
+    if shared := shared_stem(files):
+        raise UserError(f"{shared[0]} and {shared[1]} would both write {image_stem(shared[1])}_mean.tif; "
+                        "rename one or predict them into different --out folders")
 
 
 def output_image(res: Prediction, kind: str, axes: str, z_spacing: float | None = None) -> Image:

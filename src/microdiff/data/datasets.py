@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ShapeError, UserError, check_finite
 from .axes import image_chw
-from .io import IMAGE_SUFFIXES, image_stem, read_biosr_cell, read_image
+from .io import IMAGE_SUFFIXES, image_stem, read_biosr_cell, read_image, shared_stem
 from .synthetic import SimulatorConfig, simulate_pair, upsample
 from .tasks import Task
 
@@ -69,12 +69,11 @@ def paired_files(folder: str | Path) -> list[tuple[str, Path, Path]]:
         raise UserError(f"{folder}: a paired data folder needs input/ and target/ subfolders")
 
     def stems(d: Path) -> dict[str, Path]:
-        found: dict[str, Path] = {}
-        for p in sorted(d.iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES and found.setdefault(image_stem(p), p) != p:
-                raise UserError(f"{found[image_stem(p)]} and {p}: two images named {image_stem(p)!r}; "
-                                "keep one")
-        return found
+        files = [p for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if shared := shared_stem(files):
+            raise UserError(f"{shared[0]} and {shared[1]}: two images named {image_stem(shared[1])!r}; "
+                            "keep one")
+        return {image_stem(p): p for p in files}
 
     a, b = stems(inp), stems(tgt)
     if not a:

@@ -97,6 +97,17 @@ def image_stem(path: str | Path) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix in _READERS else path.name
 
 
+def shared_stem(paths: list[Path]) -> tuple[Path, Path] | None:
+    """The first two different ``paths`` with one :func:`image_stem` (their outputs or pairs
+    would be confused), or None."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        other = seen.setdefault(image_stem(p), p)
+        if other != p:
+            return other, p
+    return None
+
+
 # --- TIFF -------------------------------------------------------------------------------
 def read_tiff(path: str | Path) -> Image:
     """TIFF / ImageJ TIFF / OME-TIFF with axes and pixel size (µm)."""
